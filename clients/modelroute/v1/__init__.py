@@ -1,0 +1,1 @@
+"""Generated from protos/modelroute/v1; do not edit."""

@@ -1,0 +1,117 @@
+"""AES-GCM encryption of API keys under a keyring of named keys.
+
+Each ciphertext is stored beside the id of the key that sealed it, and is
+bound to its row through associated data, so a ciphertext copied into
+another row does not decrypt (SPEC section 8).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NONCE_BYTES = 12
+KEYRING_ENV = "MODELROUTE_KEYRING"
+KEYRING_FORMAT = "KEY_ID:BASE64_32_BYTES[,KEY_ID:BASE64_32_BYTES...] (the first key is the primary)"
+
+
+class KeyringError(ValueError):
+    """The configured key material is unusable; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class SealedKey:
+    key_id: str
+    ciphertext: bytes = field(repr=False)
+
+
+class Keyring:
+    def __init__(self, keys: dict[str, bytes], primary_key_id: str) -> None:
+        if primary_key_id not in keys:
+            raise KeyringError(f"primary key id {primary_key_id!r} is not in the keyring")
+        self._ciphers = {key_id: AESGCM(material) for key_id, material in keys.items()}
+        self._primary_material = keys[primary_key_id]
+        self.primary_key_id = primary_key_id
+
+    def __repr__(self) -> str:
+        return f"Keyring(key_ids={sorted(self._ciphers)}, primary={self.primary_key_id!r})"
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._ciphers)
+
+    @classmethod
+    def parse(cls, spec: str) -> Keyring:
+        keys: dict[str, bytes] = {}
+        entries = [entry.strip() for entry in spec.split(",") if entry.strip()]
+        if not entries:
+            raise KeyringError(f"{KEYRING_ENV} is empty; expected {KEYRING_FORMAT}")
+        for entry in entries:
+            key_id, sep, encoded = entry.partition(":")
+            if not sep or not KEY_ID_PATTERN.fullmatch(key_id):
+                raise KeyringError(f"{KEYRING_ENV}: bad entry (expected {KEYRING_FORMAT})")
+            try:
+                material = base64.b64decode(encoded, validate=True)
+            except binascii.Error as exc:
+                raise KeyringError(f"{KEYRING_ENV}: key {key_id!r} is not valid base64") from exc
+            if len(material) != 32:
+                raise KeyringError(f"{KEYRING_ENV}: key {key_id!r} must be 32 bytes (AES-256)")
+            if key_id in keys:
+                raise KeyringError(f"{KEYRING_ENV}: key id {key_id!r} appears twice")
+            keys[key_id] = material
+        return cls(keys, primary_key_id=entries[0].partition(":")[0])
+
+    def derive(self, label: str) -> bytes:
+        return hmac.new(self._primary_material, b"modelroute/derive/" + label.encode(), hashlib.sha256).digest()
+
+    def seal(self, plaintext: str, row_binding: bytes) -> SealedKey:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        cipher = self._ciphers[self.primary_key_id]
+        return SealedKey(self.primary_key_id, nonce + cipher.encrypt(nonce, plaintext.encode(), row_binding))
+
+    def open(self, sealed: SealedKey, row_binding: bytes) -> str | None:
+        """The plaintext, or None when the key id is unknown or the data/binding do not match."""
+        cipher = self._ciphers.get(sealed.key_id)
+        if cipher is None or len(sealed.ciphertext) <= NONCE_BYTES:
+            return None
+        nonce, body = sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:]
+        try:
+            return cipher.decrypt(nonce, body, row_binding).decode()
+        except (InvalidTag, UnicodeDecodeError):
+            return None
+
+
+def provider_key_binding(provider_config_id: str) -> bytes:
+    return b"modelroute/provider_config/" + provider_config_id.encode()
+
+
+def user_key_binding(user: str, provider_config_id: str) -> bytes:
+    # The provider id is a slug (no '/'), so this split is unambiguous.
+    return b"modelroute/user_key/" + provider_config_id.encode() + b"/" + user.encode()
+
+
+def generate_keyring_spec(key_id: str = "k1") -> str:
+    return f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def load_or_create_keyring_file(path: Path) -> str:
+    """The embedded-mode keyring: generated on first start, readable by the owner only."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = generate_keyring_spec()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(spec + "\n")
+    return spec

@@ -1,0 +1,87 @@
+"""Engines, migrations and the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept plain libpq URLs (`postgresql://...`) and use the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ValueError("the database URL must start with postgresql:// (or postgres://)")
+
+
+def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    options.update(kwargs)
+    return sa.create_engine(sqlalchemy_url(url), **options)
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert len(heads) == 1, f"migration history has several heads: {heads}"
+    return heads[0]
+
+
+def upgrade(engine: sa.Engine, target: str = "head") -> None:
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), target)
+
+
+def downgrade(engine: sa.Engine, target: str) -> None:
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), target)
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_is_current(engine: sa.Engine) -> bool:
+    return current_revision(engine) == head_revision()
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A private PostgreSQL (pgserver) living in a local data directory."""
+
+    pgdata: Path
+    _server: Any = None
+
+    def start(self) -> str:
+        import pgserver  # imported lazily: only embedded mode needs it
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(  # type: ignore[attr-defined]
+            self.pgdata, cleanup_mode="stop"
+        )
+        log.info("embedded PostgreSQL running", extra={"pgdata": str(self.pgdata)})
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

@@ -1,0 +1,55 @@
+"""Listens for configuration changes announced by any replica (PostgreSQL LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+
+from .repositories import CHANGE_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class ChangeListener:
+    """A daemon thread that calls `on_change` for every NOTIFY and after every (re)connect.
+
+    It LISTENs before anyone reloads, and after a reconnect it reports a change
+    unconditionally: notifications sent while it was away are lost.
+    """
+
+    def __init__(self, conninfo: str, on_change: Callable[[], None], retry_seconds: float = 1.0) -> None:
+        self._conninfo = conninfo
+        self._on_change = on_change
+        self._retry_seconds = retry_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="modelroute-change-listener", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {CHANGE_CHANNEL}")
+                    self.connected.set()
+                    self._on_change()
+                    while not self._stop.is_set():
+                        # Drain promptly; the timeout lets the loop notice a stop request.
+                        for _notify in connection.notifies(timeout=0.5):
+                            self._on_change()
+            except psycopg.Error as exc:
+                if self.connected.is_set():
+                    log.warning("change listener lost the database: %s", type(exc).__name__)
+                # No change is reported here: resolution keeps its last snapshot
+                # until the database is back (the reconnect reports one).
+                self.connected.clear()
+                self._stop.wait(self._retry_seconds)

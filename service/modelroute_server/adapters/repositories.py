@@ -1,0 +1,428 @@
+"""Repositories over SQLAlchemy Core: domain objects in, domain objects out.
+
+Every read of key material goes through `_open_provider_key` or
+`_open_user_key`, the one decrypting path (SPEC trap 2): no query hands a
+ciphertext to a caller.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from ..domain.families import Family
+from ..domain.models import CallOptions, ModelConfig
+from ..domain.providers import CredentialPolicy, ProviderConfig, StoredKey
+from .crypto import Keyring, SealedKey, provider_key_binding, user_key_binding
+from .schema import config_revision, model_attachments, model_configs, provider_configs, user_provider_keys
+
+CHANGE_CHANNEL = "modelroute_config_changed"
+OPTION_COLUMNS = tuple(f.name for f in fields(CallOptions))
+
+
+class RevisionCounter:
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def current(self) -> int:
+        return int(self._connection.execute(sa.select(config_revision.c.revision)).scalar_one())
+
+    def bump(self) -> int:
+        """Take the next revision. The row lock serialises every writer until commit."""
+        statement = (
+            sa.update(config_revision)
+            .values(revision=config_revision.c.revision + 1)
+            .returning(config_revision.c.revision)
+        )
+        return int(self._connection.execute(statement).scalar_one())
+
+
+class ProviderConfigRepository:
+    def __init__(self, connection: sa.Connection, keyring: Keyring) -> None:
+        self._connection = connection
+        self._keyring = keyring
+
+    def get(self, provider_config_id: str) -> ProviderConfig | None:
+        row = self._connection.execute(
+            sa.select(provider_configs).where(provider_configs.c.id == provider_config_id)
+        ).one_or_none()
+        return self._to_domain(row) if row else None
+
+    def get_many(self, provider_config_ids: Iterable[str]) -> dict[str, ProviderConfig]:
+        ids = list(set(provider_config_ids))
+        if not ids:
+            return {}
+        rows = self._connection.execute(sa.select(provider_configs).where(provider_configs.c.id.in_(ids)))
+        return {row.id: self._to_domain(row) for row in rows}
+
+    def list(
+        self,
+        *,
+        family: Family | None = None,
+        enabled: bool | None = None,
+        after_id: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[ProviderConfig]:
+        query = sa.select(provider_configs).order_by(provider_configs.c.id)
+        if family is not None:
+            query = query.where(provider_configs.c.family == family.value)
+        if enabled is not None:
+            query = query.where(provider_configs.c.enabled == enabled)
+        if after_id is not None:
+            query = query.where(provider_configs.c.id > after_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return [self._to_domain(row) for row in self._connection.execute(query)]
+
+    def add(self, config: ProviderConfig, api_key: str | None, revision: int) -> None:
+        self._connection.execute(
+            sa.insert(provider_configs).values(
+                id=config.id,
+                revision=revision,
+                create_time=sa.func.now(),
+                update_time=sa.func.now(),
+                **self._columns(config),
+                **self._sealed_columns(config.id, api_key),
+            )
+        )
+
+    def update(self, config: ProviderConfig, revision: int, *, new_api_key: str | None, key_changed: bool) -> None:
+        values: dict[str, Any] = dict(self._columns(config), revision=revision, update_time=sa.func.now())
+        if key_changed:
+            values.update(self._sealed_columns(config.id, new_api_key))
+        self._connection.execute(sa.update(provider_configs).where(provider_configs.c.id == config.id).values(**values))
+
+    def delete(self, provider_config_id: str) -> None:
+        self._connection.execute(sa.delete(provider_configs).where(provider_configs.c.id == provider_config_id))
+
+    def _columns(self, config: ProviderConfig) -> dict[str, Any]:
+        return {
+            "family": config.family.value,
+            "display_name": config.display_name,
+            "base_url": config.base_url,
+            "enabled": config.enabled,
+            "central_api_key_enabled": config.policy.central_api_key_enabled,
+            "allow_user_api_key": config.policy.allow_user_api_key,
+            "allow_central_api_key_fallback": config.policy.allow_central_api_key_fallback,
+        }
+
+    def _sealed_columns(self, provider_config_id: str, api_key: str | None) -> dict[str, Any]:
+        if api_key is None:
+            return {"api_key_ciphertext": None, "api_key_key_id": None}
+        sealed = self._keyring.seal(api_key, provider_key_binding(provider_config_id))
+        return {"api_key_ciphertext": sealed.ciphertext, "api_key_key_id": sealed.key_id}
+
+    def _to_domain(self, row: sa.Row[Any]) -> ProviderConfig:
+        return provider_from_row(row, self._keyring)
+
+
+def provider_from_row(row: sa.Row[Any], keyring: Keyring) -> ProviderConfig:
+    return ProviderConfig(
+        id=row.id,
+        family=Family(row.family),
+        display_name=row.display_name,
+        base_url=row.base_url,
+        enabled=row.enabled,
+        policy=CredentialPolicy(
+            row.central_api_key_enabled, row.allow_user_api_key, row.allow_central_api_key_fallback
+        ),
+        api_key=_open_provider_key(row, keyring),
+        create_time=row.create_time,
+        update_time=row.update_time,
+        revision=row.revision,
+    )
+
+
+def _open_provider_key(row: sa.Row[Any], keyring: Keyring) -> StoredKey | None:
+    if row.api_key_ciphertext is None:
+        return None
+    sealed = SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
+    return StoredKey(keyring.open(sealed, provider_key_binding(row.id)))
+
+
+def _open_user_key(row: sa.Row[Any], keyring: Keyring) -> StoredKey:
+    sealed = SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
+    return open_user_key(keyring, row.user_id, row.provider_config_id, sealed)
+
+
+def open_user_key(keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey) -> StoredKey:
+    """The one way a user key is decrypted (also used on keys held sealed in the snapshot)."""
+    return StoredKey(keyring.open(sealed, user_key_binding(user, provider_config_id)))
+
+
+class ModelConfigRepository:
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def get(self, model_config_id: str) -> ModelConfig | None:
+        models = self._load(sa.select(model_configs).where(model_configs.c.id == model_config_id))
+        return models[0] if models else None
+
+    def list(
+        self,
+        *,
+        show_deleted: bool = False,
+        family: Family | None = None,
+        enabled: bool | None = None,
+        is_default: bool | None = None,
+        after_id: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[ModelConfig]:
+        query = sa.select(model_configs).order_by(model_configs.c.id)
+        if not show_deleted:
+            query = query.where(model_configs.c.delete_time.is_(None))
+        if family is not None:
+            query = query.where(model_configs.c.family == family.value)
+        if enabled is not None:
+            query = query.where(model_configs.c.enabled == enabled)
+        if is_default is not None:
+            query = query.where(model_configs.c.is_default == is_default)
+        if after_id is not None:
+            query = query.where(model_configs.c.id > after_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return self._load(query)
+
+    def attached_to(self, provider_config_id: str) -> builtins.list[ModelConfig]:
+        attached = sa.select(model_attachments.c.model_config_id).where(
+            model_attachments.c.provider_config_id == provider_config_id
+        )
+        return self._load(sa.select(model_configs).where(model_configs.c.id.in_(attached)).order_by(model_configs.c.id))
+
+    def default(self) -> ModelConfig | None:
+        models = self._load(
+            sa.select(model_configs).where(model_configs.c.is_default, model_configs.c.delete_time.is_(None))
+        )
+        return models[0] if models else None
+
+    def add(self, model: ModelConfig, revision: int) -> None:
+        self._connection.execute(
+            sa.insert(model_configs).values(
+                id=model.id,
+                revision=revision,
+                create_time=sa.func.now(),
+                update_time=sa.func.now(),
+                **self._columns(model),
+            )
+        )
+        self._insert_attachments(model)
+
+    def update(self, model: ModelConfig, revision: int, *, attachments_changed: bool) -> None:
+        if attachments_changed:
+            # Delete first: the family check on attachments must hold at every statement.
+            self._connection.execute(
+                sa.delete(model_attachments).where(model_attachments.c.model_config_id == model.id)
+            )
+        self._connection.execute(
+            sa.update(model_configs)
+            .where(model_configs.c.id == model.id)
+            .values(revision=revision, update_time=sa.func.now(), **self._columns(model))
+        )
+        if attachments_changed:
+            self._insert_attachments(model)
+
+    def set_default_flag(self, model_config_id: str, is_default: bool, revision: int) -> None:
+        self._connection.execute(
+            sa.update(model_configs)
+            .where(model_configs.c.id == model_config_id)
+            .values(is_default=is_default, revision=revision, update_time=sa.func.now())
+        )
+
+    def _columns(self, model: ModelConfig) -> dict[str, Any]:
+        columns: dict[str, Any] = {
+            "family": model.family.value,
+            "model": model.model,
+            "display_name": model.display_name,
+            "enabled": model.enabled,
+            "is_default": model.is_default,
+            "context_limit": model.context_limit,
+            "compression_threshold": model.compression_threshold,
+            "delete_time": model.delete_time,
+        }
+        columns.update({name: getattr(model.options, name) for name in OPTION_COLUMNS})
+        return columns
+
+    def _insert_attachments(self, model: ModelConfig) -> None:
+        self._connection.execute(
+            sa.insert(model_attachments),
+            [
+                {"model_config_id": model.id, "provider_config_id": pid, "family": model.family.value, "position": i}
+                for i, pid in enumerate(model.attachments)
+            ],
+        )
+
+    def _load(self, query: sa.Select[Any]) -> builtins.list[ModelConfig]:
+        rows = list(self._connection.execute(query))
+        if not rows:
+            return []
+        attachments: dict[str, list[str]] = {row.id: [] for row in rows}
+        attachment_rows = self._connection.execute(
+            sa.select(model_attachments.c.model_config_id, model_attachments.c.provider_config_id)
+            .where(model_attachments.c.model_config_id.in_(list(attachments)))
+            .order_by(model_attachments.c.model_config_id, model_attachments.c.position)
+        )
+        for model_id, provider_id in attachment_rows:
+            attachments[model_id].append(provider_id)
+        return [model_from_row(row, attachments[row.id]) for row in rows]
+
+
+def model_from_row(row: sa.Row[Any], attachments: Sequence[str]) -> ModelConfig:
+    return ModelConfig(
+        id=row.id,
+        family=Family(row.family),
+        model=row.model,
+        display_name=row.display_name,
+        context_limit=row.context_limit,
+        attachments=tuple(attachments),
+        enabled=row.enabled,
+        is_default=row.is_default,
+        compression_threshold=row.compression_threshold,
+        options=CallOptions(**{name: getattr(row, name) for name in OPTION_COLUMNS}),
+        create_time=row.create_time,
+        update_time=row.update_time,
+        delete_time=row.delete_time,
+        revision=row.revision,
+    )
+
+
+class AttachmentRepository:
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def detach_provider(self, provider_config_id: str) -> builtins.list[str]:
+        """Remove one provider from every list and close the gaps; returns the models touched."""
+        touched = [
+            row.model_config_id
+            for row in self._connection.execute(
+                sa.delete(model_attachments)
+                .where(model_attachments.c.provider_config_id == provider_config_id)
+                .returning(model_attachments.c.model_config_id)
+            )
+        ]
+        if touched:
+            # Positions are renumbered 0..n-1 in their existing order (the unique
+            # (model, position) constraint is deferred to commit).
+            renumbered = (
+                sa.select(
+                    model_attachments.c.model_config_id,
+                    model_attachments.c.provider_config_id,
+                    (
+                        sa.func.row_number().over(
+                            partition_by=model_attachments.c.model_config_id,
+                            order_by=model_attachments.c.position,
+                        )
+                        - 1
+                    ).label("new_position"),
+                )
+                .where(model_attachments.c.model_config_id.in_(touched))
+                .subquery()
+            )
+            self._connection.execute(
+                sa.update(model_attachments)
+                .where(
+                    model_attachments.c.model_config_id == renumbered.c.model_config_id,
+                    model_attachments.c.provider_config_id == renumbered.c.provider_config_id,
+                )
+                .values(position=renumbered.c.new_position)
+            )
+        return sorted(set(touched))
+
+
+class UserKeyRepository:
+    def __init__(self, connection: sa.Connection, keyring: Keyring) -> None:
+        self._connection = connection
+        self._keyring = keyring
+
+    def for_user(self, user: str) -> dict[str, StoredKey]:
+        rows = self._connection.execute(sa.select(user_provider_keys).where(user_provider_keys.c.user_id == user))
+        return {row.provider_config_id: _open_user_key(row, self._keyring) for row in rows}
+
+    def all_sealed(self) -> dict[tuple[str, str], SealedKey]:
+        """Every user key, still sealed: the snapshot opens one only when a resolution needs it."""
+        rows = self._connection.execute(sa.select(user_provider_keys))
+        return {
+            (row.user_id, row.provider_config_id): SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
+            for row in rows
+        }
+
+    def put(self, user: str, provider_config_id: str, api_key: str) -> None:
+        sealed = self._keyring.seal(api_key, user_key_binding(user, provider_config_id))
+        statement = insert(user_provider_keys).values(
+            user_id=user,
+            provider_config_id=provider_config_id,
+            api_key_ciphertext=sealed.ciphertext,
+            api_key_key_id=sealed.key_id,
+            create_time=sa.func.now(),
+            update_time=sa.func.now(),
+        )
+        self._connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[user_provider_keys.c.user_id, user_provider_keys.c.provider_config_id],
+                set_={
+                    "api_key_ciphertext": statement.excluded.api_key_ciphertext,
+                    "api_key_key_id": statement.excluded.api_key_key_id,
+                    "update_time": sa.func.now(),
+                },
+            )
+        )
+
+    def delete(self, user: str, provider_config_id: str) -> bool:
+        result = self._connection.execute(
+            sa.delete(user_provider_keys).where(
+                user_provider_keys.c.user_id == user,
+                user_provider_keys.c.provider_config_id == provider_config_id,
+            )
+        )
+        return bool(result.rowcount)
+
+    def delete_for_provider(self, provider_config_id: str) -> int:
+        result = self._connection.execute(
+            sa.delete(user_provider_keys).where(user_provider_keys.c.provider_config_id == provider_config_id)
+        )
+        return int(result.rowcount)
+
+
+class UnitOfWork:
+    """One transaction per use case; nothing is written unless `commit` is called."""
+
+    def __init__(self, engine: sa.Engine, keyring: Keyring, *, read_only: bool = False) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._read_only = read_only
+
+    def __enter__(self) -> UnitOfWork:
+        self._connection = self._engine.connect()
+        if self._read_only:
+            # One consistent view across several queries (snapshot loads).
+            self._connection = self._connection.execution_options(isolation_level="REPEATABLE READ")
+        self._transaction = self._connection.begin()
+        self.revisions = RevisionCounter(self._connection)
+        self.providers = ProviderConfigRepository(self._connection, self._keyring)
+        self.models = ModelConfigRepository(self._connection)
+        self.attachments = AttachmentRepository(self._connection)
+        self.user_keys = UserKeyRepository(self._connection, self._keyring)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self._connection.close()
+
+    def commit(self) -> None:
+        self._transaction.commit()
+
+    def notify_change(self, revision: int) -> None:
+        """Tell every replica (delivered only if and when this transaction commits)."""
+        self._connection.execute(sa.select(sa.func.pg_notify(CHANGE_CHANNEL, str(revision))))
+
+    @property
+    def now(self) -> datetime:
+        return self._connection.execute(sa.select(sa.func.now())).scalar_one()  # type: ignore[no-any-return]

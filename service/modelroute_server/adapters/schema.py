@@ -1,0 +1,84 @@
+"""Table definitions used by the repositories' queries.
+
+The authoritative DDL (checks, partial indexes, foreign keys) lives in the
+Alembic revisions under migrations/versions; these mirror the columns.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SLUG_REGEX = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+metadata = sa.MetaData()
+
+config_revision = sa.Table(
+    "config_revision",
+    metadata,
+    sa.Column("singleton", sa.Boolean, primary_key=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
+provider_configs = sa.Table(
+    "provider_configs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("family", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("base_url", sa.Text),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("central_api_key_enabled", sa.Boolean, nullable=False),
+    sa.Column("allow_user_api_key", sa.Boolean, nullable=False),
+    sa.Column("allow_central_api_key_fallback", sa.Boolean, nullable=False),
+    sa.Column("api_key_ciphertext", sa.LargeBinary),
+    sa.Column("api_key_key_id", sa.Text),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
+model_configs = sa.Table(
+    "model_configs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("family", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("is_default", sa.Boolean, nullable=False),
+    sa.Column("context_limit", sa.Integer, nullable=False),
+    sa.Column("compression_threshold", sa.Integer, nullable=False),
+    sa.Column("max_output_tokens", sa.Integer),
+    sa.Column("temperature", sa.Float),
+    sa.Column("top_p", sa.Float),
+    sa.Column("top_k", sa.Integer),
+    sa.Column("presence_penalty", sa.Float),
+    sa.Column("frequency_penalty", sa.Float),
+    sa.Column("input_price_per_mtok", sa.Float),
+    sa.Column("output_price_per_mtok", sa.Float),
+    sa.Column("cache_read_price_per_mtok", sa.Float),
+    sa.Column("cache_write_price_per_mtok", sa.Float),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delete_time", sa.DateTime(timezone=True)),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
+model_attachments = sa.Table(
+    "model_attachments",
+    metadata,
+    sa.Column("model_config_id", sa.Text, primary_key=True),
+    sa.Column("provider_config_id", sa.Text, primary_key=True),
+    sa.Column("family", sa.Text, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+)
+
+user_provider_keys = sa.Table(
+    "user_provider_keys",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("provider_config_id", sa.Text, primary_key=True),
+    sa.Column("api_key_ciphertext", sa.LargeBinary, nullable=False),
+    sa.Column("api_key_key_id", sa.Text, nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+)

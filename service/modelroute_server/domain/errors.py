@@ -1,0 +1,154 @@
+"""The catalogue of error reasons: one stable (reason, code) pair per failure.
+
+Every error the service returns is a DomainError carrying one of these
+reasons. The gRPC edge maps the reason's code to a status code and the
+reason's name to `google.rpc.ErrorInfo.reason` in one place
+(entrypoints/errors.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+ERROR_DOMAIN = "modelroute.internal"
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+class Reason(enum.Enum):
+    """Stable machine-readable reasons (the value is ErrorInfo.reason)."""
+
+    FIELD_INVALID = "FIELD_INVALID"
+    CREDENTIAL_POLICY_INVALID = "CREDENTIAL_POLICY_INVALID"
+    FAMILY_IMMUTABLE = "FAMILY_IMMUTABLE"
+    UPDATE_MASK_INVALID = "UPDATE_MASK_INVALID"
+    FILTER_INVALID = "FILTER_INVALID"
+    PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
+    ATTACHMENTS_INVALID = "ATTACHMENTS_INVALID"
+    PROVIDER_CONFIG_NOT_FOUND = "PROVIDER_CONFIG_NOT_FOUND"
+    MODEL_CONFIG_NOT_FOUND = "MODEL_CONFIG_NOT_FOUND"
+    PROVIDER_CONFIG_ALREADY_EXISTS = "PROVIDER_CONFIG_ALREADY_EXISTS"
+    MODEL_CONFIG_ALREADY_EXISTS = "MODEL_CONFIG_ALREADY_EXISTS"
+    ETAG_MISMATCH = "ETAG_MISMATCH"
+    PROVIDER_CONFIG_IN_USE = "PROVIDER_CONFIG_IN_USE"
+    PROVIDER_CONFIG_DISABLED = "PROVIDER_CONFIG_DISABLED"
+    USER_KEYS_NOT_ALLOWED = "USER_KEYS_NOT_ALLOWED"
+    NO_PROVIDER_CONFIG_TO_ATTACH = "NO_PROVIDER_CONFIG_TO_ATTACH"
+    MODEL_CONFIG_DISABLED = "MODEL_CONFIG_DISABLED"
+    MODEL_CONFIG_DELETED = "MODEL_CONFIG_DELETED"
+    MODEL_CONFIG_NOT_DELETED = "MODEL_CONFIG_NOT_DELETED"
+    DISABLED_MODEL_CANNOT_BE_DEFAULT = "DISABLED_MODEL_CANNOT_BE_DEFAULT"
+    NO_DEFAULT_MODEL = "NO_DEFAULT_MODEL"
+    NO_USABLE_ATTACHMENT = "NO_USABLE_ATTACHMENT"
+    REVISION_NOT_REACHED = "REVISION_NOT_REACHED"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+    @property
+    def code(self) -> ErrorCode:
+        return REASON_CODES[self]
+
+
+REASON_CODES: Mapping[Reason, ErrorCode] = {
+    Reason.FIELD_INVALID: ErrorCode.INVALID_ARGUMENT,
+    Reason.CREDENTIAL_POLICY_INVALID: ErrorCode.INVALID_ARGUMENT,
+    Reason.FAMILY_IMMUTABLE: ErrorCode.INVALID_ARGUMENT,
+    Reason.UPDATE_MASK_INVALID: ErrorCode.INVALID_ARGUMENT,
+    Reason.FILTER_INVALID: ErrorCode.INVALID_ARGUMENT,
+    Reason.PAGE_TOKEN_INVALID: ErrorCode.INVALID_ARGUMENT,
+    Reason.ATTACHMENTS_INVALID: ErrorCode.INVALID_ARGUMENT,
+    Reason.PROVIDER_CONFIG_NOT_FOUND: ErrorCode.NOT_FOUND,
+    Reason.MODEL_CONFIG_NOT_FOUND: ErrorCode.NOT_FOUND,
+    Reason.PROVIDER_CONFIG_ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
+    Reason.MODEL_CONFIG_ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
+    Reason.ETAG_MISMATCH: ErrorCode.ABORTED,
+    Reason.PROVIDER_CONFIG_IN_USE: ErrorCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_CONFIG_DISABLED: ErrorCode.FAILED_PRECONDITION,
+    Reason.USER_KEYS_NOT_ALLOWED: ErrorCode.FAILED_PRECONDITION,
+    Reason.NO_PROVIDER_CONFIG_TO_ATTACH: ErrorCode.FAILED_PRECONDITION,
+    Reason.MODEL_CONFIG_DISABLED: ErrorCode.FAILED_PRECONDITION,
+    Reason.MODEL_CONFIG_DELETED: ErrorCode.FAILED_PRECONDITION,
+    Reason.MODEL_CONFIG_NOT_DELETED: ErrorCode.ALREADY_EXISTS,  # AIP-164: undelete of a live resource
+    Reason.DISABLED_MODEL_CANNOT_BE_DEFAULT: ErrorCode.FAILED_PRECONDITION,
+    Reason.NO_DEFAULT_MODEL: ErrorCode.FAILED_PRECONDITION,
+    Reason.NO_USABLE_ATTACHMENT: ErrorCode.FAILED_PRECONDITION,
+    Reason.REVISION_NOT_REACHED: ErrorCode.FAILED_PRECONDITION,
+    Reason.DATABASE_UNAVAILABLE: ErrorCode.UNAVAILABLE,
+    Reason.INTERNAL_ERROR: ErrorCode.INTERNAL,
+}
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    type: str
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    resource_type: str
+    resource_name: str
+
+
+class DomainError(Exception):
+    """A failure with a catalogued reason. Messages never contain secrets."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        field_violations: Iterable[FieldViolation] = (),
+        precondition_violations: Iterable[PreconditionViolation] = (),
+        resource: ResourceRef | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.field_violations = tuple(field_violations)
+        self.precondition_violations = tuple(precondition_violations)
+        self.resource = resource
+        self.metadata = dict(metadata or {})
+
+    @property
+    def code(self) -> ErrorCode:
+        return self.reason.code
+
+
+@dataclass
+class ViolationCollector:
+    """Gathers every field violation of a request before failing once."""
+
+    violations: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_path: str, description: str) -> None:
+        self.violations.append(FieldViolation(field_path, description))
+
+    def raise_if_any(self, reason: Reason = Reason.FIELD_INVALID) -> None:
+        if self.violations:
+            summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+            raise DomainError(reason, f"invalid request: {summary}", field_violations=self.violations)
+
+
+def invalid_field(field_path: str, description: str, reason: Reason = Reason.FIELD_INVALID) -> DomainError:
+    return DomainError(
+        reason, f"{field_path}: {description}", field_violations=[FieldViolation(field_path, description)]
+    )

@@ -1,0 +1,163 @@
+"""Model configs, their ordered attachments, and the default-model rule."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+
+from . import rules
+from .errors import DomainError, FieldViolation, Reason, ViolationCollector
+from .families import Family
+from .providers import ProviderConfig, provider_config_name
+
+DEFAULT_COMPRESSION_THRESHOLD = 70
+MAX_CONTEXT_LIMIT = 100_000_000
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    input_price_per_mtok: float | None = None
+    output_price_per_mtok: float | None = None
+    cache_read_price_per_mtok: float | None = None
+    cache_write_price_per_mtok: float | None = None
+
+
+# (low, high) inclusive bounds; None means unbounded on that side.
+_OPTION_BOUNDS: Mapping[str, tuple[float | None, float | None]] = {
+    "max_output_tokens": (1, None),
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "top_k": (1, None),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "input_price_per_mtok": (0.0, None),
+    "output_price_per_mtok": (0.0, None),
+    "cache_read_price_per_mtok": (0.0, None),
+    "cache_write_price_per_mtok": (0.0, None),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    family: Family
+    model: str
+    display_name: str
+    context_limit: int
+    attachments: tuple[str, ...]
+    enabled: bool = True
+    is_default: bool = False
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD
+    options: CallOptions = field(default_factory=CallOptions)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    delete_time: datetime | None = None
+    revision: int = 0
+
+    @property
+    def name(self) -> str:
+        return model_config_name(self.id)
+
+    @property
+    def deleted(self) -> bool:
+        return self.delete_time is not None
+
+    @property
+    def live(self) -> bool:
+        return self.delete_time is None
+
+
+def model_config_name(model_config_id: str) -> str:
+    return f"modelConfigs/{model_config_id}"
+
+
+def validate_model_fields(model: ModelConfig, prefix: str = "") -> None:
+    violations = ViolationCollector()
+    if not model.model.strip():
+        violations.add(f"{prefix}model", "is required")
+    elif len(model.model) > rules.MAX_TEXT:
+        violations.add(f"{prefix}model", f"must be at most {rules.MAX_TEXT} characters")
+    name_problem = rules.display_name_problem(model.display_name)
+    if name_problem:
+        violations.add(f"{prefix}display_name", name_problem)
+    if not 0 < model.context_limit <= MAX_CONTEXT_LIMIT:
+        violations.add(f"{prefix}context_limit", f"must be between 1 and {MAX_CONTEXT_LIMIT}")
+    if not 0 <= model.compression_threshold <= 100:
+        violations.add(f"{prefix}compression_threshold", "must be between 0 and 100")
+    for option in fields(CallOptions):
+        value = getattr(model.options, option.name)
+        if value is None:
+            continue
+        low, high = _OPTION_BOUNDS[option.name]
+        path = f"{prefix}options.{option.name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            violations.add(path, "must be a finite number")
+        elif low is not None and value < low:
+            violations.add(path, f"must be >= {low}")
+        elif high is not None and value > high:
+            violations.add(path, f"must be <= {high}")
+    violations.raise_if_any()
+
+
+def validate_attachments(
+    family: Family,
+    attachment_ids: Sequence[str],
+    providers: Mapping[str, ProviderConfig],
+    field_path: str,
+) -> None:
+    """Unknown, other-family, duplicate and empty lists are rejected with the ids named."""
+    if not attachment_ids:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{field_path}: a model needs at least one provider config",
+            field_violations=[FieldViolation(field_path, "must name at least one provider config")],
+        )
+    violations: list[FieldViolation] = []
+    counts = Counter(attachment_ids)
+    reported_duplicates: set[str] = set()
+    for index, provider_id in enumerate(attachment_ids):
+        path = f"{field_path}[{index}]"
+        name = provider_config_name(provider_id)
+        provider = providers.get(provider_id)
+        if counts[provider_id] > 1 and provider_id not in reported_duplicates:
+            reported_duplicates.add(provider_id)
+            violations.append(FieldViolation(path, f"{name} is listed {counts[provider_id]} times"))
+        if provider is None:
+            violations.append(FieldViolation(path, f"{name} does not exist"))
+        elif provider.family is not family:
+            violations.append(
+                FieldViolation(path, f"{name} is of family {provider.family.value}, the model is {family.value}")
+            )
+    if violations:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{field_path}: " + "; ".join(v.description for v in violations),
+            field_violations=violations,
+        )
+
+
+def auto_attachments(family: Family, providers: Iterable[ProviderConfig]) -> tuple[str, ...]:
+    """Every enabled config of the family, by (create time, id): the same on every run (trap 11)."""
+    candidates = [p for p in providers if p.family is family and p.enabled]
+    candidates.sort(key=lambda p: (p.create_time or datetime.min, p.id))
+    return tuple(p.id for p in candidates)
+
+
+def default_order_key(model: ModelConfig) -> tuple[datetime, str]:
+    return (model.create_time or datetime.min, model.id)
+
+
+def next_default(models: Iterable[ModelConfig], excluding: Iterable[str] = ()) -> ModelConfig | None:
+    """The model to promote: the oldest enabled live model, ties broken by id."""
+    excluded = set(excluding)
+    candidates = [m for m in models if m.live and m.enabled and m.id not in excluded]
+    return min(candidates, key=default_order_key, default=None)

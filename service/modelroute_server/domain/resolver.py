@@ -1,0 +1,209 @@
+"""The resolver: the only code that decides whether a provider config is usable.
+
+Pure: a model config, its attachments' provider configs, the user's keys and
+the deployment keys in; one ordered outcome per attachment out. ResolveModel,
+ListAvailableModels and ExplainResolution all call `resolve`, so they cannot
+disagree (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import rules
+from .families import Family
+from .models import ModelConfig
+from .providers import KeySource, ProviderConfig, StoredKey, central_credential
+
+
+class SkipReason(enum.Enum):
+    PROVIDER_DISABLED = "PROVIDER_DISABLED"
+    USER_KEY_REQUIRED = "USER_KEY_REQUIRED"
+    CENTRAL_KEY_MISSING = "CENTRAL_KEY_MISSING"
+    KEY_UNDECRYPTABLE = "KEY_UNDECRYPTABLE"
+    INVALID_CONFIG = "INVALID_CONFIG"
+
+
+class FixableBy(enum.Enum):
+    USER = "USER"
+    ADMIN = "ADMIN"
+
+
+class ModelUnusableReason(enum.Enum):
+    MODEL_DISABLED = "MODEL_DISABLED"
+    NO_USABLE_ATTACHMENT = "NO_USABLE_ATTACHMENT"
+
+
+@dataclass(frozen=True)
+class AttachmentOutcome:
+    provider_config_id: str
+    position: int
+    family: Family
+    base_url: str | None
+    key_source: KeySource | None = None
+    secret: str | None = field(default=None, repr=False)
+    skip_reason: SkipReason | None = None
+    fixable_by: FixableBy | None = None
+    message: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.skip_reason is None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    model: ModelConfig
+    outcomes: tuple[AttachmentOutcome, ...]
+
+    @property
+    def usable_outcomes(self) -> tuple[AttachmentOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.usable)
+
+    @property
+    def selected(self) -> AttachmentOutcome | None:
+        usable = self.usable_outcomes
+        return usable[0] if usable and self.model.enabled else None
+
+    @property
+    def fallbacks(self) -> tuple[AttachmentOutcome, ...]:
+        return self.usable_outcomes[1:] if self.model.enabled else ()
+
+    @property
+    def skipped(self) -> tuple[AttachmentOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.usable)
+
+    @property
+    def unusable_reason(self) -> ModelUnusableReason | None:
+        if not self.model.enabled:
+            return ModelUnusableReason.MODEL_DISABLED
+        if not self.usable_outcomes:
+            return ModelUnusableReason.NO_USABLE_ATTACHMENT
+        return None
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """Admin what-if overrides for ExplainResolution; the real state is left alone."""
+
+    user_has_key: Mapping[str, bool] = field(default_factory=dict)
+    provider_enabled: Mapping[str, bool] = field(default_factory=dict)
+
+
+# A stand-in secret for a what-if user key: explain never returns secrets.
+_WHAT_IF_KEY = StoredKey("what-if")
+
+
+def resolve(
+    model: ModelConfig,
+    providers: Mapping[str, ProviderConfig],
+    user_keys: Mapping[str, StoredKey],
+    deployment_keys: Mapping[Family, str],
+    what_if: WhatIf | None = None,
+) -> Resolution:
+    """Walk the attachments in order; record one outcome each.
+
+    `user_keys` is keyed by provider config id: a key never leaks from one
+    config to a sibling of the same family (SPEC trap 3).
+    """
+    outcomes = []
+    for position, provider_id in enumerate(model.attachments):
+        provider = providers[provider_id]
+        user_key = user_keys.get(provider_id)
+        enabled = provider.enabled
+        if what_if is not None:
+            enabled = what_if.provider_enabled.get(provider_id, enabled)
+            if provider_id in what_if.user_has_key:
+                user_key = _WHAT_IF_KEY if what_if.user_has_key[provider_id] else None
+        outcomes.append(_attachment_outcome(provider, position, enabled, user_key, deployment_keys))
+    return Resolution(model, tuple(outcomes))
+
+
+def _attachment_outcome(
+    provider: ProviderConfig,
+    position: int,
+    enabled: bool,
+    user_key: StoredKey | None,
+    deployment_keys: Mapping[Family, str],
+) -> AttachmentOutcome:
+    def skipped(reason: SkipReason, fixable_by: FixableBy, message: str) -> AttachmentOutcome:
+        return AttachmentOutcome(
+            provider.id,
+            position,
+            provider.family,
+            provider.base_url,
+            skip_reason=reason,
+            fixable_by=fixable_by,
+            message=message,
+        )
+
+    # 1. A disabled provider is never used.
+    if not enabled:
+        return skipped(SkipReason.PROVIDER_DISABLED, FixableBy.ADMIN, "the provider config is disabled")
+
+    # 2. The credential policy decides the key (first matching rule, SPEC section 6).
+    policy = provider.policy
+    central = central_credential(provider, deployment_keys)
+    has_central_key = central.source in (KeySource.STORED, KeySource.DEPLOYMENT)
+    user_key_present = user_key is not None and user_key.present
+    source: KeySource
+    secret: str | None
+    if policy.allow_user_api_key and user_key_present:
+        assert user_key is not None
+        source, secret = KeySource.USER, user_key.secret
+        if user_key.undecryptable:
+            return skipped(
+                SkipReason.KEY_UNDECRYPTABLE,
+                FixableBy.USER,
+                "the user's key cannot be decrypted; set it again",
+            )
+    elif has_central_key and policy.central_key_serves_users:
+        assert central.source is not None
+        source, secret = central.source, central.secret
+        if central.undecryptable:
+            return skipped(
+                SkipReason.KEY_UNDECRYPTABLE,
+                FixableBy.ADMIN,
+                "the stored central key cannot be decrypted with the configured keyring",
+            )
+    elif has_central_key and policy.allow_user_api_key:
+        return skipped(
+            SkipReason.USER_KEY_REQUIRED,
+            FixableBy.USER,
+            "this provider config requires the user's own key and the user has none",
+        )
+    elif central.source is KeySource.AMBIENT and policy.central_key_serves_users:
+        source, secret = KeySource.AMBIENT, None
+    elif policy.allow_user_api_key:
+        return skipped(
+            SkipReason.USER_KEY_REQUIRED,
+            FixableBy.USER,
+            "this provider config accepts only the user's own key and the user has none",
+        )
+    else:
+        return skipped(
+            SkipReason.CENTRAL_KEY_MISSING,
+            FixableBy.ADMIN,
+            "no central key is stored and no deployment key is configured for the family",
+        )
+
+    # 4. A config that cannot produce a working client is skipped; the walk goes on (trap 5).
+    problem = runtime_config_problem(provider)
+    if problem:
+        return skipped(SkipReason.INVALID_CONFIG, FixableBy.ADMIN, problem)
+
+    return AttachmentOutcome(provider.id, position, provider.family, provider.base_url, source, secret)
+
+
+def runtime_config_problem(provider: ProviderConfig) -> str | None:
+    """Today's validation applied to a stored row (it may predate a rule, or be written by hand)."""
+    requirement = rules.base_url_requirement_problem(provider.family, provider.base_url)
+    if requirement:
+        return f"base_url {requirement}"
+    if provider.base_url:
+        url_problem = rules.base_url_problem(provider.base_url)
+        if url_problem:
+            return f"base_url {url_problem}"
+    return None

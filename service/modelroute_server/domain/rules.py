@@ -1,0 +1,80 @@
+"""Field rules shared by every write path and by the resolver's config check."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from .families import Family
+
+MAX_KEY_BYTES = 10_240
+SLUG_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+SLUG_RULE = "must be a lower-case slug: a letter, then letters, digits or '-', at most 63 characters, not ending in '-'"
+MAX_TEXT = 256
+MAX_USER_ID = 256
+
+
+def slug_problem(value: str) -> str | None:
+    if not value:
+        return "is required"
+    if not SLUG_PATTERN.fullmatch(value):
+        return SLUG_RULE
+    return None
+
+
+def api_key_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as an API key; None when it can. Never echoes the key."""
+    if value == "":
+        return "must not be empty"
+    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"must be at most {MAX_KEY_BYTES} bytes"
+    if value != value.strip():
+        return "must not have leading or trailing white space"
+    return None
+
+
+def key_is_present(value: str | None) -> bool:
+    """A key counts only when it has content: white space alone is no key."""
+    return value is not None and value.strip() != ""
+
+
+def base_url_problem(value: str) -> str | None:
+    if value != value.strip():
+        return "must not have leading or trailing white space"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError on a malformed port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    del port
+    if parts.scheme not in ("http", "https"):
+        return "must be an absolute URL with scheme http or https"
+    if not parts.hostname:
+        return "must be an absolute URL with a host"
+    if any(c.isspace() for c in value):
+        return "must not contain white space"
+    return None
+
+
+def base_url_requirement_problem(family: Family, base_url: str | None) -> str | None:
+    if family.requires_base_url and not base_url:
+        return f"is required for the {family.value} family"
+    return None
+
+
+def display_name_problem(value: str) -> str | None:
+    if not value.strip():
+        return "must not be blank"
+    if len(value) > MAX_TEXT:
+        return f"must be at most {MAX_TEXT} characters"
+    return None
+
+
+def user_id_problem(value: str) -> str | None:
+    if not value:
+        return "is required"
+    if len(value) > MAX_USER_ID:
+        return f"must be at most {MAX_USER_ID} characters"
+    if value != value.strip() or any(c.isspace() or not c.isprintable() for c in value):
+        return "must not contain white space or control characters"
+    return None

@@ -1,0 +1,94 @@
+"""`modelroute-server`: run the service or migrate its database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..adapters import database
+from ..adapters.crypto import KeyringError, generate_keyring_spec
+from ..settings import Settings, SettingsError, settings_from_env
+from .logs import configure_logging
+from .server import serve
+
+log = logging.getLogger("modelroute")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelroute-server", description=__doc__)
+    parser.add_argument("--database-url", help="PostgreSQL URL (env MODELROUTE_DATABASE_URL); omit for embedded")
+    parser.add_argument("--data-dir", type=Path, help="embedded mode's data directory (env MODELROUTE_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("serve", help="run the gRPC service (default)")
+    run.add_argument("--listen", help="host:port (env MODELROUTE_LISTEN, default 127.0.0.1:50051)")
+    run.add_argument(
+        "--migrate", action="store_true", help="upgrade the schema before serving (always on when embedded)"
+    )
+    migrate = commands.add_parser("migrate", help="upgrade (or downgrade) the schema")
+    migrate.add_argument("--to", default="head", help="target revision (default head)")
+    migrate.add_argument("--downgrade", action="store_true", help="go down to --to")
+    commands.add_parser("generate-key", help="print a fresh keyring entry for MODELROUTE_KEYRING")
+    return parser
+
+
+def _apply_flags(settings: Settings, options: argparse.Namespace) -> Settings:
+    changes: dict[str, object] = {}
+    if options.database_url:
+        changes["database_url"] = options.database_url
+    if options.data_dir:
+        changes["data_dir"] = options.data_dir
+    if getattr(options, "listen", None):
+        changes["listen"] = options.listen
+    if getattr(options, "migrate", False):
+        changes["migrate"] = True
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    try:
+        settings = _apply_flags(settings_from_env(), options)
+    except SettingsError as exc:
+        print(f"modelroute-server: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    command = options.command or "serve"
+    try:
+        if command == "generate-key":
+            print(generate_keyring_spec())
+        elif command == "migrate":
+            _migrate(settings, options.to, options.downgrade)
+        else:
+            asyncio.run(serve(settings))
+    except (SettingsError, KeyringError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"modelroute-server: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _migrate(settings: Settings, target: str, downgrade: bool) -> None:
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = database.EmbeddedPostgres(settings.data_dir / "pgdata")
+        url = embedded.start()
+    engine = database.create_engine(url)
+    try:
+        if downgrade:
+            database.downgrade(engine, target)
+        else:
+            database.upgrade(engine, target)
+        log.info("schema migrated", extra={"revision": database.current_revision(engine)})
+    finally:
+        engine.dispose()
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""Translation between protobuf messages and use-case inputs / read views.
+
+Protobuf stops here: nothing below the entrypoints sees a message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
+
+from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field
+from ..domain.families import FAMILY_NAMES, Family
+from ..domain.models import CallOptions
+from ..domain.providers import KeySource, provider_config_name
+from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
+from ..service_layer.inputs import (
+    MODEL_OPTION_PATHS,
+    MODEL_UPDATABLE_PATHS,
+    PROVIDER_UPDATABLE_PATHS,
+    ModelConfigInput,
+    ProviderConfigInput,
+)
+from ..service_layer.model_configs import ModelListFilter
+from ..service_layer.provider_configs import ProviderListFilter, etag_of
+from ..service_layer.user_keys import UserProviderView
+from ..service_layer.views import AttachmentView, ModelConfigView, ProviderConfigView
+
+FAMILY_TO_PROTO = {family: common_pb2.Family.Value("FAMILY_" + family.name) for family in Family}
+PROTO_TO_FAMILY = {value: family for family, value in FAMILY_TO_PROTO.items()}
+KEY_SOURCE_TO_PROTO = {source: common_pb2.KeySource.Value("KEY_SOURCE_" + source.name) for source in KeySource}
+SKIP_REASON_TO_PROTO = {r: common_pb2.SkipReason.Value("SKIP_REASON_" + r.name) for r in SkipReason}
+FIXABLE_BY_TO_PROTO = {f: common_pb2.FixableBy.Value("FIXABLE_BY_" + f.name) for f in FixableBy}
+UNUSABLE_TO_PROTO = {
+    r: resolver_pb2.ModelUnusableReason.Value("MODEL_UNUSABLE_REASON_" + r.name) for r in ModelUnusableReason
+}
+PROVIDER_NAME = re.compile(r"^providerConfigs/([^/]+)$")
+MODEL_NAME = re.compile(r"^modelConfigs/([^/]+)$")
+POLICY_FIELDS = (
+    "central_api_key_enabled",
+    "allow_user_api_key",
+    "allow_central_api_key_fallback",
+)
+
+
+# ---------------------------------------------------------------- names
+
+
+def provider_id_from_name(name: str, field_path: str) -> str:
+    match = PROVIDER_NAME.fullmatch(name)
+    if not match:
+        raise invalid_field(field_path, f"must be a provider config name `providerConfigs/{{id}}`, got {name!r}")
+    return match.group(1)
+
+
+def model_id_from_name(name: str, field_path: str) -> str:
+    match = MODEL_NAME.fullmatch(name)
+    if not match:
+        raise invalid_field(field_path, f"must be a model config name `modelConfigs/{{id}}`, got {name!r}")
+    return match.group(1)
+
+
+def model_ref(value: str, field_path: str) -> str | None:
+    """ResolveModel accepts `modelConfigs/{id}`, the bare id, or empty for the default model."""
+    if not value:
+        return None
+    if "/" in value:
+        return model_id_from_name(value, field_path)
+    return value
+
+
+def _has(message: Message, field_name: str) -> bool:
+    """Presence of a field named at run time (generated stubs type HasField with literals)."""
+    return message.HasField(field_name)
+
+
+def family_from_proto(value: int) -> Family | None:
+    return PROTO_TO_FAMILY.get(common_pb2.Family.ValueType(value))
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+# ---------------------------------------------------------------- update masks
+
+
+def resolve_mask(
+    mask: field_mask_pb2.FieldMask | None,
+    populated: Iterable[str],
+    allowed: frozenset[str],
+    groups: dict[str, frozenset[str]],
+    immutable: frozenset[str] = frozenset(),
+) -> frozenset[str]:
+    """The resource fields an update touches (AIP-134).
+
+    No mask: every populated field. `*`: every updatable field. A group path
+    (`credential_policy`, `options`) stands for all its leaves. Any other
+    path is rejected by name.
+    """
+    populated = list(populated)
+    paths = list(mask.paths) if mask is not None else []
+    if not paths:
+        return frozenset(populated)
+    if paths == ["*"]:
+        # Full replacement; an immutable field is checked only when the caller sent it.
+        return allowed | (immutable & frozenset(populated))
+    resolved: set[str] = set()
+    violations = ViolationCollector()
+    for path in paths:
+        if path in allowed or path in immutable:
+            resolved.add(path)
+        elif path in groups:
+            resolved |= groups[path]
+        else:
+            violations.add("update_mask", f"unknown or read-only field path {path!r}")
+    violations.raise_if_any(Reason.UPDATE_MASK_INVALID)
+    return frozenset(resolved)
+
+
+# ---------------------------------------------------------------- provider configs
+
+
+def provider_input(
+    message: provider_config_pb2.ProviderConfig, mask: field_mask_pb2.FieldMask | None = None
+) -> ProviderConfigInput:
+    policy = message.credential_policy
+    populated = [
+        name
+        for name, present in (
+            ("display_name", bool(message.display_name)),
+            ("base_url", bool(message.base_url)),
+            ("enabled", message.HasField("enabled")),
+            ("api_key", bool(message.api_key)),
+            ("family", message.family != common_pb2.FAMILY_UNSPECIFIED),
+        )
+        if present
+    ] + [f"credential_policy.{f}" for f in POLICY_FIELDS if _has(policy, f)]
+    paths = resolve_mask(
+        mask,
+        populated,
+        PROVIDER_UPDATABLE_PATHS,
+        {"credential_policy": frozenset(f"credential_policy.{f}" for f in POLICY_FIELDS)},
+        immutable=frozenset({"family"}),
+    )
+    if message.family != common_pb2.FAMILY_UNSPECIFIED and family_from_proto(message.family) is None:
+        raise _unknown_family("provider_config.family", message.family)
+    return ProviderConfigInput(
+        family=family_from_proto(message.family),
+        display_name=message.display_name,
+        base_url=message.base_url,
+        enabled=message.enabled if message.HasField("enabled") else None,
+        central_api_key_enabled=(
+            policy.central_api_key_enabled if policy.HasField("central_api_key_enabled") else None
+        ),
+        allow_user_api_key=policy.allow_user_api_key if policy.HasField("allow_user_api_key") else None,
+        allow_central_api_key_fallback=(
+            policy.allow_central_api_key_fallback if policy.HasField("allow_central_api_key_fallback") else None
+        ),
+        api_key=message.api_key,
+        etag=message.etag,
+        paths=paths,
+    )
+
+
+def _unknown_family(field_path: str, value: int) -> DomainError:
+    return invalid_field(field_path, f"unknown family {value}; must be one of {', '.join(FAMILY_NAMES)}")
+
+
+def provider_to_proto(view: ProviderConfigView) -> provider_config_pb2.ProviderConfig:
+    config, facts = view.config, view.facts
+    return provider_config_pb2.ProviderConfig(
+        name=config.name,
+        family=FAMILY_TO_PROTO[config.family],
+        display_name=config.display_name,
+        base_url=config.base_url or "",
+        enabled=config.enabled,
+        credential_policy=common_pb2.CredentialPolicy(
+            central_api_key_enabled=config.policy.central_api_key_enabled,
+            allow_user_api_key=config.policy.allow_user_api_key,
+            allow_central_api_key_fallback=config.policy.allow_central_api_key_fallback,
+        ),
+        has_api_key=facts.has_api_key,
+        central_credential_usable=facts.central_credential_usable,
+        central_credential_source=_key_source(facts.central_credential_source),
+        create_time=_timestamp(config.create_time),
+        update_time=_timestamp(config.update_time),
+        etag=etag_of(config.revision),
+    )
+
+
+def _key_source(source: KeySource | None) -> common_pb2.KeySource.ValueType:
+    return KEY_SOURCE_TO_PROTO[source] if source else common_pb2.KEY_SOURCE_UNSPECIFIED
+
+
+# ---------------------------------------------------------------- filters
+
+
+_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*"?([A-Za-z0-9_-]+)"?\s*$')
+
+
+def _parse_filter(text: str, allowed: set[str]) -> dict[str, str]:
+    """`a = x AND b = y`; each name at most once (AIP-160 subset)."""
+    terms: dict[str, str] = {}
+    if not text.strip():
+        return terms
+    for raw in re.split(r"\s+AND\s+", text.strip()):
+        match = _TERM.fullmatch(raw)
+        if not match or match.group(1) not in allowed or match.group(1) in terms:
+            raise invalid_field(
+                "filter",
+                f"cannot parse {raw.strip()!r}; use terms like "
+                + " AND ".join(f"{name} = ..." for name in sorted(allowed)),
+                Reason.FILTER_INVALID,
+            )
+        terms[match.group(1)] = match.group(2)
+    return terms
+
+
+def _filter_family(value: str) -> Family:
+    family = Family.parse(value.removeprefix("FAMILY_"))
+    if family is None:
+        raise invalid_field(
+            "filter", f"unknown family {value!r}; must be one of {', '.join(FAMILY_NAMES)}", Reason.FILTER_INVALID
+        )
+    return family
+
+
+def _filter_bool(name: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise invalid_field("filter", f"{name} must be true or false, got {value!r}", Reason.FILTER_INVALID)
+    return value.lower() == "true"
+
+
+def provider_filter(text: str) -> ProviderListFilter:
+    terms = _parse_filter(text, {"family", "enabled"})
+    return ProviderListFilter(
+        family=_filter_family(terms["family"]) if "family" in terms else None,
+        enabled=_filter_bool("enabled", terms["enabled"]) if "enabled" in terms else None,
+    )
+
+
+def model_filter(text: str, show_deleted: bool) -> ModelListFilter:
+    terms = _parse_filter(text, {"family", "enabled", "is_default"})
+    return ModelListFilter(
+        family=_filter_family(terms["family"]) if "family" in terms else None,
+        enabled=_filter_bool("enabled", terms["enabled"]) if "enabled" in terms else None,
+        is_default=_filter_bool("is_default", terms["is_default"]) if "is_default" in terms else None,
+        show_deleted=show_deleted,
+    )
+
+
+# ---------------------------------------------------------------- model configs
+
+
+def model_input(
+    message: model_config_pb2.ModelConfig, mask: field_mask_pb2.FieldMask | None = None
+) -> ModelConfigInput:
+    options_message = message.options
+    option_names = [name.removeprefix("options.") for name in sorted(MODEL_OPTION_PATHS)]
+    populated = [
+        name
+        for name, present in (
+            ("family", message.family != common_pb2.FAMILY_UNSPECIFIED),
+            ("model", bool(message.model)),
+            ("display_name", bool(message.display_name)),
+            ("enabled", message.HasField("enabled")),
+            ("is_default", message.HasField("is_default")),
+            ("context_limit", message.context_limit != 0),
+            ("compression_threshold", message.HasField("compression_threshold")),
+            ("provider_configs", len(message.provider_configs) > 0),
+        )
+        if present
+    ] + [f"options.{name}" for name in option_names if _has(options_message, name)]
+    paths = resolve_mask(mask, populated, MODEL_UPDATABLE_PATHS, {"options": MODEL_OPTION_PATHS})
+    if message.family != common_pb2.FAMILY_UNSPECIFIED and family_from_proto(message.family) is None:
+        raise _unknown_family("model_config.family", message.family)
+    violations: list[FieldViolation] = []
+    provider_ids = []
+    for index, name in enumerate(message.provider_configs):
+        match = PROVIDER_NAME.fullmatch(name)
+        if match:
+            provider_ids.append(match.group(1))
+        else:
+            violations.append(
+                FieldViolation(
+                    f"model_config.provider_configs[{index}]",
+                    f"{name!r} is not a provider config name `providerConfigs/{{id}}`",
+                )
+            )
+    if violations:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            "model_config.provider_configs: " + "; ".join(v.description for v in violations),
+            field_violations=violations,
+        )
+    return ModelConfigInput(
+        family=family_from_proto(message.family),
+        model=message.model,
+        display_name=message.display_name,
+        enabled=message.enabled if message.HasField("enabled") else None,
+        is_default=message.is_default if message.HasField("is_default") else None,
+        context_limit=message.context_limit,
+        compression_threshold=(message.compression_threshold if message.HasField("compression_threshold") else None),
+        options=CallOptions(
+            **{name: getattr(options_message, name) if _has(options_message, name) else None for name in option_names}
+        ),
+        provider_config_ids=tuple(provider_ids),
+        etag=message.etag,
+        paths=paths,
+    )
+
+
+def _attachment_to_proto(attachment: AttachmentView) -> model_config_pb2.Attachment:
+    provider, facts = attachment.provider, attachment.facts
+    return model_config_pb2.Attachment(
+        provider_config=provider.name,
+        position=attachment.position,
+        family=FAMILY_TO_PROTO[provider.family],
+        display_name=provider.display_name,
+        enabled=provider.enabled,
+        has_api_key=facts.has_api_key,
+        central_credential_usable=facts.central_credential_usable,
+        central_credential_source=_key_source(facts.central_credential_source),
+        allow_user_api_key=provider.policy.allow_user_api_key,
+    )
+
+
+def model_to_proto(view: ModelConfigView) -> model_config_pb2.ModelConfig:
+    model = view.model
+    options = model_config_pb2.ModelCallOptions(
+        **{name: value for name, value in vars(model.options).items() if value is not None}
+    )
+    return model_config_pb2.ModelConfig(
+        name=model.name,
+        family=FAMILY_TO_PROTO[model.family],
+        model=model.model,
+        display_name=model.display_name,
+        enabled=model.enabled,
+        is_default=model.is_default,
+        context_limit=model.context_limit,
+        compression_threshold=model.compression_threshold,
+        options=options,
+        provider_configs=[provider_config_name(pid) for pid in model.attachments],
+        attachments=[_attachment_to_proto(a) for a in view.attachments],
+        create_time=_timestamp(model.create_time),
+        update_time=_timestamp(model.update_time),
+        delete_time=_timestamp(model.delete_time),
+        etag=etag_of(model.revision),
+    )
+
+
+# ---------------------------------------------------------------- user keys
+
+
+def user_provider_to_proto(view: UserProviderView) -> user_key_pb2.UserProviderConfig:
+    return user_key_pb2.UserProviderConfig(
+        provider_config=view.provider.name,
+        family=FAMILY_TO_PROTO[view.provider.family],
+        display_name=view.provider.display_name,
+        has_user_api_key=view.has_user_api_key,
+        central_fallback_available=view.central_fallback_available,
+        user_api_key_required=view.user_api_key_required,
+    )
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def resolved_attachment(outcome: AttachmentOutcome, upstream_model: str) -> resolver_pb2.ResolvedAttachment:
+    return resolver_pb2.ResolvedAttachment(
+        provider_config=provider_config_name(outcome.provider_config_id),
+        position=outcome.position,
+        family=FAMILY_TO_PROTO[outcome.family],
+        model=upstream_model,
+        base_url=outcome.base_url or "",
+        key_source=_key_source(outcome.key_source),
+        api_key=outcome.secret or "",
+    )
+
+
+def skipped_attachment(outcome: AttachmentOutcome) -> resolver_pb2.SkippedAttachment:
+    assert outcome.skip_reason is not None and outcome.fixable_by is not None
+    return resolver_pb2.SkippedAttachment(
+        provider_config=provider_config_name(outcome.provider_config_id),
+        position=outcome.position,
+        family=FAMILY_TO_PROTO[outcome.family],
+        reason=SKIP_REASON_TO_PROTO[outcome.skip_reason],
+        fixable_by=FIXABLE_BY_TO_PROTO[outcome.fixable_by],
+        message=outcome.message,
+    )
+
+
+def resolve_response(resolution: Resolution, revision: int) -> resolver_pb2.ResolveModelResponse:
+    assert resolution.selected is not None
+    upstream = resolution.model.model
+    return resolver_pb2.ResolveModelResponse(
+        model_config=resolution.model.name,
+        selected=resolved_attachment(resolution.selected, upstream),
+        fallbacks=[resolved_attachment(o, upstream) for o in resolution.fallbacks],
+        skipped=[skipped_attachment(o) for o in resolution.skipped],
+        config_revision=revision,
+    )
+
+
+def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:
+    model, selected = resolution.model, resolution.selected
+    return resolver_pb2.AvailableModel(
+        model_config=model.name,
+        display_name=model.display_name,
+        family=FAMILY_TO_PROTO[model.family],
+        model=model.model,
+        is_default=model.is_default,
+        usable=selected is not None,
+        selected_provider_config=provider_config_name(selected.provider_config_id) if selected else "",
+        skipped=[skipped_attachment(o) for o in resolution.skipped],
+    )
+
+
+def explain_response(resolution: Resolution, revision: int) -> resolver_pb2.ExplainResolutionResponse:
+    selected, unusable = resolution.selected, resolution.unusable_reason
+    return resolver_pb2.ExplainResolutionResponse(
+        model_config=resolution.model.name,
+        usable=selected is not None,
+        unusable_reason=UNUSABLE_TO_PROTO[unusable] if unusable else resolver_pb2.MODEL_UNUSABLE_REASON_UNSPECIFIED,
+        selected_position=selected.position if selected else -1,
+        outcomes=[
+            resolver_pb2.AttachmentOutcome(
+                provider_config=provider_config_name(o.provider_config_id),
+                position=o.position,
+                family=FAMILY_TO_PROTO[o.family],
+                usable=o.usable,
+                key_source=_key_source(o.key_source),
+                reason=SKIP_REASON_TO_PROTO[o.skip_reason] if o.skip_reason else common_pb2.SKIP_REASON_UNSPECIFIED,
+                fixable_by=FIXABLE_BY_TO_PROTO[o.fixable_by] if o.fixable_by else common_pb2.FIXABLE_BY_UNSPECIFIED,
+                message=o.message,
+            )
+            for o in resolution.outcomes
+        ],
+        config_revision=revision,
+    )

@@ -1,0 +1,304 @@
+"""Thin gRPC servicers: request -> use case -> response.
+
+Use cases that touch the database run in a worker thread so the event loop
+keeps serving; resolution answers from the in-memory snapshot inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+from modelroute.v1 import (
+    model_config_pb2,
+    model_config_pb2_grpc,
+    provider_config_pb2,
+    provider_config_pb2_grpc,
+    resolver_pb2,
+    resolver_pb2_grpc,
+    user_key_pb2,
+    user_key_pb2_grpc,
+)
+
+from ..domain.errors import DomainError, invalid_field
+from ..domain.models import model_config_name
+from ..domain.resolver import WhatIf
+from ..service_layer import model_configs, provider_configs, resolution, user_keys
+from ..service_layer.context import ServiceContext
+from ..service_layer.resolution import ConfigSnapshot, SnapshotStore
+from ..service_layer.views import ModelConfigView
+from . import convert
+from .errors import abort, internal_error
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL_METADATA_KEY = "modelroute-default-model-config"
+Response = TypeVar("Response")
+
+
+def rpc(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Maps every failure to a status in one place; unexpected ones become a bare INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except DomainError as error:
+            await abort(context, error)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("unexpected failure in %s", method.__name__)
+            await abort(context, internal_error())
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def _report_default_change(context: grpc.aio.ServicerContext, changed: bool, new_default_id: str | None) -> None:
+    if changed:
+        value = model_config_name(new_default_id) if new_default_id else ""
+        context.set_trailing_metadata(((DEFAULT_MODEL_METADATA_KEY, value),))
+
+
+class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    @rpc
+    async def CreateProviderConfig(
+        self, request: provider_config_pb2.CreateProviderConfigRequest, context: grpc.aio.ServicerContext
+    ) -> provider_config_pb2.ProviderConfig:
+        view = await asyncio.to_thread(
+            provider_configs.create_provider_config,
+            self._ctx,
+            request.provider_config_id,
+            convert.provider_input(request.provider_config),
+        )
+        return convert.provider_to_proto(view)
+
+    @rpc
+    async def GetProviderConfig(
+        self, request: provider_config_pb2.GetProviderConfigRequest, context: grpc.aio.ServicerContext
+    ) -> provider_config_pb2.ProviderConfig:
+        provider_id = convert.provider_id_from_name(request.name, "name")
+        view = await asyncio.to_thread(provider_configs.get_provider_config, self._ctx, provider_id)
+        return convert.provider_to_proto(view)
+
+    @rpc
+    async def ListProviderConfigs(
+        self, request: provider_config_pb2.ListProviderConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> provider_config_pb2.ListProviderConfigsResponse:
+        page = await asyncio.to_thread(
+            provider_configs.list_provider_configs,
+            self._ctx,
+            convert.provider_filter(request.filter),
+            request.page_size,
+            request.page_token,
+        )
+        return provider_config_pb2.ListProviderConfigsResponse(
+            provider_configs=[convert.provider_to_proto(v) for v in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    @rpc
+    async def UpdateProviderConfig(
+        self, request: provider_config_pb2.UpdateProviderConfigRequest, context: grpc.aio.ServicerContext
+    ) -> provider_config_pb2.ProviderConfig:
+        provider_id = convert.provider_id_from_name(request.provider_config.name, "provider_config.name")
+        mask = request.update_mask if request.HasField("update_mask") else None
+        view = await asyncio.to_thread(
+            provider_configs.update_provider_config,
+            self._ctx,
+            provider_id,
+            convert.provider_input(request.provider_config, mask),
+        )
+        return convert.provider_to_proto(view)
+
+    @rpc
+    async def DeleteProviderConfig(
+        self, request: provider_config_pb2.DeleteProviderConfigRequest, context: grpc.aio.ServicerContext
+    ) -> provider_config_pb2.DeleteProviderConfigResponse:
+        provider_id = convert.provider_id_from_name(request.name, "name")
+        outcome = await asyncio.to_thread(
+            provider_configs.delete_provider_config, self._ctx, provider_id, request.etag, request.force
+        )
+        _report_default_change(context, outcome.default_changed, outcome.new_default_id)
+        return provider_config_pb2.DeleteProviderConfigResponse(
+            touched_model_configs=[model_config_name(i) for i in outcome.touched_model_ids],
+            deleted_model_configs=[model_config_name(i) for i in outcome.deleted_model_ids],
+            default_changed=outcome.default_changed,
+            default_model_config=model_config_name(outcome.new_default_id) if outcome.new_default_id else "",
+            config_revision=outcome.revision,
+        )
+
+
+class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    def _respond(self, context: grpc.aio.ServicerContext, view: ModelConfigView) -> model_config_pb2.ModelConfig:
+        _report_default_change(context, view.default_changed, view.new_default_id)
+        return convert.model_to_proto(view)
+
+    @rpc
+    async def CreateModelConfig(
+        self, request: model_config_pb2.CreateModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_config_pb2.ModelConfig:
+        view = await asyncio.to_thread(
+            model_configs.create_model_config,
+            self._ctx,
+            request.model_config_id,
+            convert.model_input(request.model_config),
+        )
+        return self._respond(context, view)
+
+    @rpc
+    async def GetModelConfig(
+        self, request: model_config_pb2.GetModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_config_pb2.ModelConfig:
+        model_id = convert.model_id_from_name(request.name, "name")
+        return convert.model_to_proto(await asyncio.to_thread(model_configs.get_model_config, self._ctx, model_id))
+
+    @rpc
+    async def ListModelConfigs(
+        self, request: model_config_pb2.ListModelConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> model_config_pb2.ListModelConfigsResponse:
+        page = await asyncio.to_thread(
+            model_configs.list_model_configs,
+            self._ctx,
+            convert.model_filter(request.filter, request.show_deleted),
+            request.page_size,
+            request.page_token,
+        )
+        return model_config_pb2.ListModelConfigsResponse(
+            model_configs=[convert.model_to_proto(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    @rpc
+    async def UpdateModelConfig(
+        self, request: model_config_pb2.UpdateModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_config_pb2.ModelConfig:
+        model_id = convert.model_id_from_name(request.model_config.name, "model_config.name")
+        mask = request.update_mask if request.HasField("update_mask") else None
+        view = await asyncio.to_thread(
+            model_configs.update_model_config, self._ctx, model_id, convert.model_input(request.model_config, mask)
+        )
+        return self._respond(context, view)
+
+    @rpc
+    async def DeleteModelConfig(
+        self, request: model_config_pb2.DeleteModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_config_pb2.ModelConfig:
+        model_id = convert.model_id_from_name(request.name, "name")
+        view = await asyncio.to_thread(model_configs.delete_model_config, self._ctx, model_id, request.etag)
+        return self._respond(context, view)
+
+    @rpc
+    async def UndeleteModelConfig(
+        self, request: model_config_pb2.UndeleteModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_config_pb2.ModelConfig:
+        model_id = convert.model_id_from_name(request.name, "name")
+        view = await asyncio.to_thread(model_configs.undelete_model_config, self._ctx, model_id, request.etag)
+        return self._respond(context, view)
+
+
+class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    @rpc
+    async def SetUserProviderKey(
+        self, request: user_key_pb2.SetUserProviderKeyRequest, context: grpc.aio.ServicerContext
+    ) -> user_key_pb2.UserProviderConfig:
+        provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
+        view = await asyncio.to_thread(
+            user_keys.set_user_provider_key, self._ctx, request.user, provider_id, request.api_key
+        )
+        return convert.user_provider_to_proto(view)
+
+    @rpc
+    async def DeleteUserProviderKey(
+        self, request: user_key_pb2.DeleteUserProviderKeyRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
+        await asyncio.to_thread(user_keys.delete_user_provider_key, self._ctx, request.user, provider_id)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def ListUserProviderConfigs(
+        self, request: user_key_pb2.ListUserProviderConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> user_key_pb2.ListUserProviderConfigsResponse:
+        views = await asyncio.to_thread(user_keys.list_user_provider_configs, self._ctx, request.user)
+        return user_key_pb2.ListUserProviderConfigsResponse(
+            user_provider_configs=[convert.user_provider_to_proto(v) for v in views]
+        )
+
+
+class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
+    def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore) -> None:
+        self._ctx = ctx
+        self._snapshots = snapshots
+
+    async def _snapshot(self, min_revision: int = 0) -> ConfigSnapshot:
+        snapshot = self._snapshots.fresh(min_revision)
+        if snapshot is None:
+            snapshot = await asyncio.to_thread(self._snapshots.current, min_revision)
+        return snapshot
+
+    def _check_user(self, user: str) -> None:
+        if user:
+            user_keys.check_user(user)
+
+    @rpc
+    async def ResolveModel(
+        self, request: resolver_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
+    ) -> resolver_pb2.ResolveModelResponse:
+        model_id = convert.model_ref(request.model, "model")
+        self._check_user(request.user)
+        if request.min_revision < 0:
+            raise invalid_field("min_revision", "must not be negative")
+        snapshot = await self._snapshot(request.min_revision)
+        outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
+        return convert.resolve_response(outcome, snapshot.revision)
+
+    @rpc
+    async def ListAvailableModels(
+        self, request: resolver_pb2.ListAvailableModelsRequest, context: grpc.aio.ServicerContext
+    ) -> resolver_pb2.ListAvailableModelsResponse:
+        self._check_user(request.user)
+        snapshot = await self._snapshot()
+        outcomes = resolution.list_available_models(self._ctx, snapshot, request.user)
+        return resolver_pb2.ListAvailableModelsResponse(
+            models=[convert.available_model(o) for o in outcomes], config_revision=snapshot.revision
+        )
+
+    @rpc
+    async def ExplainResolution(
+        self, request: resolver_pb2.ExplainResolutionRequest, context: grpc.aio.ServicerContext
+    ) -> resolver_pb2.ExplainResolutionResponse:
+        model_id = convert.model_ref(request.model, "model")
+        self._check_user(request.user)
+        what_if = WhatIf(
+            user_has_key={
+                convert.provider_id_from_name(
+                    o.provider_config, f"user_key_overrides[{i}].provider_config"
+                ): o.has_user_api_key
+                for i, o in enumerate(request.user_key_overrides)
+            },
+            provider_enabled={
+                convert.provider_id_from_name(
+                    o.provider_config, f"provider_enabled_overrides[{i}].provider_config"
+                ): o.enabled
+                for i, o in enumerate(request.provider_enabled_overrides)
+            },
+        )
+        snapshot = await self._snapshot()
+        outcome = resolution.explain_resolution(self._ctx, snapshot, model_id, request.user, what_if)
+        return convert.explain_response(outcome, snapshot.revision)

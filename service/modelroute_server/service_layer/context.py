@@ -1,0 +1,55 @@
+"""What every use case needs: the database, the keyring and deployment keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from ..adapters.crypto import Keyring
+from ..adapters.repositories import UnitOfWork
+from ..domain.errors import DomainError, Reason
+from ..domain.families import Family
+from .paging import PageTokens
+
+
+@dataclass
+class ServiceContext:
+    engine: sa.Engine
+    keyring: Keyring
+    deployment_keys: Mapping[Family, str] = field(default_factory=dict)
+    # Called with the new revision after every committed write.
+    on_commit: list[Callable[[int], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.page_tokens = PageTokens(self.keyring.derive("page-token"))
+
+    def unit_of_work(self, read_only: bool = False) -> UnitOfWork:
+        return UnitOfWork(self.engine, self.keyring, read_only=read_only)
+
+    @contextmanager
+    def write(self) -> Iterator[tuple[UnitOfWork, int]]:
+        """A write transaction holding the next config revision; commits when the block succeeds."""
+        with translate_database_errors(), self.unit_of_work() as uow:
+            revision = uow.revisions.bump()
+            yield uow, revision
+            uow.notify_change(revision)
+            uow.commit()
+        for callback in self.on_commit:
+            callback(revision)
+
+    @contextmanager
+    def read(self, consistent: bool = False) -> Iterator[UnitOfWork]:
+        with translate_database_errors(), self.unit_of_work(read_only=consistent) as uow:
+            yield uow
+
+
+@contextmanager
+def translate_database_errors() -> Iterator[None]:
+    """A lost database is UNAVAILABLE to the caller, never INTERNAL."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable") from exc

@@ -1,0 +1,69 @@
+"""Use-case inputs: what a request asks for, already off the wire.
+
+`paths` names the fields an update touches (the resolved update mask), in
+the resource's own field names; a create ignores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..domain.families import Family
+from ..domain.models import CallOptions
+
+PROVIDER_UPDATABLE_PATHS = frozenset(
+    {
+        "display_name",
+        "base_url",
+        "enabled",
+        "credential_policy.central_api_key_enabled",
+        "credential_policy.allow_user_api_key",
+        "credential_policy.allow_central_api_key_fallback",
+        "api_key",
+    }
+)
+MODEL_OPTION_PATHS = frozenset(f"options.{name}" for name in CallOptions.__dataclass_fields__)
+MODEL_UPDATABLE_PATHS = (
+    frozenset(
+        {
+            "model",
+            "display_name",
+            "enabled",
+            "is_default",
+            "context_limit",
+            "compression_threshold",
+            "provider_configs",
+            "family",
+        }
+    )
+    | MODEL_OPTION_PATHS
+)
+
+
+@dataclass(frozen=True)
+class ProviderConfigInput:
+    family: Family | None = None
+    display_name: str = ""
+    base_url: str = ""
+    enabled: bool | None = None
+    central_api_key_enabled: bool | None = None
+    allow_user_api_key: bool | None = None
+    allow_central_api_key_fallback: bool | None = None
+    api_key: str = field(default="", repr=False)
+    etag: str = ""
+    paths: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ModelConfigInput:
+    family: Family | None = None
+    model: str = ""
+    display_name: str = ""
+    enabled: bool | None = None
+    is_default: bool | None = None
+    context_limit: int = 0
+    compression_threshold: int | None = None
+    options: CallOptions = field(default_factory=CallOptions)
+    provider_config_ids: tuple[str, ...] = ()
+    etag: str = ""
+    paths: frozenset[str] = frozenset()

@@ -1,0 +1,284 @@
+"""Model config use cases: ordered attachments, the default model, soft delete (SPEC section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from ..adapters.repositories import UnitOfWork
+from ..domain import rules
+from ..domain.errors import DomainError, FieldViolation, Reason, ResourceRef, ViolationCollector
+from ..domain.families import FAMILY_NAMES, Family
+from ..domain.models import (
+    DEFAULT_COMPRESSION_THRESHOLD,
+    CallOptions,
+    ModelConfig,
+    auto_attachments,
+    model_config_name,
+    next_default,
+    validate_attachments,
+    validate_model_fields,
+)
+from .context import ServiceContext
+from .inputs import ModelConfigInput
+from .paging import page_size
+from .provider_configs import check_etag
+from .views import ModelConfigView, model_view
+
+PREFIX = "model_config."
+ATTACHMENTS_FIELD = f"{PREFIX}provider_configs"
+
+
+@dataclass(frozen=True)
+class ModelListFilter:
+    family: Family | None = None
+    enabled: bool | None = None
+    is_default: bool | None = None
+    show_deleted: bool = False
+
+    @property
+    def canonical(self) -> str:
+        family = self.family.value if self.family else ""
+        return f"family={family};enabled={self.enabled};is_default={self.is_default};deleted={self.show_deleted}"
+
+
+@dataclass(frozen=True)
+class ModelConfigPage:
+    items: list[ModelConfigView]
+    next_page_token: str
+
+
+def not_found(model_config_id: str) -> DomainError:
+    name = model_config_name(model_config_id)
+    return DomainError(
+        Reason.MODEL_CONFIG_NOT_FOUND,
+        f"{name} does not exist",
+        resource=ResourceRef("modelroute.internal/ModelConfig", name),
+    )
+
+
+def _view(
+    ctx: ServiceContext, uow: UnitOfWork, model: ModelConfig, change: tuple[bool, str | None] = (False, None)
+) -> ModelConfigView:
+    providers = uow.providers.get_many(model.attachments)
+    return model_view(model, providers, ctx.deployment_keys, change)
+
+
+def _reload(uow: UnitOfWork, model_config_id: str) -> ModelConfig:
+    model = uow.models.get(model_config_id)
+    assert model is not None
+    return model
+
+
+def create_model_config(ctx: ServiceContext, model_config_id: str, request: ModelConfigInput) -> ModelConfigView:
+    violations = ViolationCollector()
+    id_problem = rules.slug_problem(model_config_id)
+    if id_problem:
+        violations.add("model_config_id", id_problem)
+    if request.family is None:
+        violations.add(f"{PREFIX}family", f"must be one of {', '.join(FAMILY_NAMES)}")
+    violations.raise_if_any()
+    assert request.family is not None
+    model = ModelConfig(
+        id=model_config_id,
+        family=request.family,
+        model=request.model.strip(),
+        display_name=request.display_name or request.model.strip() or model_config_id,
+        context_limit=request.context_limit,
+        attachments=request.provider_config_ids,
+        enabled=True if request.enabled is None else request.enabled,
+        is_default=bool(request.is_default),
+        compression_threshold=(
+            DEFAULT_COMPRESSION_THRESHOLD if request.compression_threshold is None else request.compression_threshold
+        ),
+        options=request.options,
+    )
+    validate_model_fields(model, PREFIX)
+    if model.is_default and not model.enabled:
+        raise _disabled_default(model)
+    with ctx.write() as (uow, revision):
+        if uow.models.get(model_config_id) is not None:
+            raise DomainError(
+                Reason.MODEL_CONFIG_ALREADY_EXISTS,
+                f"{model.name} already exists (deleted models keep their id reserved)",
+                resource=ResourceRef("modelroute.internal/ModelConfig", model.name),
+            )
+        if model.attachments:
+            providers = uow.providers.get_many(model.attachments)
+            validate_attachments(model.family, model.attachments, providers, ATTACHMENTS_FIELD)
+        else:
+            ids = auto_attachments(model.family, uow.providers.list(family=model.family, enabled=True))
+            if not ids:
+                raise DomainError(
+                    Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
+                    f"no enabled provider config of family {model.family.value} exists to attach; "
+                    f"create one or list {ATTACHMENTS_FIELD} explicitly",
+                )
+            model = replace(model, attachments=ids)
+        old_default = uow.models.default()
+        change: tuple[bool, str | None] = (False, None)
+        if model.enabled and (model.is_default or old_default is None):
+            # The first model (or any created while there is no default) becomes the default.
+            if old_default is not None:
+                uow.models.set_default_flag(old_default.id, False, revision)
+            model = replace(model, is_default=True)
+            change = (True, model.id)
+        uow.models.add(model, revision)
+        return _view(ctx, uow, _reload(uow, model_config_id), change)
+
+
+def get_model_config(ctx: ServiceContext, model_config_id: str) -> ModelConfigView:
+    with ctx.read() as uow:
+        model = uow.models.get(model_config_id)
+        if model is None:
+            raise not_found(model_config_id)
+        return _view(ctx, uow, model)
+
+
+def list_model_configs(
+    ctx: ServiceContext, list_filter: ModelListFilter, requested_page_size: int, page_token: str
+) -> ModelConfigPage:
+    size = page_size(requested_page_size)
+    query = "modelConfigs?" + list_filter.canonical
+    after = ctx.page_tokens.decode(page_token, query)
+    with ctx.read() as uow:
+        models = uow.models.list(
+            show_deleted=list_filter.show_deleted,
+            family=list_filter.family,
+            enabled=list_filter.enabled,
+            is_default=list_filter.is_default,
+            after_id=after,
+            limit=size + 1,
+        )
+        next_token = ""
+        if len(models) > size:
+            models = models[:size]
+            next_token = ctx.page_tokens.encode(models[-1].id, query)
+        providers = uow.providers.get_many(pid for m in models for pid in m.attachments)
+    return ModelConfigPage([model_view(m, providers, ctx.deployment_keys) for m in models], next_token)
+
+
+def update_model_config(ctx: ServiceContext, model_config_id: str, request: ModelConfigInput) -> ModelConfigView:
+    paths = request.paths
+    with ctx.write() as (uow, revision):
+        current = uow.models.get(model_config_id)
+        if current is None:
+            raise not_found(model_config_id)
+        if current.deleted:
+            raise DomainError(Reason.MODEL_CONFIG_DELETED, f"{current.name} is deleted; undelete it before changing it")
+        check_etag(request.etag, current.revision, current.name)
+        updated = _apply(current, request)
+        validate_model_fields(updated, PREFIX)
+        family_changed = updated.family is not current.family
+        if family_changed and "provider_configs" not in paths:
+            raise DomainError(
+                Reason.ATTACHMENTS_INVALID,
+                f"{ATTACHMENTS_FIELD}: changing the family from {current.family.value} to "
+                f"{updated.family.value} needs a new list of {updated.family.value} provider configs",
+                field_violations=[FieldViolation(ATTACHMENTS_FIELD, "must be given when the family changes")],
+            )
+        attachments_changed = "provider_configs" in paths
+        if attachments_changed:
+            providers = uow.providers.get_many(updated.attachments)
+            validate_attachments(updated.family, updated.attachments, providers, ATTACHMENTS_FIELD)
+        if updated.is_default and not updated.enabled:
+            if "is_default" in paths and request.is_default:
+                raise _disabled_default(updated)
+            # Disabling the default: it stops being the default (promotion below).
+            updated = replace(updated, is_default=False)
+        change = _settle_default(uow, current, updated, revision)
+        if change[0] and change[1] != updated.id:
+            updated = replace(updated, is_default=False)
+        uow.models.update(updated, revision, attachments_changed=attachments_changed)
+        return _view(ctx, uow, _reload(uow, model_config_id), change)
+
+
+def _apply(current: ModelConfig, request: ModelConfigInput) -> ModelConfig:
+    paths = request.paths
+    changes: dict[str, object] = {}
+    if "family" in paths:
+        if request.family is None:
+            raise DomainError(
+                Reason.FIELD_INVALID,
+                f"{PREFIX}family: must be one of {', '.join(FAMILY_NAMES)}",
+                field_violations=[FieldViolation(f"{PREFIX}family", f"must be one of {', '.join(FAMILY_NAMES)}")],
+            )
+        changes["family"] = request.family
+    if "model" in paths:
+        changes["model"] = request.model.strip()
+    if "display_name" in paths:
+        changes["display_name"] = request.display_name
+    if "enabled" in paths:
+        changes["enabled"] = request.enabled is not False
+    if "is_default" in paths:
+        changes["is_default"] = bool(request.is_default)
+    if "context_limit" in paths:
+        changes["context_limit"] = request.context_limit
+    if "compression_threshold" in paths:
+        changes["compression_threshold"] = (
+            DEFAULT_COMPRESSION_THRESHOLD if request.compression_threshold is None else request.compression_threshold
+        )
+    option_changes = {
+        f.name: getattr(request.options, f.name) for f in fields(CallOptions) if f"options.{f.name}" in paths
+    }
+    if option_changes:
+        changes["options"] = replace(current.options, **option_changes)
+    if "provider_configs" in paths:
+        changes["attachments"] = request.provider_config_ids
+    return replace(current, **changes)  # type: ignore[arg-type]
+
+
+def _settle_default(
+    uow: UnitOfWork, current: ModelConfig, updated: ModelConfig, revision: int
+) -> tuple[bool, str | None]:
+    """Keep at most one live default; promote the next enabled model when the default steps down."""
+    if updated.is_default and not current.is_default:
+        old_default = uow.models.default()
+        if old_default is not None:
+            uow.models.set_default_flag(old_default.id, False, revision)
+        return (True, updated.id)
+    if current.is_default and not updated.is_default:
+        promoted = next_default(uow.models.list(), excluding=[updated.id])
+        if promoted is not None:
+            # Clear this model first: the partial unique index allows one live default.
+            uow.models.set_default_flag(updated.id, False, revision)
+            uow.models.set_default_flag(promoted.id, True, revision)
+        return (True, promoted.id if promoted else None)
+    return (False, None)
+
+
+def _disabled_default(model: ModelConfig) -> DomainError:
+    return DomainError(
+        Reason.DISABLED_MODEL_CANNOT_BE_DEFAULT,
+        f"{model.name} is disabled and cannot be the default model; enable it first",
+    )
+
+
+def delete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) -> ModelConfigView:
+    with ctx.write() as (uow, revision):
+        current = uow.models.get(model_config_id)
+        if current is None or current.deleted:
+            # AIP-164: deleting a soft-deleted resource is NOT_FOUND.
+            raise not_found(model_config_id)
+        check_etag(etag, current.revision, current.name)
+        deleted = replace(current, delete_time=uow.now, is_default=False)
+        change = _settle_default(uow, current, deleted, revision)
+        uow.models.update(deleted, revision, attachments_changed=False)
+        return _view(ctx, uow, _reload(uow, model_config_id), change)
+
+
+def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) -> ModelConfigView:
+    with ctx.write() as (uow, revision):
+        current = uow.models.get(model_config_id)
+        if current is None:
+            raise not_found(model_config_id)
+        if current.live:
+            raise DomainError(Reason.MODEL_CONFIG_NOT_DELETED, f"{current.name} is not deleted")
+        check_etag(etag, current.revision, current.name)
+        if not current.attachments:
+            raise DomainError(
+                Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
+                f"{current.name} lost all its provider configs while deleted; create a new model instead",
+            )
+        restored = replace(current, delete_time=None, is_default=False)
+        uow.models.update(restored, revision, attachments_changed=False)
+        return _view(ctx, uow, _reload(uow, model_config_id))

@@ -1,0 +1,246 @@
+"""Provider config use cases (SPEC sections 1-3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..domain import rules
+from ..domain.errors import (
+    DomainError,
+    FieldViolation,
+    PreconditionViolation,
+    Reason,
+    ResourceRef,
+    ViolationCollector,
+)
+from ..domain.families import FAMILY_NAMES, Family
+from ..domain.models import next_default
+from ..domain.providers import (
+    CredentialPolicy,
+    ProviderConfig,
+    StoredKey,
+    provider_config_name,
+    validate_provider_config,
+)
+from .context import ServiceContext
+from .inputs import ProviderConfigInput
+from .paging import page_size
+from .views import ProviderConfigView, provider_view
+
+PREFIX = "provider_config."
+
+
+@dataclass(frozen=True)
+class ProviderListFilter:
+    family: Family | None = None
+    enabled: bool | None = None
+
+    @property
+    def canonical(self) -> str:
+        return f"family={self.family.value if self.family else ''};enabled={self.enabled}"
+
+
+@dataclass(frozen=True)
+class ProviderConfigPage:
+    items: list[ProviderConfigView]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class ProviderDeletion:
+    touched_model_ids: list[str]
+    deleted_model_ids: list[str]
+    default_changed: bool
+    new_default_id: str | None
+    revision: int
+
+
+def not_found(provider_config_id: str) -> DomainError:
+    name = provider_config_name(provider_config_id)
+    return DomainError(
+        Reason.PROVIDER_CONFIG_NOT_FOUND,
+        f"{name} does not exist",
+        resource=ResourceRef("modelroute.internal/ProviderConfig", name),
+    )
+
+
+def check_etag(given: str, current_revision: int, name: str) -> None:
+    if given and given != etag_of(current_revision):
+        raise DomainError(
+            Reason.ETAG_MISMATCH,
+            f"{name} was changed since it was read (etag {given!r} is stale); read it again and retry",
+            metadata={"current_etag": etag_of(current_revision)},
+        )
+
+
+def etag_of(revision: int) -> str:
+    return f'"{revision}"'
+
+
+def _check_new_key(api_key: str) -> None:
+    problem = rules.api_key_problem(api_key)
+    if problem:
+        collector = ViolationCollector()
+        collector.add(f"{PREFIX}api_key", problem)
+        collector.raise_if_any()
+
+
+def create_provider_config(
+    ctx: ServiceContext, provider_config_id: str, request: ProviderConfigInput
+) -> ProviderConfigView:
+    violations = ViolationCollector()
+    id_problem = rules.slug_problem(provider_config_id)
+    if id_problem:
+        violations.add("provider_config_id", id_problem)
+    if request.family is None:
+        violations.add(f"{PREFIX}family", f"must be one of {', '.join(FAMILY_NAMES)}")
+    if request.api_key:
+        key_problem = rules.api_key_problem(request.api_key)
+        if key_problem:
+            violations.add(f"{PREFIX}api_key", key_problem)
+    violations.raise_if_any()
+    assert request.family is not None
+    config = ProviderConfig(
+        id=provider_config_id,
+        family=request.family,
+        display_name=request.display_name or request.family.default_display_name,
+        base_url=request.base_url or None,
+        enabled=True if request.enabled is None else request.enabled,
+        policy=CredentialPolicy(
+            True if request.central_api_key_enabled is None else request.central_api_key_enabled,
+            bool(request.allow_user_api_key),
+            bool(request.allow_central_api_key_fallback),
+        ),
+        api_key=StoredKey(request.api_key) if request.api_key else None,
+    )
+    validate_provider_config(config, ctx.deployment_keys, PREFIX)
+    with ctx.write() as (uow, revision):
+        if uow.providers.get(provider_config_id) is not None:
+            raise DomainError(
+                Reason.PROVIDER_CONFIG_ALREADY_EXISTS,
+                f"{config.name} already exists",
+                resource=ResourceRef("modelroute.internal/ProviderConfig", config.name),
+            )
+        uow.providers.add(config, request.api_key or None, revision)
+        stored = uow.providers.get(provider_config_id)
+    assert stored is not None
+    return provider_view(stored, ctx.deployment_keys)
+
+
+def get_provider_config(ctx: ServiceContext, provider_config_id: str) -> ProviderConfigView:
+    with ctx.read() as uow:
+        config = uow.providers.get(provider_config_id)
+    if config is None:
+        raise not_found(provider_config_id)
+    return provider_view(config, ctx.deployment_keys)
+
+
+def list_provider_configs(
+    ctx: ServiceContext, list_filter: ProviderListFilter, requested_page_size: int, page_token: str
+) -> ProviderConfigPage:
+    size = page_size(requested_page_size)
+    after = ctx.page_tokens.decode(page_token, "providerConfigs?" + list_filter.canonical)
+    with ctx.read() as uow:
+        configs = uow.providers.list(
+            family=list_filter.family, enabled=list_filter.enabled, after_id=after, limit=size + 1
+        )
+    next_token = ""
+    if len(configs) > size:
+        configs = configs[:size]
+        next_token = ctx.page_tokens.encode(configs[-1].id, "providerConfigs?" + list_filter.canonical)
+    return ProviderConfigPage([provider_view(c, ctx.deployment_keys) for c in configs], next_token)
+
+
+def update_provider_config(
+    ctx: ServiceContext, provider_config_id: str, request: ProviderConfigInput
+) -> ProviderConfigView:
+    paths = request.paths
+    if "api_key" in paths and request.api_key:
+        _check_new_key(request.api_key)
+    with ctx.write() as (uow, revision):
+        current = uow.providers.get(provider_config_id)
+        if current is None:
+            raise not_found(provider_config_id)
+        check_etag(request.etag, current.revision, current.name)
+        if "family" in paths and request.family is not current.family:
+            raise DomainError(
+                Reason.FAMILY_IMMUTABLE,
+                f"{PREFIX}family: the family of a provider config cannot change "
+                f"(it is {current.family.value}); create a new provider config instead",
+                field_violations=[FieldViolation(f"{PREFIX}family", "is immutable")],
+            )
+        updated = _apply(current, request)
+        validate_provider_config(updated, ctx.deployment_keys, PREFIX)
+        key_changed = "api_key" in paths
+        uow.providers.update(updated, revision, new_api_key=request.api_key or None, key_changed=key_changed)
+        stored = uow.providers.get(provider_config_id)
+    assert stored is not None
+    return provider_view(stored, ctx.deployment_keys)
+
+
+def _apply(current: ProviderConfig, request: ProviderConfigInput) -> ProviderConfig:
+    paths = request.paths
+    changes: dict[str, object] = {}
+    if "display_name" in paths:
+        changes["display_name"] = request.display_name
+    if "base_url" in paths:
+        changes["base_url"] = request.base_url or None
+    if "enabled" in paths:
+        changes["enabled"] = True if request.enabled is None else request.enabled
+    policy = current.policy
+    if "credential_policy.central_api_key_enabled" in paths:
+        policy = replace(policy, central_api_key_enabled=request.central_api_key_enabled is not False)
+    if "credential_policy.allow_user_api_key" in paths:
+        policy = replace(policy, allow_user_api_key=bool(request.allow_user_api_key))
+    if "credential_policy.allow_central_api_key_fallback" in paths:
+        policy = replace(policy, allow_central_api_key_fallback=bool(request.allow_central_api_key_fallback))
+    changes["policy"] = policy
+    if "api_key" in paths:
+        changes["api_key"] = StoredKey(request.api_key) if request.api_key else None
+    return replace(current, **changes)  # type: ignore[arg-type]
+
+
+def delete_provider_config(ctx: ServiceContext, provider_config_id: str, etag: str, force: bool) -> ProviderDeletion:
+    with ctx.write() as (uow, revision):
+        current = uow.providers.get(provider_config_id)
+        if current is None:
+            raise not_found(provider_config_id)
+        check_etag(etag, current.revision, current.name)
+        attached = uow.models.attached_to(provider_config_id)
+        live_attached = [m for m in attached if m.live]
+        if live_attached and not force:
+            raise DomainError(
+                Reason.PROVIDER_CONFIG_IN_USE,
+                f"{current.name} is attached to {len(live_attached)} model(s): "
+                + ", ".join(m.name for m in live_attached)
+                + "; detach it first or delete with force",
+                precondition_violations=[
+                    PreconditionViolation("ATTACHED", m.name, f"{m.name} lists {current.name}") for m in live_attached
+                ],
+            )
+        old_default = uow.models.default()
+        touched = uow.attachments.detach_provider(provider_config_id)
+        emptied = []
+        for model in uow.models.list(show_deleted=True):
+            if model.id not in touched:
+                continue
+            if model.live and not model.attachments:
+                # A model left with no attachment cannot serve: soft-delete it.
+                model = replace(model, delete_time=uow.now, is_default=False)
+                emptied.append(model.id)
+            uow.models.update(model, revision, attachments_changed=False)
+        new_default_id = old_default.id if old_default else None
+        if old_default is not None and old_default.id in emptied:
+            promoted = next_default(uow.models.list())
+            new_default_id = promoted.id if promoted else None
+            if promoted is not None:
+                uow.models.set_default_flag(promoted.id, True, revision)
+        uow.user_keys.delete_for_provider(provider_config_id)
+        uow.providers.delete(provider_config_id)
+    return ProviderDeletion(
+        touched_model_ids=touched,
+        deleted_model_ids=emptied,
+        default_changed=bool(old_default) and (old_default.id if old_default else None) != new_default_id,
+        new_default_id=new_default_id,
+        revision=revision,
+    )

@@ -1,0 +1,75 @@
+"""User keys: one per (user, provider config), encrypted like central keys (SPEC section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..domain import rules
+from ..domain.errors import DomainError, Reason, ViolationCollector
+from ..domain.families import Family
+from ..domain.providers import ProviderConfig, central_credential
+from .context import ServiceContext
+from .provider_configs import not_found
+
+
+@dataclass(frozen=True)
+class UserProviderView:
+    provider: ProviderConfig
+    has_user_api_key: bool
+    central_fallback_available: bool
+
+    @property
+    def user_api_key_required(self) -> bool:
+        return not self.central_fallback_available
+
+
+def check_user(user: str, field_path: str = "user") -> None:
+    problem = rules.user_id_problem(user)
+    if problem:
+        collector = ViolationCollector()
+        collector.add(field_path, problem)
+        collector.raise_if_any()
+
+
+def _user_view(provider: ProviderConfig, has_key: bool, deployment_keys: dict[Family, str]) -> UserProviderView:
+    fallback = provider.policy.allow_central_api_key_fallback and central_credential(provider, deployment_keys).usable
+    return UserProviderView(provider, has_key, fallback)
+
+
+def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: str, api_key: str) -> UserProviderView:
+    collector = ViolationCollector()
+    user_problem = rules.user_id_problem(user)
+    if user_problem:
+        collector.add("user", user_problem)
+    key_problem = rules.api_key_problem(api_key)
+    if key_problem:
+        collector.add("api_key", key_problem)
+    collector.raise_if_any()
+    with ctx.write() as (uow, _revision):
+        provider = uow.providers.get(provider_config_id)
+        if provider is None:
+            raise not_found(provider_config_id)
+        if not provider.enabled:
+            raise DomainError(Reason.PROVIDER_CONFIG_DISABLED, f"{provider.name} is disabled; it takes no user keys")
+        if not provider.policy.allow_user_api_key:
+            raise DomainError(
+                Reason.USER_KEYS_NOT_ALLOWED, f"{provider.name} does not allow user keys (its credential policy)"
+            )
+        uow.user_keys.put(user, provider_config_id, api_key)
+    return _user_view(provider, True, dict(ctx.deployment_keys))
+
+
+def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: str) -> None:
+    check_user(user)
+    with ctx.write() as (uow, _revision):
+        # Idempotent: deleting a key that is not there (or of a provider that is gone) succeeds.
+        uow.user_keys.delete(user, provider_config_id)
+
+
+def list_user_provider_configs(ctx: ServiceContext, user: str) -> list[UserProviderView]:
+    check_user(user)
+    with ctx.read() as uow:
+        providers = [p for p in uow.providers.list(enabled=True) if p.policy.allow_user_api_key]
+        keys = uow.user_keys.for_user(user)
+    deployment_keys = dict(ctx.deployment_keys)
+    return [_user_view(p, p.id in keys and keys[p.id].present, deployment_keys) for p in providers]

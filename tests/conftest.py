@@ -1,0 +1,166 @@
+"""Shared fixtures: a real PostgreSQL (embedded by default, or MODELROUTE_TEST_DATABASE_URL),
+and the real gRPC server on 127.0.0.1:0 talking to it. Nothing is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from modelroute_server.adapters import database
+from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
+from modelroute_server.entrypoints.server import Application, create_server, watch_health
+from modelroute_server.service_layer.context import ServiceContext
+from modelroute_server.service_layer.resolution import SnapshotStore
+from modelroute_server.settings import Settings
+
+TEST_DATABASE_URL_ENV = "MODELROUTE_TEST_DATABASE_URL"
+
+
+def _admin_url(url: str, dbname: str) -> str:
+    return make_url(database.sqlalchemy_url(url)).set(database=dbname).render_as_string(hide_password=False)
+
+
+class PostgresForTests:
+    """Hands out fresh, empty databases on one PostgreSQL server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self._admin = sa.create_engine(_admin_url(base_url, "postgres"), isolation_level="AUTOCOMMIT")
+        self._created: list[str] = []
+
+    def create_database(self) -> str:
+        name = f"modelroute_test_{uuid.uuid4().hex[:12]}"
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        self._created.append(name)
+        return make_url(database.sqlalchemy_url(self.base_url)).set(database=name).render_as_string(
+            hide_password=False
+        )
+
+    def drop_all(self) -> None:
+        with self._admin.connect() as conn:
+            for name in self._created:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresForTests]:
+    url = os.environ.get(TEST_DATABASE_URL_ENV)
+    embedded = None
+    if not url:
+        embedded = database.EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
+        url = embedded.start()
+    server = PostgresForTests(url)
+    yield server
+    server.drop_all()
+    if embedded is not None:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def keyring() -> Keyring:
+    return Keyring.parse(generate_keyring_spec("test-1"))
+
+
+@pytest.fixture(scope="session")
+def migrated_url(postgres: PostgresForTests) -> str:
+    url = postgres.create_database()
+    engine = database.create_engine(url)
+    database.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+class RunningServer:
+    """The real aio server, on its own event loop thread, bound to 127.0.0.1:0."""
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server, self.port = self._call(self._start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    async def _start(self) -> tuple[grpc.aio.Server, int]:
+        server, port = create_server(self.app, "127.0.0.1:0")
+        await server.start()
+        self._health_task = asyncio.ensure_future(watch_health(self.app))
+        return server, port
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        self.channel.close()
+
+        async def _stop() -> None:
+            self._health_task.cancel()
+            await self.server.stop(grace=None)
+
+        self._call(_stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def build_app(url: str, keyring: Keyring) -> Application:
+    engine = database.create_engine(url)
+    ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys={})
+    snapshots = SnapshotStore(ctx)
+    ctx.on_commit.append(snapshots.invalidate)
+    return Application(Settings(database_url=url), ctx, snapshots, url)
+
+
+@pytest.fixture(scope="session")
+def running_server(migrated_url: str, keyring: Keyring) -> Iterator[RunningServer]:
+    app = build_app(migrated_url, keyring)
+    server = RunningServer(app)
+    yield server
+    server.stop()
+    app.close()
+
+
+TABLES = ("user_provider_keys", "model_attachments", "model_configs", "provider_configs")
+
+
+@pytest.fixture
+def app(running_server: RunningServer) -> Iterator[Application]:
+    """The session's application, with an empty configuration and no deployment keys."""
+    application = running_server.app
+    with application.ctx.engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)}"))
+    application.ctx.deployment_keys.clear()  # type: ignore[attr-defined]
+    application.snapshots.invalidate()
+    yield application
+    application.ctx.deployment_keys.clear()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def channel(app: Application, running_server: RunningServer) -> grpc.Channel:
+    return running_server.channel
+
+
+@pytest.fixture
+def engine(app: Application) -> sa.Engine:
+    return app.ctx.engine
+
+
+@pytest.fixture
+def fresh_database_url(postgres: PostgresForTests) -> str:
+    """An empty database of its own (for migration tests)."""
+    return postgres.create_database()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

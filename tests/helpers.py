@@ -1,0 +1,141 @@
+"""Small helpers for talking to the real server and reading rich errors back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from modelroute.v1 import (
+    common_pb2,
+    model_config_pb2,
+    model_config_pb2_grpc,
+    provider_config_pb2,
+    provider_config_pb2_grpc,
+    resolver_pb2_grpc,
+    user_key_pb2_grpc,
+)
+
+
+@dataclass
+class Stubs:
+    providers: provider_config_pb2_grpc.ProviderConfigServiceStub
+    models: model_config_pb2_grpc.ModelConfigServiceStub
+    user_keys: user_key_pb2_grpc.UserKeyServiceStub
+    resolver: resolver_pb2_grpc.ResolverServiceStub
+
+
+def stubs(channel: grpc.Channel) -> Stubs:
+    return Stubs(
+        provider_config_pb2_grpc.ProviderConfigServiceStub(channel),
+        model_config_pb2_grpc.ModelConfigServiceStub(channel),
+        user_key_pb2_grpc.UserKeyServiceStub(channel),
+        resolver_pb2_grpc.ResolverServiceStub(channel),
+    )
+
+
+@dataclass
+class RichError:
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    domain: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    field_violations: list[tuple[str, str]] = field(default_factory=list)
+    precondition_violations: list[tuple[str, str, str]] = field(default_factory=list)
+    resource_name: str = ""
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for f, _ in self.field_violations]
+
+
+def call_error(method: Callable[..., Any], request: Any) -> RichError:
+    """Calls `method`, expects it to fail, and returns the decoded status."""
+    try:
+        method(request)
+    except grpc.RpcError as error:
+        return decode(error)
+    raise AssertionError(f"expected {method} to fail, it succeeded")
+
+
+def decode(error: grpc.RpcError) -> RichError:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    result = RichError(code=error.code(), message=error.details() or "")  # type: ignore[attr-defined]
+    assert status is not None, f"no rich status on {result.code}: {result.message}"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            result.reason, result.domain, result.metadata = info.reason, info.domain, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            result.field_violations = [(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            result.precondition_violations = [(v.type, v.subject, v.description) for v in failure.violations]
+        elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            info_r = error_details_pb2.ResourceInfo()
+            detail.Unpack(info_r)
+            result.resource_name = info_r.resource_name
+    assert result.reason, "every error must carry an ErrorInfo reason"
+    return result
+
+
+FAMILIES = {
+    "anthropic": common_pb2.FAMILY_ANTHROPIC,
+    "azure": common_pb2.FAMILY_AZURE,
+    "bedrock": common_pb2.FAMILY_BEDROCK,
+    "google": common_pb2.FAMILY_GOOGLE,
+    "openai": common_pb2.FAMILY_OPENAI,
+    "openai-compat": common_pb2.FAMILY_OPENAI_COMPAT,
+    "openrouter": common_pb2.FAMILY_OPENROUTER,
+    "vercel": common_pb2.FAMILY_VERCEL,
+}
+
+
+def policy(c: bool, u: bool, f: bool) -> common_pb2.CredentialPolicy:
+    return common_pb2.CredentialPolicy(
+        central_api_key_enabled=c, allow_user_api_key=u, allow_central_api_key_fallback=f
+    )
+
+
+def provider_request(
+    provider_id: str,
+    family: str = "openai",
+    api_key: str = "sk-test-central",
+    **fields: Any,
+) -> provider_config_pb2.CreateProviderConfigRequest:
+    message = provider_config_pb2.ProviderConfig(family=FAMILIES[family], api_key=api_key, **fields)
+    return provider_config_pb2.CreateProviderConfigRequest(provider_config=message, provider_config_id=provider_id)
+
+
+def create_provider(s: Stubs, provider_id: str, family: str = "openai", **fields: Any) -> Any:
+    return s.providers.CreateProviderConfig(provider_request(provider_id, family, **fields))
+
+
+def model_request(
+    model_id: str,
+    family: str = "openai",
+    providers: tuple[str, ...] | None = None,
+    upstream: str = "gpt-4.1",
+    context_limit: int = 128_000,
+    **fields: Any,
+) -> model_config_pb2.CreateModelConfigRequest:
+    message = model_config_pb2.ModelConfig(
+        family=FAMILIES[family],
+        model=upstream,
+        context_limit=context_limit,
+        provider_configs=[f"providerConfigs/{p}" for p in providers or ()],
+        **fields,
+    )
+    return model_config_pb2.CreateModelConfigRequest(model_config=message, model_config_id=model_id)
+
+
+def create_model(s: Stubs, model_id: str, family: str = "openai", providers: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    return s.models.CreateModelConfig(model_request(model_id, family, providers, **kw))
