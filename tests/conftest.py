@@ -43,9 +43,7 @@ class PostgresForTests:
         with self._admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         self._created.append(name)
-        return make_url(database.sqlalchemy_url(self.base_url)).set(database=name).render_as_string(
-            hide_password=False
-        )
+        return make_url(database.sqlalchemy_url(self.base_url)).set(database=name).render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
         with self._admin.connect() as conn:

@@ -137,5 +137,7 @@ def model_request(
     return model_config_pb2.CreateModelConfigRequest(model_config=message, model_config_id=model_id)
 
 
-def create_model(s: Stubs, model_id: str, family: str = "openai", providers: tuple[str, ...] | None = None, **kw: Any) -> Any:
+def create_model(
+    s: Stubs, model_id: str, family: str = "openai", providers: tuple[str, ...] | None = None, **kw: Any
+) -> Any:
     return s.models.CreateModelConfig(model_request(model_id, family, providers, **kw))

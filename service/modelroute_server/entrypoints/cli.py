@@ -19,16 +19,21 @@ log = logging.getLogger("modelroute")
 
 
 def _parser() -> argparse.ArgumentParser:
+    database_options = argparse.ArgumentParser(add_help=False)
+    database_options.add_argument(
+        "--database-url", help="PostgreSQL URL (env MODELROUTE_DATABASE_URL); omit for the embedded one"
+    )
+    database_options.add_argument(
+        "--data-dir", type=Path, help="embedded mode's data directory (env MODELROUTE_DATA_DIR, default .modelroute)"
+    )
     parser = argparse.ArgumentParser(prog="modelroute-server", description=__doc__)
-    parser.add_argument("--database-url", help="PostgreSQL URL (env MODELROUTE_DATABASE_URL); omit for embedded")
-    parser.add_argument("--data-dir", type=Path, help="embedded mode's data directory (env MODELROUTE_DATA_DIR)")
-    commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("serve", help="run the gRPC service (default)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", parents=[database_options], help="run the gRPC service")
     run.add_argument("--listen", help="host:port (env MODELROUTE_LISTEN, default 127.0.0.1:50051)")
     run.add_argument(
-        "--migrate", action="store_true", help="upgrade the schema before serving (always on when embedded)"
+        "--migrate", action="store_true", help="upgrade the schema before serving (always done when embedded)"
     )
-    migrate = commands.add_parser("migrate", help="upgrade (or downgrade) the schema")
+    migrate = commands.add_parser("migrate", parents=[database_options], help="upgrade (or downgrade) the schema")
     migrate.add_argument("--to", default="head", help="target revision (default head)")
     migrate.add_argument("--downgrade", action="store_true", help="go down to --to")
     commands.add_parser("generate-key", help="print a fresh keyring entry for MODELROUTE_KEYRING")
@@ -37,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _apply_flags(settings: Settings, options: argparse.Namespace) -> Settings:
     changes: dict[str, object] = {}
-    if options.database_url:
+    if getattr(options, "database_url", None):
         changes["database_url"] = options.database_url
-    if options.data_dir:
+    if getattr(options, "data_dir", None):
         changes["data_dir"] = options.data_dir
     if getattr(options, "listen", None):
         changes["listen"] = options.listen
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelroute-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    command = options.command or "serve"
+    command = options.command
     try:
         if command == "generate-key":
             print(generate_keyring_spec())

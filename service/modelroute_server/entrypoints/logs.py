@@ -30,3 +30,6 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Chatty at INFO (every migration context, every pg_ctl command): keep their warnings only.
+    for noisy in ("alembic", "pgserver"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
