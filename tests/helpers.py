@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from modelroute.v1 import (
     common_pb2,
     model_config_pb2,

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
+
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field

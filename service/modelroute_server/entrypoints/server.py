@@ -11,6 +11,7 @@ import grpc
 import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from modelroute.v1 import (
     model_config_pb2,
     model_config_pb2_grpc,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+
 from modelroute.v1 import (
     model_config_pb2,
     model_config_pb2_grpc,

@@ -1,0 +1,108 @@
+"""ResolveModel cost, as ratios against a baseline measured in the same run.
+
+Baseline: the standard health Check on the same server and channel, the
+cheapest unary call gRPC can make here. Figures:
+  * resolve/health latency ratio over the same channel (closer to 1.0 means
+    resolution itself costs little next to the RPC it rides on);
+  * pure resolver time per call vs. one health-check round trip;
+  * database statements per 1,000 steady-state resolutions (must be 0).
+
+Run: .venv/bin/python bench/bench_resolve.py [--calls 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelroute.v1 import resolver_pb2, user_key_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modelroute_server.adapters import database
+from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
+from modelroute_server.service_layer import resolution
+from tests.conftest import RunningServer, build_app
+from tests.helpers import create_model, create_provider, policy, stubs
+
+PROVIDERS, MODELS, USERS = 12, 40, 500
+
+
+def timed(call: object, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()  # type: ignore[operator]
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=3000)
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        pg = database.EmbeddedPostgres(Path(scratch) / "pg")
+        url = pg.start()
+        database.upgrade(database.create_engine(url))
+        app = build_app(url, Keyring.parse(generate_keyring_spec()))
+        server = RunningServer(app)
+        try:
+            s = stubs(server.channel)
+            for i in range(PROVIDERS):
+                create_provider(s, f"p{i}", credential_policy=policy(True, True, i % 2 == 0), api_key=f"sk-{i}")
+            for m in range(MODELS):
+                create_model(s, f"m{m}", providers=tuple(f"p{(m + k) % PROVIDERS}" for k in range(3)))
+            for u in range(USERS):
+                s.user_keys.SetUserProviderKey(
+                    user_key_pb2.SetUserProviderKeyRequest(
+                        user=f"user-{u}", provider_config=f"providerConfigs/p{u % PROVIDERS}", api_key=f"uk-{u}"
+                    )
+                )
+            health = health_pb2_grpc.HealthStub(server.channel)
+            check = health_pb2.HealthCheckRequest()
+            requests = [
+                resolver_pb2.ResolveModelRequest(model=f"m{i % MODELS}", user=f"user-{i % USERS}")
+                for i in range(options.calls)
+            ]
+            s.resolver.ResolveModel(requests[0])  # load the snapshot
+            statements = 0
+
+            def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+                # The health watcher's schema check is not on the resolution path.
+                nonlocal statements
+                statements += "alembic_version" not in statement
+
+            sa.event.listen(app.ctx.engine, "before_cursor_execute", count)
+            iterator = iter(requests)
+            health_samples = timed(lambda: health.Check(check), options.calls)
+            resolve_samples = timed(lambda: s.resolver.ResolveModel(next(iterator)), options.calls)
+            sa.event.remove(app.ctx.engine, "before_cursor_execute", count)
+
+            snapshot = app.snapshots.current()
+            pure_samples = timed(lambda: resolution.resolve_model(app.ctx, snapshot, "m7", "user-7"), options.calls)
+        finally:
+            server.stop()
+            app.close()
+            pg.stop()
+
+    health_median = statistics.median(health_samples)
+    resolve_median = statistics.median(resolve_samples)
+    p99 = sorted(resolve_samples)[int(len(resolve_samples) * 0.99)]
+    health_p99 = sorted(health_samples)[int(len(health_samples) * 0.99)]
+    print(f"calls per series: {options.calls} ({PROVIDERS} providers, {MODELS} models, {USERS} users with keys)")
+    print(f"ResolveModel / health Check, median latency: {resolve_median / health_median:.2f}x")
+    print(f"ResolveModel / health Check, p99 latency:    {p99 / health_p99:.2f}x")
+    print(f"pure resolution / health Check round trip:   {statistics.median(pure_samples) / health_median:.3f}x")
+    print(f"database statements per 1,000 resolutions:   {statements * 1000 / options.calls:.1f}")
+
+
+if __name__ == "__main__":
+    main()

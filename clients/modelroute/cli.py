@@ -1,0 +1,176 @@
+"""`modelroute-admin`: administer and inspect modelroute from a shell.
+
+Keys are never taken on the command line (it leaks into process lists and
+shell history): pass `--api-key-env VAR` or `--api-key-stdin`. Secrets in
+ResolveModel answers are redacted unless `--show-secrets` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .client import ModelrouteClient, ModelrouteError, family_from_name
+from .v1 import common_pb2, model_config_pb2, provider_config_pb2
+
+POLICIES = {
+    "central-only": (True, False, False),
+    "user-only": (False, True, False),
+    "user-required": (True, True, False),
+    "user-preferred": (True, True, True),
+}
+
+
+def _print(message: Message) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+def _print_all(messages: Iterable[Message]) -> None:
+    for message in messages:
+        _print(message)
+
+
+def _api_key(options: argparse.Namespace) -> str:
+    if options.api_key_env:
+        value = os.environ.get(options.api_key_env)
+        if value is None:
+            raise SystemExit(f"modelroute-admin: environment variable {options.api_key_env} is not set")
+        return value
+    if options.api_key_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return ""
+
+
+def _add_key_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--api-key-env", metavar="VAR", help="read the API key from this environment variable")
+    group.add_argument("--api-key-stdin", action="store_true", help="read the API key from the first line of stdin")
+
+
+def _family(text: str) -> common_pb2.Family.ValueType:
+    try:
+        return family_from_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelroute-admin", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default=os.environ.get("MODELROUTE_TARGET", "127.0.0.1:50051"))
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    providers = groups.add_parser("providers").add_subparsers(dest="verb", required=True)
+    providers.add_parser("list").add_argument("--filter", default="")
+    providers.add_parser("get").add_argument("id")
+    create = providers.add_parser("create")
+    create.add_argument("id")
+    create.add_argument("--family", type=_family, required=True, help="case-insensitive family name")
+    create.add_argument("--display-name", default="")
+    create.add_argument("--base-url", default="")
+    create.add_argument("--disabled", action="store_true")
+    create.add_argument("--policy", choices=sorted(POLICIES), default="central-only")
+    _add_key_options(create)
+    delete = providers.add_parser("delete")
+    delete.add_argument("id")
+    delete.add_argument("--force", action="store_true", help="detach from every model first")
+
+    models = groups.add_parser("models").add_subparsers(dest="verb", required=True)
+    models.add_parser("list").add_argument("--show-deleted", action="store_true")
+    models.add_parser("get").add_argument("id")
+    mcreate = models.add_parser("create")
+    mcreate.add_argument("id")
+    mcreate.add_argument("--family", type=_family, required=True)
+    mcreate.add_argument("--model", required=True, help="upstream model name")
+    mcreate.add_argument("--context-limit", type=int, required=True)
+    mcreate.add_argument("--provider", action="append", default=[], help="provider config id, in priority order")
+    models.add_parser("delete").add_argument("id")
+    models.add_parser("undelete").add_argument("id")
+
+    resolve = groups.add_parser("resolve", help="ResolveModel")
+    resolve.add_argument("model", nargs="?", default="")
+    resolve.add_argument("--user", default="")
+    resolve.add_argument("--show-secrets", action="store_true")
+    explain = groups.add_parser("explain", help="ExplainResolution (never shows secrets)")
+    explain.add_argument("model", nargs="?", default="")
+    explain.add_argument("--user", default="")
+    available = groups.add_parser("available", help="ListAvailableModels")
+    available.add_argument("--user", default="")
+    user_keys = groups.add_parser("user-keys").add_subparsers(dest="verb", required=True)
+    user_keys.add_parser("list").add_argument("user")
+    return parser
+
+
+def run(options: argparse.Namespace, client: ModelrouteClient) -> None:
+    group, verb = options.group, getattr(options, "verb", None)
+    if group == "providers" and verb == "list":
+        _print_all(client.list_provider_configs(filter=options.filter))
+    elif group == "providers" and verb == "get":
+        _print(client.get_provider_config(options.id))
+    elif group == "providers" and verb == "create":
+        c, u, f = POLICIES[options.policy]
+        message = provider_config_pb2.ProviderConfig(
+            family=options.family,
+            display_name=options.display_name,
+            base_url=options.base_url,
+            enabled=not options.disabled,
+            credential_policy=common_pb2.CredentialPolicy(
+                central_api_key_enabled=c, allow_user_api_key=u, allow_central_api_key_fallback=f
+            ),
+            api_key=_api_key(options),
+        )
+        _print(client.create_provider_config(options.id, message))
+    elif group == "providers" and verb == "delete":
+        _print(client.delete_provider_config(options.id, force=options.force))
+    elif group == "models" and verb == "list":
+        _print_all(client.list_model_configs(show_deleted=options.show_deleted))
+    elif group == "models" and verb == "get":
+        _print(client.get_model_config(options.id))
+    elif group == "models" and verb == "create":
+        model = model_config_pb2.ModelConfig(
+            family=options.family,
+            model=options.model,
+            context_limit=options.context_limit,
+            provider_configs=[f"providerConfigs/{p}" for p in options.provider],
+        )
+        _print(client.create_model_config(options.id, model))
+    elif group == "models" and verb == "delete":
+        _print(client.delete_model_config(options.id))
+    elif group == "models" and verb == "undelete":
+        _print(client.undelete_model_config(options.id))
+    elif group == "resolve":
+        answer = client.resolve(options.model, options.user)
+        if not options.show_secrets:
+            for attachment in (answer.selected, *answer.fallbacks):
+                if attachment.api_key:
+                    attachment.api_key = "<redacted>"
+        _print(answer)
+    elif group == "explain":
+        _print(client.explain(options.model, options.user))
+    elif group == "available":
+        _print(client.available_models(options.user))
+    elif group == "user-keys":
+        _print_all(client.user_provider_configs(options.user))
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    with ModelrouteClient(options.target) as client:
+        try:
+            run(options, client)
+        except ModelrouteError as error:
+            print(f"modelroute-admin: {error}", file=sys.stderr)
+            for field_path, description in error.field_violations:
+                print(f"  {field_path}: {description}", file=sys.stderr)
+            for kind, subject, description in error.precondition_violations:
+                print(f"  {subject} [{kind}]: {description}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

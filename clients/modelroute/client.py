@@ -1,0 +1,247 @@
+"""A thin typed client over the generated stubs, with rich errors decoded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from .v1 import (
+    common_pb2,
+    model_config_pb2,
+    model_config_pb2_grpc,
+    provider_config_pb2,
+    provider_config_pb2_grpc,
+    resolver_pb2,
+    resolver_pb2_grpc,
+    user_key_pb2,
+    user_key_pb2_grpc,
+)
+
+DEFAULT_MODEL_METADATA_KEY = "modelroute-default-model-config"
+Response = TypeVar("Response")
+
+
+@dataclass
+class ModelrouteError(Exception):
+    """A failed call with its `google.rpc` details decoded."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    field_violations: list[tuple[str, str]] = field(default_factory=list)
+    precondition_violations: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.code.name} {self.reason}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> ModelrouteError:
+        call: Any = error
+        decoded = cls(code=call.code(), message=call.details() or "")
+        status = rpc_status.from_call(call)
+        for detail in status.details if status else ():
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                decoded.reason, decoded.metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                decoded.field_violations = [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                decoded.precondition_violations = [(v.type, v.subject, v.description) for v in failure.violations]
+        return decoded
+
+
+def _call(method: Callable[..., Response], request: Any, timeout: float | None) -> Response:
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise ModelrouteError.from_rpc_error(error) from None
+
+
+def provider_config_name(provider_config_id: str) -> str:
+    return provider_config_id if "/" in provider_config_id else f"providerConfigs/{provider_config_id}"
+
+
+def model_config_name(model_config_id: str) -> str:
+    return model_config_id if "/" in model_config_id else f"modelConfigs/{model_config_id}"
+
+
+class ModelrouteClient:
+    """Every method takes ids or resource names and raises ModelrouteError on failure."""
+
+    def __init__(self, target: str | grpc.Channel = "127.0.0.1:50051", timeout: float | None = 10.0) -> None:
+        self._owns_channel = isinstance(target, str)
+        self.channel: grpc.Channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        self.timeout = timeout
+        self.providers = provider_config_pb2_grpc.ProviderConfigServiceStub(self.channel)
+        self.models = model_config_pb2_grpc.ModelConfigServiceStub(self.channel)
+        self.user_keys = user_key_pb2_grpc.UserKeyServiceStub(self.channel)
+        self.resolver = resolver_pb2_grpc.ResolverServiceStub(self.channel)
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self.channel.close()
+
+    def __enter__(self) -> ModelrouteClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ resolution
+
+    def resolve(self, model: str = "", user: str = "", min_revision: int = 0) -> resolver_pb2.ResolveModelResponse:
+        request = resolver_pb2.ResolveModelRequest(model=model, user=user, min_revision=min_revision)
+        return _call(self.resolver.ResolveModel, request, self.timeout)
+
+    def available_models(self, user: str = "") -> resolver_pb2.ListAvailableModelsResponse:
+        request = resolver_pb2.ListAvailableModelsRequest(user=user)
+        return _call(self.resolver.ListAvailableModels, request, self.timeout)
+
+    def explain(
+        self,
+        model: str = "",
+        user: str = "",
+        user_has_key: dict[str, bool] | None = None,
+        provider_enabled: dict[str, bool] | None = None,
+    ) -> resolver_pb2.ExplainResolutionResponse:
+        request = resolver_pb2.ExplainResolutionRequest(
+            model=model,
+            user=user,
+            user_key_overrides=[
+                resolver_pb2.UserKeyOverride(provider_config=provider_config_name(p), has_user_api_key=v)
+                for p, v in (user_has_key or {}).items()
+            ],
+            provider_enabled_overrides=[
+                resolver_pb2.ProviderEnabledOverride(provider_config=provider_config_name(p), enabled=v)
+                for p, v in (provider_enabled or {}).items()
+            ],
+        )
+        return _call(self.resolver.ExplainResolution, request, self.timeout)
+
+    # ------------------------------------------------------------ provider configs
+
+    def create_provider_config(
+        self, provider_config_id: str, provider_config: provider_config_pb2.ProviderConfig
+    ) -> provider_config_pb2.ProviderConfig:
+        request = provider_config_pb2.CreateProviderConfigRequest(
+            provider_config_id=provider_config_id, provider_config=provider_config
+        )
+        return _call(self.providers.CreateProviderConfig, request, self.timeout)
+
+    def get_provider_config(self, provider_config_id: str) -> provider_config_pb2.ProviderConfig:
+        request = provider_config_pb2.GetProviderConfigRequest(name=provider_config_name(provider_config_id))
+        return _call(self.providers.GetProviderConfig, request, self.timeout)
+
+    def list_provider_configs(
+        self, filter: str = "", page_size: int = 0
+    ) -> Iterator[provider_config_pb2.ProviderConfig]:
+        token = ""
+        while True:
+            request = provider_config_pb2.ListProviderConfigsRequest(
+                filter=filter, page_size=page_size, page_token=token
+            )
+            page = _call(self.providers.ListProviderConfigs, request, self.timeout)
+            yield from page.provider_configs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_provider_config(
+        self, provider_config: provider_config_pb2.ProviderConfig, paths: Sequence[str] = ()
+    ) -> provider_config_pb2.ProviderConfig:
+        request = provider_config_pb2.UpdateProviderConfigRequest(
+            provider_config=provider_config,
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
+        )
+        return _call(self.providers.UpdateProviderConfig, request, self.timeout)
+
+    def delete_provider_config(
+        self, provider_config_id: str, force: bool = False, etag: str = ""
+    ) -> provider_config_pb2.DeleteProviderConfigResponse:
+        request = provider_config_pb2.DeleteProviderConfigRequest(
+            name=provider_config_name(provider_config_id), force=force, etag=etag
+        )
+        return _call(self.providers.DeleteProviderConfig, request, self.timeout)
+
+    # ------------------------------------------------------------ model configs
+
+    def create_model_config(
+        self, model_config_id: str, model_config: model_config_pb2.ModelConfig
+    ) -> model_config_pb2.ModelConfig:
+        request = model_config_pb2.CreateModelConfigRequest(model_config_id=model_config_id, model_config=model_config)
+        return _call(self.models.CreateModelConfig, request, self.timeout)
+
+    def get_model_config(self, model_config_id: str) -> model_config_pb2.ModelConfig:
+        request = model_config_pb2.GetModelConfigRequest(name=model_config_name(model_config_id))
+        return _call(self.models.GetModelConfig, request, self.timeout)
+
+    def list_model_configs(
+        self, filter: str = "", show_deleted: bool = False, page_size: int = 0
+    ) -> Iterator[model_config_pb2.ModelConfig]:
+        token = ""
+        while True:
+            request = model_config_pb2.ListModelConfigsRequest(
+                filter=filter, show_deleted=show_deleted, page_size=page_size, page_token=token
+            )
+            page = _call(self.models.ListModelConfigs, request, self.timeout)
+            yield from page.model_configs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_model_config(
+        self, model_config: model_config_pb2.ModelConfig, paths: Sequence[str] = ()
+    ) -> model_config_pb2.ModelConfig:
+        request = model_config_pb2.UpdateModelConfigRequest(
+            model_config=model_config,
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
+        )
+        return _call(self.models.UpdateModelConfig, request, self.timeout)
+
+    def delete_model_config(self, model_config_id: str, etag: str = "") -> model_config_pb2.ModelConfig:
+        request = model_config_pb2.DeleteModelConfigRequest(name=model_config_name(model_config_id), etag=etag)
+        return _call(self.models.DeleteModelConfig, request, self.timeout)
+
+    def undelete_model_config(self, model_config_id: str, etag: str = "") -> model_config_pb2.ModelConfig:
+        request = model_config_pb2.UndeleteModelConfigRequest(name=model_config_name(model_config_id), etag=etag)
+        return _call(self.models.UndeleteModelConfig, request, self.timeout)
+
+    # ------------------------------------------------------------ user keys
+
+    def set_user_key(self, user: str, provider_config_id: str, api_key: str) -> user_key_pb2.UserProviderConfig:
+        request = user_key_pb2.SetUserProviderKeyRequest(
+            user=user, provider_config=provider_config_name(provider_config_id), api_key=api_key
+        )
+        return _call(self.user_keys.SetUserProviderKey, request, self.timeout)
+
+    def delete_user_key(self, user: str, provider_config_id: str) -> None:
+        request = user_key_pb2.DeleteUserProviderKeyRequest(
+            user=user, provider_config=provider_config_name(provider_config_id)
+        )
+        _call(self.user_keys.DeleteUserProviderKey, request, self.timeout)
+
+    def user_provider_configs(self, user: str) -> list[user_key_pb2.UserProviderConfig]:
+        request = user_key_pb2.ListUserProviderConfigsRequest(user=user)
+        return list(_call(self.user_keys.ListUserProviderConfigs, request, self.timeout).user_provider_configs)
+
+
+def family_from_name(text: str) -> common_pb2.Family.ValueType:
+    """Case-insensitive: `openai-compat`, `OPENAI_COMPAT` or `FAMILY_OPENAI_COMPAT`."""
+    cleaned = text.strip().upper().replace("-", "_").removeprefix("FAMILY_")
+    valid = [v.name.removeprefix("FAMILY_") for v in common_pb2.Family.DESCRIPTOR.values if v.number != 0]
+    if cleaned not in valid:
+        names = ", ".join(v.lower().replace("_", "-") for v in valid)
+        raise ValueError(f"unknown family {text!r}; valid families: {names}")
+    return common_pb2.Family.Value("FAMILY_" + cleaned)

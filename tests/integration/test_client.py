@@ -1,0 +1,112 @@
+"""The client distribution: the typed client and the admin CLI against the real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+
+import grpc
+import pytest
+
+from modelroute import ModelrouteClient, ModelrouteError
+from modelroute.cli import main as admin_main
+from modelroute.v1 import common_pb2, provider_config_pb2
+
+from ..conftest import RunningServer, repo_root
+
+
+def test_typed_client_round_trip_and_rich_errors(channel: grpc.Channel) -> None:
+    client = ModelrouteClient(channel)
+    created = client.create_provider_config(
+        "openai-main", provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI, api_key="sk-client")
+    )
+    assert client.get_provider_config("openai-main") == created
+    assert [p.name for p in client.list_provider_configs(page_size=1)] == ["providerConfigs/openai-main"]
+    with pytest.raises(ModelrouteError) as caught:
+        client.create_provider_config("Bad Id", provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI))
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "FIELD_INVALID"
+    assert "provider_config_id" in [f for f, _ in caught.value.field_violations]
+
+
+def test_admin_cli_creates_resolves_and_redacts(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = ["--target", f"127.0.0.1:{running_server.port}"]
+    monkeypatch.setenv("CLI_TEST_KEY", "sk-from-env-not-argv")
+    assert (
+        admin_main(
+            [
+                *target,
+                "providers",
+                "create",
+                "compat",
+                "--family",
+                "OpenAI-Compat",
+                "--base-url",
+                "https://proxy.example/v1",
+                "--api-key-env",
+                "CLI_TEST_KEY",
+            ]
+        )
+        == 0
+    )
+    created = json.loads(capsys.readouterr().out)
+    assert created["family"] == "FAMILY_OPENAI_COMPAT" and created["has_api_key"] is True
+    assert (
+        admin_main(
+            [
+                *target,
+                "models",
+                "create",
+                "m",
+                "--family",
+                "openai-compat",
+                "--model",
+                "llama-3.1",
+                "--context-limit",
+                "8192",
+                "--provider",
+                "compat",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert admin_main([*target, "resolve", "m"]) == 0
+    redacted = capsys.readouterr().out
+    assert "sk-from-env-not-argv" not in redacted and "<redacted>" in redacted
+    assert admin_main([*target, "resolve", "m", "--show-secrets"]) == 0
+    assert json.loads(capsys.readouterr().out)["selected"]["key_source"] == "KEY_SOURCE_STORED"
+
+
+def test_admin_cli_reports_errors_without_a_traceback(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = admin_main(["--target", f"127.0.0.1:{running_server.port}", "providers", "get", "missing"])
+    assert code == 1
+    assert "NOT_FOUND PROVIDER_CONFIG_NOT_FOUND" in capsys.readouterr().err
+
+
+def test_admin_cli_rejects_an_unknown_family_listing_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        admin_main(["providers", "create", "x", "--family", "mistral"])
+    err = capsys.readouterr().err
+    assert "openai-compat" in err and "bedrock" in err
+
+
+def test_client_distribution_needs_none_of_the_server_dependencies() -> None:
+    project = tomllib.loads((repo_root() / "clients" / "pyproject.toml").read_text())
+    names = {dep.split(">")[0].split("=")[0].split("<")[0].strip() for dep in project["project"]["dependencies"]}
+    assert names == {"grpcio", "grpcio-status", "protobuf", "googleapis-common-protos"}
+    blocked = ["sqlalchemy", "psycopg", "alembic", "cryptography", "pgserver", "modelroute_server"]
+    script = (
+        "import sys\n"
+        + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+        + ("import modelroute, modelroute.cli, modelroute.v1.resolver_pb2_grpc\nprint('ok')\n")
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
