@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
-from modelroute_server.entrypoints.server import Application, create_server, watch_health
+from modelroute_server.entrypoints.server import Application, create_server, mark_not_serving, watch_health
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.resolution import SnapshotStore
 from modelroute_server.settings import Settings
@@ -93,6 +93,7 @@ class RunningServer:
 
     async def _start(self) -> tuple[grpc.aio.Server, int]:
         server, port = create_server(self.app, "127.0.0.1:0")
+        await mark_not_serving(self.app)
         await server.start()
         self._health_task = asyncio.ensure_future(watch_health(self.app))
         return server, port

@@ -117,9 +117,16 @@ def database_ready(engine: sa.Engine) -> bool:
         return False
 
 
+async def mark_not_serving(app: Application) -> None:
+    """The health servicer starts out SERVING; nothing is served before the first database check."""
+    for name in ("", *SERVICE_NAMES):
+        await app.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 async def watch_health(app: Application) -> None:
     """SERVING only while the database answers with a current schema."""
-    last: bool | None = None
+    await mark_not_serving(app)
+    last = False
     while True:
         ready = await asyncio.to_thread(database_ready, app.ctx.engine)
         if ready != last:
@@ -134,6 +141,7 @@ async def watch_health(app: Application) -> None:
 async def serve(settings: Settings) -> None:
     app = await asyncio.to_thread(build_application, settings)
     server, port = create_server(app, settings.listen)
+    await mark_not_serving(app)
     await server.start()
     watcher = asyncio.create_task(watch_health(app))
     log.info(
