@@ -86,6 +86,8 @@ def validate_model_fields(model: ModelConfig, prefix: str = "") -> None:
         violations.add(f"{prefix}model", "is required")
     elif len(model.model) > rules.MAX_TEXT:
         violations.add(f"{prefix}model", f"must be at most {rules.MAX_TEXT} characters")
+    elif rules.control_character_problem(model.model):
+        violations.add(f"{prefix}model", "must not contain control characters")
     name_problem = rules.display_name_problem(model.display_name)
     if name_problem:
         violations.add(f"{prefix}display_name", name_problem)

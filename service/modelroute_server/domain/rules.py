@@ -41,6 +41,10 @@ def key_is_present(value: str | None) -> bool:
 def base_url_problem(value: str) -> str | None:
     if value != value.strip():
         return "must not have leading or trailing white space"
+    if len(value) > MAX_URL:
+        return f"must be at most {MAX_URL} characters"
+    if control_character_problem(value):
+        return "must not contain control characters"
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a malformed port
@@ -62,12 +66,22 @@ def base_url_requirement_problem(family: Family, base_url: str | None) -> str | 
     return None
 
 
+MAX_URL = 2048
+
+
+def control_character_problem(value: str) -> str | None:
+    # PostgreSQL text cannot hold NUL, and no name or URL needs a control character.
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "must not contain control characters"
+    return None
+
+
 def display_name_problem(value: str) -> str | None:
     if not value.strip():
         return "must not be blank"
     if len(value) > MAX_TEXT:
         return f"must be at most {MAX_TEXT} characters"
-    return None
+    return control_character_problem(value)
 
 
 def user_id_problem(value: str) -> str | None:

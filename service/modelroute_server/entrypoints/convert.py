@@ -19,6 +19,7 @@ from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import CallOptions
 from ..domain.providers import KeySource, provider_config_name
 from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
+from ..domain.rules import SLUG_PATTERN
 from ..service_layer.inputs import (
     MODEL_OPTION_PATHS,
     MODEL_UPDATABLE_PATHS,
@@ -53,15 +54,19 @@ POLICY_FIELDS = (
 
 def provider_id_from_name(name: str, field_path: str) -> str:
     match = PROVIDER_NAME.fullmatch(name)
-    if not match:
-        raise invalid_field(field_path, f"must be a provider config name `providerConfigs/{{id}}`, got {name!r}")
+    if not match or not SLUG_PATTERN.fullmatch(match.group(1)):
+        raise invalid_field(
+            field_path, f"must be a provider config name `providerConfigs/{{id}}` with a slug id, got {name!r}"
+        )
     return match.group(1)
 
 
 def model_id_from_name(name: str, field_path: str) -> str:
     match = MODEL_NAME.fullmatch(name)
-    if not match:
-        raise invalid_field(field_path, f"must be a model config name `modelConfigs/{{id}}`, got {name!r}")
+    if not match or not SLUG_PATTERN.fullmatch(match.group(1)):
+        raise invalid_field(
+            field_path, f"must be a model config name `modelConfigs/{{id}}` with a slug id, got {name!r}"
+        )
     return match.group(1)
 
 
@@ -71,6 +76,10 @@ def model_ref(value: str, field_path: str) -> str | None:
         return None
     if "/" in value:
         return model_id_from_name(value, field_path)
+    if not SLUG_PATTERN.fullmatch(value):
+        raise invalid_field(
+            field_path, f"must be a model config id (a slug) or name `modelConfigs/{{id}}`, got {value!r}"
+        )
     return value
 
 
@@ -288,7 +297,7 @@ def model_input(
     provider_ids = []
     for index, name in enumerate(message.provider_configs):
         match = PROVIDER_NAME.fullmatch(name)
-        if match:
+        if match and SLUG_PATTERN.fullmatch(match.group(1)):
             provider_ids.append(match.group(1))
         else:
             violations.append(
