@@ -25,6 +25,11 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError("the database URL must start with postgresql:// (or postgres://)")
 
 
+def libpq_url(url: str) -> str:
+    """The same URL for psycopg/libpq directly (no SQLAlchemy driver suffix)."""
+    return "postgresql://" + sqlalchemy_url(url).removeprefix("postgresql+psycopg://")
+
+
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
     options.update(kwargs)

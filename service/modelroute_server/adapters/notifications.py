@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from .database import libpq_url
 from .repositories import CHANGE_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ class ChangeListener:
     """
 
     def __init__(self, conninfo: str, on_change: Callable[[], None], retry_seconds: float = 1.0) -> None:
-        self._conninfo = conninfo
+        self._conninfo = libpq_url(conninfo)
         self._on_change = on_change
         self._retry_seconds = retry_seconds
         self._stop = threading.Event()

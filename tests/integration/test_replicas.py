@@ -1,0 +1,78 @@
+"""Two replicas on one database: a write on one is seen by the other (NOTIFY), and min_revision."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from modelroute.v1 import common_pb2, model_config_pb2, resolver_pb2
+from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.adapters.notifications import ChangeListener
+from modelroute_server.entrypoints.server import Application
+
+from ..conftest import RunningServer, build_app
+from ..helpers import call_error, create_model, create_provider, stubs
+
+
+@pytest.fixture
+def second_replica(app: Application, keyring: Keyring) -> Iterator[RunningServer]:
+    replica = build_app(app.database_url, keyring)
+    replica.listener = ChangeListener(replica.database_url, replica.snapshots.invalidate)
+    replica.listener.start()
+    assert replica.listener.connected.wait(10), "the change listener never connected"
+    server = RunningServer(replica)
+    yield server
+    server.stop()
+    replica.close()
+
+
+def test_a_deleted_model_stops_resolving_on_the_other_replica(
+    channel: grpc.Channel, second_replica: RunningServer
+) -> None:
+    writer, reader = stubs(channel), stubs(second_replica.channel)
+    create_provider(writer, "a")
+    create_model(writer, "m")
+    create_model(writer, "other")
+    assert reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")).selected.provider_config
+    writer.models.DeleteModelConfig(model_config_pb2.DeleteModelConfigRequest(name="modelConfigs/m"))
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
+        except grpc.RpcError as error:
+            assert error.code() is grpc.StatusCode.NOT_FOUND
+            break
+        assert time.monotonic() < deadline, "the other replica kept routing a deleted model"
+        time.sleep(0.02)
+
+
+def test_min_revision_reads_your_writes_across_replicas(channel: grpc.Channel, second_replica: RunningServer) -> None:
+    writer, reader = stubs(channel), stubs(second_replica.channel)
+    create_provider(writer, "a", api_key="sk-first")
+    create_model(writer, "m")
+    before = reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
+    created = create_provider(writer, "b", api_key="sk-second")
+    updated = writer.models.UpdateModelConfig(
+        model_config_pb2.UpdateModelConfigRequest(
+            model_config=model_config_pb2.ModelConfig(
+                name="modelConfigs/m", provider_configs=[created.name, "providerConfigs/a"]
+            )
+        )
+    )
+    revision = int(updated.etag.strip('"'))
+    after = reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", min_revision=revision))
+    assert after.config_revision >= revision > before.config_revision
+    assert after.selected.provider_config == "providerConfigs/b"
+    assert after.selected.key_source == common_pb2.KEY_SOURCE_STORED
+
+
+def test_a_revision_that_does_not_exist_yet_is_a_precondition_error(channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a")
+    create_model(s, "m")
+    error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", min_revision=10**12))
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.reason == "REVISION_NOT_REACHED"
