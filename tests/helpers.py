@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from modelroute import ModelrouteError
 from modelroute.v1 import (
     common_pb2,
     model_config_pb2,
@@ -38,20 +37,8 @@ def stubs(channel: grpc.Channel) -> Stubs:
     )
 
 
-@dataclass
-class RichError:
-    code: grpc.StatusCode
-    message: str
-    reason: str = ""
-    domain: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    field_violations: list[tuple[str, str]] = field(default_factory=list)
-    precondition_violations: list[tuple[str, str, str]] = field(default_factory=list)
-    resource_name: str = ""
-
-    @property
-    def fields(self) -> list[str]:
-        return [f for f, _ in self.field_violations]
+# The client distribution's decoder is the one under test here too.
+RichError = ModelrouteError
 
 
 def call_error(method: Callable[..., Any], request: Any) -> RichError:
@@ -64,28 +51,10 @@ def call_error(method: Callable[..., Any], request: Any) -> RichError:
 
 
 def decode(error: grpc.RpcError) -> RichError:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    result = RichError(code=error.code(), message=error.details() or "")  # type: ignore[attr-defined]
-    assert status is not None, f"no rich status on {result.code}: {result.message}"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            result.reason, result.domain, result.metadata = info.reason, info.domain, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            result.field_violations = [(v.field, v.description) for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            detail.Unpack(failure)
-            result.precondition_violations = [(v.type, v.subject, v.description) for v in failure.violations]
-        elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
-            info_r = error_details_pb2.ResourceInfo()
-            detail.Unpack(info_r)
-            result.resource_name = info_r.resource_name
-    assert result.reason, "every error must carry an ErrorInfo reason"
-    return result
+    decoded = ModelrouteError.from_rpc_error(error)
+    assert decoded.reason, f"every error must carry an ErrorInfo reason: {decoded}"
+    assert decoded.domain == "modelroute.internal"
+    return decoded
 
 
 FAMILIES = {

@@ -34,12 +34,19 @@ class ModelrouteError(Exception):
     code: grpc.StatusCode
     message: str
     reason: str = ""
+    domain: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     field_violations: list[tuple[str, str]] = field(default_factory=list)
     precondition_violations: list[tuple[str, str, str]] = field(default_factory=list)
+    resource_name: str = ""
 
     def __str__(self) -> str:
         return f"{self.code.name} {self.reason}: {self.message}"
+
+    @property
+    def fields(self) -> list[str]:
+        """The request fields named by the BadRequest details."""
+        return [field_path for field_path, _ in self.field_violations]
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> ModelrouteError:
@@ -50,7 +57,7 @@ class ModelrouteError(Exception):
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
-                decoded.reason, decoded.metadata = info.reason, dict(info.metadata)
+                decoded.reason, decoded.domain, decoded.metadata = info.reason, info.domain, dict(info.metadata)
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
@@ -59,6 +66,10 @@ class ModelrouteError(Exception):
                 failure = error_details_pb2.PreconditionFailure()
                 detail.Unpack(failure)
                 decoded.precondition_violations = [(v.type, v.subject, v.description) for v in failure.violations]
+            elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+                resource = error_details_pb2.ResourceInfo()
+                detail.Unpack(resource)
+                decoded.resource_name = resource.resource_name
         return decoded
 
 

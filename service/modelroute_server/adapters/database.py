@@ -90,3 +90,11 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+def open_database(database_url: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
+    """The URL to use: the configured one, or a started embedded server's (returned to be stopped)."""
+    if database_url is not None:
+        return database_url, None
+    embedded = EmbeddedPostgres(data_dir / "pgdata")
+    return embedded.start(), embedded

@@ -77,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _migrate(settings: Settings, target: str, downgrade: bool) -> None:
-    embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = database.EmbeddedPostgres(settings.data_dir / "pgdata")
-        url = embedded.start()
+    url, embedded = database.open_database(settings.database_url, settings.data_dir)
     engine = database.create_engine(url)
     try:
         if downgrade:

@@ -75,11 +75,7 @@ def load_keyring(settings: Settings) -> Keyring:
 
 def build_application(settings: Settings) -> Application:
     keyring = load_keyring(settings)
-    embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = database.EmbeddedPostgres(settings.data_dir / "pgdata")
-        url = embedded.start()
+    url, embedded = database.open_database(settings.database_url, settings.data_dir)
     engine = database.create_engine(url)
     if settings.embedded or settings.migrate:
         database.upgrade(engine)
