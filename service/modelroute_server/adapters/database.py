@@ -31,7 +31,8 @@ def libpq_url(url: str) -> str:
 
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    # hide_parameters: a logged or raised database error never carries bound values.
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "hide_parameters": True}
     options.update(kwargs)
     return sa.create_engine(sqlalchemy_url(url), **options)
 
