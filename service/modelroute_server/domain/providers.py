@@ -56,15 +56,16 @@ class CredentialPolicy:
         return self.central_api_key_enabled and (not self.allow_user_api_key or self.allow_central_api_key_fallback)
 
     def problem(self) -> str | None:
-        """Which rule an invalid tuple breaks; None for the four valid tuples."""
+        """Every rule an invalid tuple breaks (so each invalid tuple has its own message); None when valid."""
         c, u, f = self.as_tuple
-        if f and not c:
-            return "central key fallback needs the central key enabled"
-        if f and not u:
-            return "central key fallback needs user keys allowed"
+        broken = []
         if not c and not u:
-            return "no credential source: enable the central key or allow user keys"
-        return None
+            broken.append("no credential source: enable the central key or allow user keys")
+        if f and not c:
+            broken.append("central key fallback needs the central key enabled")
+        if f and not u:
+            broken.append("central key fallback needs user keys allowed")
+        return "; ".join(broken) or None
 
 
 VALID_POLICIES = (

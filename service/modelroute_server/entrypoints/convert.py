@@ -214,7 +214,8 @@ def _key_source(source: KeySource | None) -> common_pb2.KeySource.ValueType:
 # ---------------------------------------------------------------- filters
 
 
-_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*"?([A-Za-z0-9_-]+)"?\s*$')
+# A value is bare or wholly quoted; an unbalanced quote is a parse error.
+_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*(?:"([A-Za-z0-9_-]+)"|([A-Za-z0-9_-]+))\s*$')
 
 
 def _parse_filter(text: str, allowed: set[str]) -> dict[str, str]:
@@ -231,7 +232,7 @@ def _parse_filter(text: str, allowed: set[str]) -> dict[str, str]:
                 + " AND ".join(f"{name} = ..." for name in sorted(allowed)),
                 Reason.FILTER_INVALID,
             )
-        terms[match.group(1)] = match.group(2)
+        terms[match.group(1)] = match.group(2) or match.group(3)
     return terms
 
 

@@ -29,6 +29,7 @@ from ..adapters.notifications import ChangeListener
 from ..service_layer.context import ServiceContext
 from ..service_layer.resolution import SnapshotStore
 from ..settings import Settings, SettingsError
+from .decoding import RequestDecoding
 from .servicers import ModelConfigServicer, ProviderConfigServicer, ResolverServicer, UserKeyServicer
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def build_application(settings: Settings) -> Application:
 
 
 def create_server(app: Application, address: str) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[RequestDecoding()])
     provider_config_pb2_grpc.add_ProviderConfigServiceServicer_to_server(ProviderConfigServicer(app.ctx), server)
     model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx), server)
     user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx), server)

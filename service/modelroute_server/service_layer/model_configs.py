@@ -188,6 +188,11 @@ def update_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
         change = _settle_default(uow, current, updated, revision)
         if change[0] and change[1] != updated.id:
             updated = replace(updated, is_default=False)
+        explicitly_not_default = "is_default" in paths and not request.is_default
+        if updated.enabled and not current.enabled and not explicitly_not_default and uow.models.default() is None:
+            # Enabled while there is no default: it fills the slot, as a model created now would.
+            updated = replace(updated, is_default=True)
+            change = (True, updated.id)
         uow.models.update(updated, revision, attachments_changed=attachments_changed)
         return _view(ctx, uow, _reload(uow, model_config_id), change)
 
@@ -279,6 +284,9 @@ def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) 
                 Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
                 f"{current.name} lost all its provider configs while deleted; create a new model instead",
             )
-        restored = replace(current, delete_time=None, is_default=False)
+        # Back while there is no default: it fills the slot, as a model created now would.
+        fills_default = current.enabled and uow.models.default() is None
+        restored = replace(current, delete_time=None, is_default=fills_default)
         uow.models.update(restored, revision, attachments_changed=False)
-        return _view(ctx, uow, _reload(uow, model_config_id))
+        change: tuple[bool, str | None] = (True, current.id) if fills_default else (False, None)
+        return _view(ctx, uow, _reload(uow, model_config_id), change)

@@ -182,7 +182,8 @@ def _apply(current: ProviderConfig, request: ProviderConfigInput) -> ProviderCon
     paths = request.paths
     changes: dict[str, object] = {}
     if "display_name" in paths:
-        changes["display_name"] = request.display_name
+        # Named but empty: back to the default, as on create (AIP-134); white space alone is still rejected.
+        changes["display_name"] = request.display_name or current.family.default_display_name
     if "base_url" in paths:
         changes["base_url"] = request.base_url or None
     if "enabled" in paths:

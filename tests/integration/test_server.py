@@ -1,0 +1,324 @@
+"""The server around the services: reflection, health, the CLI, embedded mode and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from modelroute import ModelrouteClient
+from modelroute.v1 import common_pb2, provider_config_pb2
+from modelroute_server.adapters import database
+from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.settings import settings_from_env
+
+from ..conftest import PostgresForTests, RunningServer, build_app
+from ..helpers import decode
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MODELROUTE_SERVICES = {
+    "modelroute.v1.ProviderConfigService",
+    "modelroute.v1.ModelConfigService",
+    "modelroute.v1.UserKeyService",
+    "modelroute.v1.ResolverService",
+}
+SERVER_BINARY = Path(sys.executable).parent / "modelroute-server"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> int | None:
+    """The reported status, or None while the server does not answer yet."""
+    try:
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        )
+    except grpc.RpcError as error:
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return None
+        raise
+
+
+def wait_for_health(channel: grpc.Channel, wanted: int, timeout: float, service: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = health_status(channel, service)
+        if last == wanted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"health of {service!r} stayed {last}, wanted {wanted}")
+
+
+def list_services(channel: grpc.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    return {service.name for response in responses for service in response.list_services_response.service}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    assert port != 50051
+    return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any modelroute setting, plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MODELROUTE_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def server_process() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Collects the server processes a test starts and makes sure none outlives it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- reflection and health (in-process server)
+
+
+def test_reflection_lists_every_service(running_server: RunningServer) -> None:
+    services = list_services(running_server.channel)
+    assert services >= MODELROUTE_SERVICES
+    assert "grpc.health.v1.Health" in services
+    assert "grpc.reflection.v1alpha.ServerReflection" in services
+
+
+def test_reflection_serves_the_provider_config_descriptor(running_server: RunningServer) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(running_server.channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="modelroute.v1.ProviderConfigService")
+    (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    assert response.WhichOneof("message_response") == "file_descriptor_response"
+    names = set()
+    for serialized in response.file_descriptor_response.file_descriptor_proto:
+        file_proto = descriptor_pb2.FileDescriptorProto.FromString(serialized)
+        names.add(file_proto.name)
+        if file_proto.name == "modelroute/v1/provider_config.proto":
+            methods = {m.name for s in file_proto.service for m in s.method}
+            assert methods == {
+                "CreateProviderConfig",
+                "GetProviderConfig",
+                "ListProviderConfigs",
+                "UpdateProviderConfig",
+                "DeleteProviderConfig",
+            }
+    assert "modelroute/v1/provider_config.proto" in names
+
+
+def test_health_is_serving_for_the_server_and_every_service(running_server: RunningServer) -> None:
+    wait_for_health(running_server.channel, SERVING, timeout=10)
+    for service in MODELROUTE_SERVICES:
+        assert health_status(running_server.channel, service) == SERVING
+
+
+def test_health_is_not_serving_until_the_schema_is_current(postgres: PostgresForTests, keyring: Keyring) -> None:
+    url = postgres.create_database()
+    app = build_app(url, keyring)
+    server = RunningServer(app)
+    try:
+        # The database answers, but has no schema yet.
+        time.sleep(0.5)
+        assert health_status(server.channel) == NOT_SERVING
+        assert health_status(server.channel, "modelroute.v1.ProviderConfigService") == NOT_SERVING
+        database.upgrade(app.ctx.engine)
+        wait_for_health(server.channel, SERVING, timeout=10)
+        # Falling behind again (an older schema) turns it back to NOT_SERVING.
+        database.downgrade(app.ctx.engine, "0001")
+        wait_for_health(server.channel, NOT_SERVING, timeout=10)
+    finally:
+        server.stop()
+        app.close()
+
+
+def test_unknown_health_service_is_not_found(running_server: RunningServer) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        health_pb2_grpc.HealthStub(running_server.channel).Check(
+            health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("method", "payload"),
+    [
+        # provider_config_id (field 2) holding bytes that are not UTF-8
+        ("/modelroute.v1.ProviderConfigService/CreateProviderConfig", bytes([0x12, 0x02, 0xFF, 0xFE])),
+        # a length prefix promising more bytes than follow
+        ("/modelroute.v1.ProviderConfigService/GetProviderConfig", bytes([0x0A, 0x05]) + b"ab"),
+        ("/modelroute.v1.ResolverService/ResolveModel", bytes([0x0A, 0x01, 0x80])),
+        ("/modelroute.v1.ModelConfigService/ListModelConfigs", bytes([0xFF, 0xFF, 0xFF])),
+    ],
+)
+def test_an_undecodable_request_is_invalid_argument_not_unknown(
+    running_server: RunningServer, method: str, payload: bytes
+) -> None:
+    call = running_server.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as caught:
+        call(payload, timeout=10)
+    error = decode(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
+    assert error.fields == ["request"]
+    assert method in error.message
+    # The server is unharmed: a well-formed call right after works.
+    wait_for_health(running_server.channel, SERVING, timeout=10)
+
+
+def test_the_default_listen_address_is_loopback() -> None:
+    settings = settings_from_env({})
+    assert settings.listen.startswith("127.0.0.1:")
+    assert settings.embedded
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_serve_without_a_keyring_refuses_to_start_and_says_what_to_set(tmp_path: Path) -> None:
+    env = clean_env(MODELROUTE_DATABASE_URL="postgresql://modelroute@127.0.0.1:1/modelroute")
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert time.monotonic() - started < 30
+    stderr = done.stderr.decode()
+    assert "MODELROUTE_KEYRING" in stderr
+    assert "KEY_ID:BASE64_32_BYTES" in stderr
+    # Nothing was created: no embedded database, no generated key.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_with_a_malformed_keyring_refuses_to_start(tmp_path: Path) -> None:
+    env = clean_env(MODELROUTE_DATABASE_URL="postgresql://modelroute@127.0.0.1:1/modelroute", MODELROUTE_KEYRING="k1")
+    done = subprocess.run(
+        [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "MODELROUTE_KEYRING" in done.stderr.decode()
+
+
+def test_generate_key_prints_a_usable_keyring_entry() -> None:
+    done = subprocess.run(
+        [str(SERVER_BINARY), "generate-key"], env=clean_env(), capture_output=True, timeout=60, check=True
+    )
+    keyring = Keyring.parse(done.stdout.decode().strip())
+    assert len(keyring.key_ids) == 1
+
+
+def test_the_migrate_command_upgrades_and_downgrades(fresh_database_url: str, tmp_path: Path) -> None:
+    engine = database.create_engine(fresh_database_url)
+    try:
+        for arguments, expected in (
+            (["migrate"], database.head_revision()),
+            (["migrate", "--downgrade", "--to", "0001"], "0001"),
+            (["migrate", "--to", "head"], database.head_revision()),
+            (["migrate", "--downgrade", "--to", "base"], None),
+        ):
+            done = subprocess.run(
+                [str(SERVER_BINARY), *arguments],
+                cwd=tmp_path,
+                env=clean_env(MODELROUTE_DATABASE_URL=fresh_database_url),
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr.decode()[-2000:]
+            assert database.current_revision(engine) == expected, arguments
+    finally:
+        engine.dispose()
+    # A real database URL never starts an embedded one.
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- embedded mode end to end
+
+
+def test_embedded_mode_end_to_end_with_graceful_shutdown(
+    tmp_path: Path, server_process: list[subprocess.Popen[bytes]]
+) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    process = subprocess.Popen(
+        [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    server_process.append(process)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 120
+        while health_status(channel) != SERVING:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert time.monotonic() < deadline, "the embedded service never became SERVING"
+            time.sleep(0.2)
+
+        keyring_file = data_dir / "keyring"
+        assert keyring_file.is_file()
+        assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o600
+        assert Keyring.parse(keyring_file.read_text().strip()).primary_key_id
+        assert (data_dir / "pgdata").is_dir()
+        assert list_services(channel) >= MODELROUTE_SERVICES
+
+        # The README's example: create and read a provider config through the client package.
+        with ModelrouteClient(channel) as client:
+            created = client.create_provider_config(
+                "openai-main",
+                provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI, api_key="sk-embedded"),
+            )
+            got = client.get_provider_config("openai-main")
+        assert (got.name, got.has_api_key, got.api_key) == ("providerConfigs/openai-main", True, "")
+        assert got == created
+    finally:
+        channel.close()
+
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        returncode = process.wait(timeout=15)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the service did not stop within 15 s of SIGTERM") from exc
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    assert returncode == 0, stderr[-2000:]
+    assert time.monotonic() - started < 15
+    assert "shutting down" in stderr
+    # The embedded PostgreSQL was stopped with it.
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+    # The logs are structured and never carry the key.
+    assert "sk-embedded" not in stderr

@@ -1,0 +1,459 @@
+"""Storage: migrations on a real database, the constraints the database itself enforces, and keys at rest.
+
+Keys used here are dummies; assertions never render one (failures say which check failed, not the key).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pgserver
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from modelroute.v1 import provider_config_pb2, user_key_pb2
+from modelroute_server.adapters import database
+from modelroute_server.adapters.crypto import (
+    Keyring,
+    KeyringError,
+    SealedKey,
+    generate_keyring_spec,
+    load_or_create_keyring_file,
+    provider_key_binding,
+    user_key_binding,
+)
+from modelroute_server.domain.families import Family
+from modelroute_server.entrypoints.server import Application
+from modelroute_server.service_layer import model_configs, provider_configs
+from modelroute_server.service_layer.context import ServiceContext
+from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
+
+from ..conftest import TEST_DATABASE_URL_ENV
+from ..helpers import create_provider, policy, stubs
+
+PROVIDER_COLUMNS = (
+    "id",
+    "family",
+    "display_name",
+    "enabled",
+    "central_api_key_enabled",
+    "allow_user_api_key",
+    "allow_central_api_key_fallback",
+    "revision",
+)
+VALID_TUPLES = [(True, False, False), (False, True, False), (True, True, False), (True, True, True)]
+INVALID_TUPLES = [(False, False, False), (False, False, True), (False, True, True), (True, False, True)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def fresh_engine(fresh_database_url: str) -> Iterator[sa.Engine]:
+    engine = database.create_engine(fresh_database_url)
+    yield engine
+    engine.dispose()
+
+
+def table_names(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def rows(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1"))]
+
+
+def stored_secret(ctx: ServiceContext, provider_id: str) -> str | None:
+    with ctx.read() as uow:
+        config = uow.providers.get(provider_id)
+    assert config is not None and config.api_key is not None
+    return config.api_key.secret
+
+
+SEEDED = {
+    # id: (input, key)
+    "openai-main": (ProviderConfigInput(family=Family.OPENAI, api_key="sk-openai-main-0001"), "sk-openai-main-0001"),
+    "anthropic-byok": (
+        ProviderConfigInput(
+            family=Family.ANTHROPIC,
+            display_name="Anthropic BYOK",
+            central_api_key_enabled=True,
+            allow_user_api_key=True,
+            allow_central_api_key_fallback=True,
+            api_key="sk-anthropic-0002",
+        ),
+        "sk-anthropic-0002",
+    ),
+    "azure-eu": (
+        ProviderConfigInput(
+            family=Family.AZURE, base_url="https://eu.openai.azure.com", enabled=False, api_key="az-key-0003"
+        ),
+        "az-key-0003",
+    ),
+    "bedrock-ambient": (ProviderConfigInput(family=Family.BEDROCK), None),
+}
+
+
+def seed(ctx: ServiceContext) -> None:
+    for provider_id, (request, _) in SEEDED.items():
+        provider_configs.create_provider_config(ctx, provider_id, request)
+
+
+def check_seeded_keys(ctx: ServiceContext) -> None:
+    for provider_id, (_, key) in SEEDED.items():
+        if key is None:
+            continue
+        if stored_secret(ctx, provider_id) != key:
+            raise AssertionError(f"{provider_id}: the stored key no longer decrypts to what was written")
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine: sa.Engine, keyring: Keyring) -> None:
+    assert database.current_revision(fresh_engine) is None
+    database.upgrade(fresh_engine)
+    assert database.current_revision(fresh_engine) == database.head_revision()
+    assert database.schema_is_current(fresh_engine)
+    ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
+    seed(ctx)
+    providers_before = rows(fresh_engine, "provider_configs")
+    revision_before = rows(fresh_engine, "config_revision")
+    assert len(providers_before) == len(SEEDED)
+    assert revision_before == [(True, len(SEEDED))]
+
+    database.downgrade(fresh_engine, "0001")
+    assert database.current_revision(fresh_engine) == "0001"
+    assert not database.schema_is_current(fresh_engine)
+    assert {"provider_configs", "config_revision"} <= table_names(fresh_engine)
+    assert "model_configs" not in table_names(fresh_engine)
+    assert rows(fresh_engine, "provider_configs") == providers_before
+    assert rows(fresh_engine, "config_revision") == revision_before
+
+    database.upgrade(fresh_engine)
+    assert database.current_revision(fresh_engine) == database.head_revision()
+    assert rows(fresh_engine, "provider_configs") == providers_before
+    assert rows(fresh_engine, "config_revision") == revision_before
+    check_seeded_keys(ctx)
+    # The upgraded schema is fully usable: a model can be attached to the surviving configs.
+    model = model_configs.create_model_config(
+        ctx, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
+    )
+    assert [a.provider.id for a in model.attachments] == ["openai-main"]
+    # Upgrading an up-to-date schema is a no-op.
+    database.upgrade(fresh_engine)
+    assert rows(fresh_engine, "provider_configs") == providers_before
+
+
+def test_downgrade_to_base_and_upgrade_again(fresh_engine: sa.Engine, keyring: Keyring) -> None:
+    database.upgrade(fresh_engine)
+    database.downgrade(fresh_engine, "base")
+    assert database.current_revision(fresh_engine) is None
+    assert table_names(fresh_engine) <= {"alembic_version"}
+    database.upgrade(fresh_engine)
+    assert database.schema_is_current(fresh_engine)
+    assert {"provider_configs", "config_revision", "model_configs", "model_attachments", "user_provider_keys"} <= (
+        table_names(fresh_engine)
+    )
+    ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
+    seed(ctx)
+    check_seeded_keys(ctx)
+    assert rows(fresh_engine, "config_revision") == [(True, len(SEEDED))]
+
+
+def test_step_by_step_migration_matches_a_direct_upgrade(fresh_engine: sa.Engine, postgres: Any) -> None:
+    database.upgrade(fresh_engine, "0001")
+    assert database.current_revision(fresh_engine) == "0001"
+    database.upgrade(fresh_engine, "head")
+    direct = database.create_engine(postgres.create_database())
+    try:
+        database.upgrade(direct)
+        inspect_a, inspect_b = sa.inspect(fresh_engine), sa.inspect(direct)
+        assert table_names(fresh_engine) == table_names(direct)
+        for table in table_names(direct):
+            assert [c["name"] for c in inspect_a.get_columns(table)] == [
+                c["name"] for c in inspect_b.get_columns(table)
+            ]
+            assert sorted(c["name"] or "" for c in inspect_a.get_check_constraints(table)) == sorted(
+                c["name"] or "" for c in inspect_b.get_check_constraints(table)
+            )
+    finally:
+        direct.dispose()
+
+
+# ---------------------------------------------------------------- constraints the database enforces
+
+
+def insert_provider(engine: sa.Engine, **overrides: Any) -> None:
+    values: dict[str, Any] = {
+        "id": "p",
+        "family": "openai",
+        "display_name": "P",
+        "enabled": True,
+        "central_api_key_enabled": True,
+        "allow_user_api_key": False,
+        "allow_central_api_key_fallback": False,
+        "revision": 1,
+    }
+    values.update(overrides)
+    columns = ", ".join(values)
+    params = ", ".join(f":{name}" for name in values)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO provider_configs ({columns}) VALUES ({params})"), values)
+
+
+def violated_constraint(engine: sa.Engine, **overrides: Any) -> str:
+    with pytest.raises(sa.exc.IntegrityError) as caught:
+        insert_provider(engine, **overrides)
+    return str(caught.value.orig.diag.constraint_name)  # type: ignore[union-attr]
+
+
+def test_the_database_accepts_exactly_the_four_valid_policies(engine: sa.Engine) -> None:
+    for index, (c, u, f) in enumerate(VALID_TUPLES):
+        insert_provider(
+            engine, id=f"ok-{index}", central_api_key_enabled=c, allow_user_api_key=u, allow_central_api_key_fallback=f
+        )
+    for c, u, f in INVALID_TUPLES:
+        constraint = violated_constraint(
+            engine, id="bad", central_api_key_enabled=c, allow_user_api_key=u, allow_central_api_key_fallback=f
+        )
+        assert constraint == "provider_configs_valid_credential_policy", (c, u, f)
+    assert [r[0] for r in rows(engine, "provider_configs")] == ["ok-0", "ok-1", "ok-2", "ok-3"]
+
+
+@pytest.mark.parametrize("family", ["mistral", "OpenAI", "OPENAI", "openai_compat", "", "openai "])
+def test_the_database_rejects_unknown_families(engine: sa.Engine, family: str) -> None:
+    assert violated_constraint(engine, family=family) == "provider_configs_family_known"
+
+
+def test_the_database_accepts_every_known_family(engine: sa.Engine) -> None:
+    for family in Family:
+        insert_provider(engine, id=f"f-{family.value}", family=family.value)
+    assert len(rows(engine, "provider_configs")) == len(Family)
+
+
+@pytest.mark.parametrize("bad_id", ["", "Upper", "1abc", "-abc", "abc-", "a_b", "a.b", "a/b", "a b", "a" * 64])
+def test_the_database_rejects_bad_id_slugs(engine: sa.Engine, bad_id: str) -> None:
+    assert violated_constraint(engine, id=bad_id) == "provider_configs_id_slug"
+
+
+def test_the_database_rejects_duplicate_ids(engine: sa.Engine) -> None:
+    insert_provider(engine, id="dup")
+    assert violated_constraint(engine, id="dup", family="anthropic") == "provider_configs_pkey"
+    assert rows(engine, "provider_configs")[0][:2] == ("dup", "openai")
+
+
+def test_the_database_rejects_a_blank_display_name_and_a_ciphertext_without_key_id(engine: sa.Engine) -> None:
+    assert violated_constraint(engine, display_name="  ") == "provider_configs_display_name_not_blank"
+    assert violated_constraint(engine, api_key_ciphertext=b"x" * 40) == "provider_configs_key_id_with_ciphertext"
+    assert violated_constraint(engine, api_key_key_id="k1") == "provider_configs_key_id_with_ciphertext"
+    assert rows(engine, "provider_configs") == []
+
+
+# ---------------------------------------------------------------- keys at rest
+
+
+def pg_dump_binary() -> Path:
+    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
+    system = Path("/usr/bin/pg_dump")
+    if os.environ.get(TEST_DATABASE_URL_ENV) and system.exists():
+        return system
+    return bundled
+
+
+def pg_dump(database_url: str) -> str:
+    url = make_url(database.sqlalchemy_url(database_url))
+    host = url.query.get("host") or url.host or "127.0.0.1"
+    assert isinstance(host, str)
+    command = [str(pg_dump_binary()), "--no-owner", "--host", host, "--dbname", str(url.database)]
+    if url.port:
+        command += ["--port", str(url.port)]
+    if url.username:
+        command += ["--username", url.username]
+    env = {"PATH": os.environ.get("PATH", ""), "PGCONNECT_TIMEOUT": "10"}
+    if url.password:
+        env["PGPASSWORD"] = url.password
+    done = subprocess.run(command, capture_output=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout.decode()
+
+
+def encodings(secret: str) -> list[str]:
+    raw = secret.encode()
+    return [
+        secret,
+        raw.hex(),
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ]
+
+
+def test_a_pg_dump_holds_no_plaintext_key(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    marker = uuid.uuid4().hex
+    central = f"sk-CENTRAL-plaintext-{marker}"
+    fallback = f"sk-FALLBACK-plaintext-{marker}"
+    user = f"sk-USER-plaintext-{marker}"
+    create_provider(s, "dump-central", api_key=central)
+    create_provider(s, "dump-byok", "anthropic", api_key=fallback, credential_policy=policy(True, True, True))
+    s.user_keys.SetUserProviderKey(
+        user_key_pb2.SetUserProviderKeyRequest(user="alice", provider_config="providerConfigs/dump-byok", api_key=user)
+    )
+    # A replaced key must not linger either.
+    replaced = f"sk-REPLACED-plaintext-{marker}"
+    create_provider(s, "dump-replaced", api_key=replaced)
+    s.providers.UpdateProviderConfig(
+        provider_config_pb2.UpdateProviderConfigRequest(
+            provider_config=provider_config_pb2.ProviderConfig(name="providerConfigs/dump-replaced", api_key=central)
+        )
+    )
+
+    dump = pg_dump(app.database_url)
+    # The dump really holds the rows and their sealed keys...
+    for provider_id in ("dump-central", "dump-byok", "dump-replaced", "alice"):
+        assert provider_id in dump
+    assert dump.count(app.ctx.keyring.primary_key_id) >= 4
+    # ...and no key in any plain encoding.
+    for secret in (central, fallback, user, replaced):
+        for encoded in encodings(secret):
+            if encoded in dump:
+                raise AssertionError("a pg_dump of the database contains key material in plaintext")
+    if marker in dump:
+        raise AssertionError("a pg_dump of the database contains part of a key")
+    with app.ctx.engine.connect() as conn:
+        sealed = conn.execute(sa.text("SELECT api_key_ciphertext, api_key_key_id FROM provider_configs")).all()
+        sealed += conn.execute(sa.text("SELECT api_key_ciphertext, api_key_key_id FROM user_provider_keys")).all()
+    assert len(sealed) == 4
+    assert all(ciphertext is not None and key_id == app.ctx.keyring.primary_key_id for ciphertext, key_id in sealed)
+
+
+# ---------------------------------------------------------------- the keyring
+
+
+def test_a_ciphertext_is_bound_to_its_row(keyring: Keyring) -> None:
+    secret = "sk-bound-to-row"
+    sealed = keyring.seal(secret, provider_key_binding("row-a"))
+    assert sealed.key_id == keyring.primary_key_id
+    assert secret.encode() not in sealed.ciphertext
+    assert keyring.open(sealed, provider_key_binding("row-a")) == secret
+    for other in (
+        provider_key_binding("row-b"),
+        provider_key_binding("row-a-"),
+        user_key_binding("u", "row-a"),
+        b"",
+    ):
+        assert keyring.open(sealed, other) is None
+    user_sealed = keyring.seal(secret, user_key_binding("alice", "p"))
+    assert keyring.open(user_sealed, user_key_binding("alice", "p")) == secret
+    assert keyring.open(user_sealed, user_key_binding("bob", "p")) is None
+    assert keyring.open(user_sealed, user_key_binding("alice", "q")) is None
+    assert keyring.open(user_sealed, provider_key_binding("p")) is None
+
+
+def test_unknown_key_ids_and_damaged_ciphertexts_do_not_open(keyring: Keyring) -> None:
+    binding = provider_key_binding("p")
+    sealed = keyring.seal("sk-x", binding)
+    assert keyring.open(SealedKey("no-such-key", sealed.ciphertext), binding) is None
+    flipped = bytearray(sealed.ciphertext)
+    flipped[-1] ^= 0x01
+    assert keyring.open(SealedKey(sealed.key_id, bytes(flipped)), binding) is None
+    assert keyring.open(SealedKey(sealed.key_id, sealed.ciphertext[:12]), binding) is None
+    assert keyring.open(SealedKey(sealed.key_id, b""), binding) is None
+    other = Keyring.parse(generate_keyring_spec(keyring.primary_key_id))  # same id, other material
+    assert other.open(sealed, binding) is None
+
+
+def test_sealing_twice_uses_fresh_nonces(keyring: Keyring) -> None:
+    binding = provider_key_binding("p")
+    first, second = keyring.seal("sk-same", binding), keyring.seal("sk-same", binding)
+    assert first.ciphertext != second.ciphertext
+    assert keyring.open(first, binding) == keyring.open(second, binding) == "sk-same"
+
+
+def test_rotation_new_primary_still_opens_old_ciphertexts() -> None:
+    old_spec, new_spec = generate_keyring_spec("old"), generate_keyring_spec("new")
+    old = Keyring.parse(old_spec)
+    rotated = Keyring.parse(f"{new_spec},{old_spec}")
+    assert (rotated.primary_key_id, set(rotated.key_ids)) == ("new", {"new", "old"})
+    binding = provider_key_binding("p")
+    sealed_old = old.seal("sk-before-rotation", binding)
+    assert rotated.open(sealed_old, binding) == "sk-before-rotation"
+    sealed_new = rotated.seal("sk-after-rotation", binding)
+    assert sealed_new.key_id == "new"
+    assert old.open(sealed_new, binding) is None
+    assert Keyring.parse(new_spec).open(sealed_old, binding) is None
+
+
+def test_repository_reads_a_moved_ciphertext_as_undecryptable(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a", api_key="sk-a-row")
+    create_provider(s, "b", api_key="sk-b-row")
+    with app.ctx.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE provider_configs SET (api_key_ciphertext, api_key_key_id) = "
+                "(SELECT api_key_ciphertext, api_key_key_id FROM provider_configs WHERE id = 'a') WHERE id = 'b'"
+            )
+        )
+    assert stored_secret(app.ctx, "a") == "sk-a-row"
+    with app.ctx.read() as uow:
+        moved = uow.providers.get("b")
+    assert moved is not None and moved.api_key is not None
+    assert moved.api_key.undecryptable
+    # An undecryptable key still counts as stored for the admin, but is not a usable credential.
+    assert moved.has_api_key
+    got = s.providers.GetProviderConfig(provider_config_pb2.GetProviderConfigRequest(name="providerConfigs/b"))
+    assert (got.has_api_key, got.central_credential_usable, got.api_key) == (True, False, "")
+
+
+def test_repository_reads_old_keys_after_rotation_and_writes_under_the_new_primary(engine: sa.Engine) -> None:
+    old_spec = generate_keyring_spec("rotated-1")
+    old_ctx = ServiceContext(engine=engine, keyring=Keyring.parse(old_spec))
+    provider_configs.create_provider_config(
+        old_ctx, "before", ProviderConfigInput(family=Family.OPENAI, api_key="sk-before")
+    )
+    rotated = Keyring.parse(f"{generate_keyring_spec('rotated-2')},{old_spec}")
+    new_ctx = ServiceContext(engine=engine, keyring=rotated)
+    assert stored_secret(new_ctx, "before") == "sk-before"
+    provider_configs.create_provider_config(
+        new_ctx, "after", ProviderConfigInput(family=Family.OPENAI, api_key="sk-after")
+    )
+    assert stored_secret(new_ctx, "after") == "sk-after"
+    with engine.connect() as conn:
+        key_ids = dict(conn.execute(sa.text("SELECT id, api_key_key_id FROM provider_configs")).all())
+    assert key_ids == {"before": "rotated-1", "after": "rotated-2"}
+    # The old keyring alone cannot read what the new primary sealed.
+    assert stored_secret(old_ctx, "after") is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", " , ", "k1", "k1:not-base64!", "k1:" + base64.b64encode(b"short").decode(), "bad id:" + "A" * 44],
+)
+def test_bad_keyrings_are_refused_with_what_to_set(spec: str) -> None:
+    with pytest.raises(KeyringError) as caught:
+        Keyring.parse(spec)
+    assert "MODELROUTE_KEYRING" in str(caught.value)
+
+
+def test_a_keyring_with_a_repeated_key_id_is_refused() -> None:
+    with pytest.raises(KeyringError, match="twice"):
+        Keyring.parse(f"{generate_keyring_spec('k')},{generate_keyring_spec('k')}")
+
+
+def test_the_embedded_keyring_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "keyring"
+    spec = load_or_create_keyring_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_keyring_file(path) == spec
+    assert Keyring.parse(spec).primary_key_id
