@@ -200,6 +200,7 @@ def set_create_time(engine: sa.Engine, table: str, ids: Sequence[str], stamp: st
 
 
 def test_create_get_list_update_show_attachment_facts(channel: grpc.Channel, app: Application) -> None:
+    engine = app.ctx.engine
     s = stubs(channel)
     create_provider(s, "oa-main", display_name="OpenAI main", api_key="sk-main-central")
     create_provider(s, "oa-byok", display_name="OpenAI BYOK", api_key="", credential_policy=policy(True, True, False))
@@ -283,6 +284,11 @@ def test_create_get_list_update_show_attachment_facts(channel: grpc.Channel, app
     assert updated.etag != created.etag
     assert updated.create_time == created.create_time
     assert get(s, "gpt") == updated
+    # A named, empty display name goes back to its default (the upstream name); white space alone is refused.
+    reset, _ = update(s, "gpt", ["display_name"], display_name="")
+    assert reset.display_name == "gpt-4.1"
+    error = rejected(engine, s.models.UpdateModelConfig, update_request("gpt", ["display_name"], display_name="  "))
+    assert error.fields == ["model_config.display_name"]
 
 
 def test_get_and_update_of_unknown_model_are_not_found(channel: grpc.Channel, engine: sa.Engine) -> None:

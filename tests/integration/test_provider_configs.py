@@ -156,7 +156,10 @@ def facts(message: ProviderConfig) -> tuple[bool, bool, int]:
 
 def resolved_key_matches(s: Stubs, provider_id: str, expected: str) -> bool:
     """Whether resolution hands out exactly `expected` for `provider_id` (never rendered on failure)."""
-    create_model(s, f"m-{provider_id}", providers=(provider_id,))
+    model_id = f"m-{provider_id}"
+    known = {m.name for m in s.models.ListModelConfigs(model_config_pb2.ListModelConfigsRequest()).model_configs}
+    if f"modelConfigs/{model_id}" not in known:
+        create_model(s, model_id, providers=(provider_id,))
     answer = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model=f"m-{provider_id}"))
     return answer.selected.provider_config == pc(provider_id) and answer.selected.api_key == expected
 
@@ -481,6 +484,25 @@ def test_a_deployment_key_for_the_family_satisfies_the_requirement(app: Applicat
     assert facts(get(s, "p")) == (False, False, NO_SOURCE)
 
 
+def test_a_config_that_lost_its_deployment_key_can_still_be_renamed_or_disabled(
+    app: Application, channel: grpc.Channel
+) -> None:
+    s = stubs(channel)
+    app.ctx.deployment_keys[Family.OPENAI] = "dk-openai"  # type: ignore[index]
+    create(s, "p", api_key="")
+    del app.ctx.deployment_keys[Family.OPENAI]  # type: ignore[attr-defined]
+    renamed = update(s, "p", ["display_name", "enabled"], display_name="Renamed", enabled=False)
+    assert (renamed.display_name, renamed.enabled, facts(renamed)) == ("Renamed", False, (False, False, NO_SOURCE))
+    # A change to the credentials themselves is still held to the requirement.
+    error = rejected(
+        app.ctx.engine,
+        s.providers.UpdateProviderConfig,
+        update_request("p", ["credential_policy"], credential_policy=policy(True, False, False)),
+    )
+    assert error.fields == [KEY_PATH]
+    assert facts(update(s, "p", ["api_key"], api_key="sk-now")) == (True, True, STORED)
+
+
 def test_user_key_required_and_user_only_policies_need_no_central_key(channel: grpc.Channel) -> None:
     s = stubs(channel)
     assert facts(create(s, "p110", api_key="", credential_policy=policy(True, True, False))) == (
@@ -797,11 +819,15 @@ def test_the_star_mask_replaces_every_updatable_field(app: Application, channel:
     assert (replaced.display_name, replaced.base_url, replaced.enabled) == ("New", "", True)
     assert (policy_of(replaced), facts(replaced)) == ((True, False, False), (True, True, STORED))
     assert resolved_key_matches(s, "p", "sk-new")
-    # `*` names api_key too: leaving it out clears the key, so (1,0,0) without a deployment key is rejected.
-    error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, update_request("p", ["*"], display_name="New"))
-    assert error.fields == [KEY_PATH]
+    # The key is write-only, so `*` leaves it alone unless it is sent: a read-modify-write keeps it.
+    kept = update(s, "p", ["*"], display_name="New")
+    assert facts(kept) == (True, True, STORED)
+    assert resolved_key_matches(s, "p", "sk-new")
     user_keys = update(s, "p", ["*"], credential_policy=policy(True, True, False))
-    assert (user_keys.display_name, facts(user_keys)) == ("OpenAI", (False, False, NO_SOURCE))
+    assert (user_keys.display_name, facts(user_keys)) == ("OpenAI", (True, True, STORED))
+    # Clearing it takes naming it.
+    cleared = update(s, "p", ["api_key"])
+    assert facts(cleared) == (False, False, NO_SOURCE)
     # The current family may be restated under `*`.
     restated = update(s, "p", ["*"], family=common_pb2.FAMILY_OPENAI, api_key="sk-3", display_name="Three")
     assert restated.display_name == "Three"

@@ -21,7 +21,6 @@ from modelroute_server.domain.providers import (
     central_key_required,
     credential_facts,
     validate_provider_config,
-    with_policy_defaults,
 )
 
 NO_SOURCE = "no credential source: enable the central key or allow user keys"
@@ -74,22 +73,6 @@ def test_central_key_required_only_where_it_can_be_used(flags: tuple[bool, bool,
     policy = CredentialPolicy(*flags)
     assert policy.central_key_serves_users is serves_users
     assert central_key_required(policy) is serves_users
-
-
-@pytest.mark.parametrize(
-    ("given", "base", "expected"),
-    [
-        ((None, None, None), CredentialPolicy(), (True, False, False)),
-        ((None, True, None), CredentialPolicy(), (True, True, False)),
-        ((False, None, None), CredentialPolicy(True, True, False), (False, True, False)),
-        ((None, None, True), CredentialPolicy(True, True, False), (True, True, True)),
-        ((True, False, False), CredentialPolicy(False, True, False), (True, False, False)),
-    ],
-)
-def test_with_policy_defaults_only_overrides_given_flags(
-    given: tuple[bool | None, bool | None, bool | None], base: CredentialPolicy, expected: tuple[bool, bool, bool]
-) -> None:
-    assert with_policy_defaults(*given, base=base).as_tuple == expected
 
 
 # ---------------------------------------------------------------- field rules

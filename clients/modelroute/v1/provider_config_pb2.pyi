@@ -198,7 +198,10 @@ class UpdateProviderConfigRequest(_message.Message):
     def provider_config(self) -> Global___ProviderConfig: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Omitted: every populated field. `*`: every updatable field."""
+        """Omitted: every populated field. `*`: every updatable field, except that
+        the write-only `api_key` changes only when sent (name `api_key` with an
+        empty value to clear it).
+        """
 
     def __init__(
         self,
@@ -253,8 +256,9 @@ class DeleteProviderConfigResponse(_message.Message):
     DEFAULT_MODEL_CONFIG_FIELD_NUMBER: _builtins.int
     CONFIG_REVISION_FIELD_NUMBER: _builtins.int
     default_changed: _builtins.bool
-    """Set when the default model changed: the new default, or empty for none."""
+    """Whether the delete moved the default model."""
     default_model_config: _builtins.str
+    """The default model after the delete; empty when there is none."""
     config_revision: _builtins.int
     @_builtins.property
     def touched_model_configs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

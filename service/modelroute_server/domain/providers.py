@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import rules
@@ -157,8 +157,20 @@ def central_key_required(policy: CredentialPolicy) -> bool:
     return policy.central_key_serves_users
 
 
-def validate_provider_config(config: ProviderConfig, deployment_keys: Mapping[Family, str], prefix: str = "") -> None:
-    """All SPEC section 1 and 2 rules for a config about to be stored."""
+def validate_provider_config(
+    config: ProviderConfig,
+    deployment_keys: Mapping[Family, str],
+    prefix: str = "",
+    *,
+    check_central_key: bool = True,
+) -> None:
+    """All SPEC section 1 and 2 rules for a config about to be stored.
+
+    `check_central_key=False` skips the central-key requirement, for updates
+    that touch neither the policy nor the key: a config that lost its
+    deployment key can still be renamed or disabled (resolution reports it
+    as CENTRAL_KEY_MISSING meanwhile).
+    """
     violations = ViolationCollector()
     name_problem = rules.display_name_problem(config.display_name)
     if name_problem:
@@ -182,7 +194,8 @@ def validate_provider_config(config: ProviderConfig, deployment_keys: Mapping[Fa
             ],
         )
     if (
-        central_key_required(config.policy)
+        check_central_key
+        and central_key_required(config.policy)
         and not config.has_api_key
         and not config.family.supports_ambient_credentials
         and not rules.key_is_present(deployment_keys.get(config.family))
@@ -199,23 +212,3 @@ def validate_provider_config(config: ProviderConfig, deployment_keys: Mapping[Fa
                 )
             ],
         )
-
-
-def with_policy_defaults(
-    central_api_key_enabled: bool | None,
-    allow_user_api_key: bool | None,
-    allow_central_api_key_fallback: bool | None,
-    base: CredentialPolicy = CredentialPolicy(),
-) -> CredentialPolicy:
-    return replace(
-        base,
-        **{
-            name: value
-            for name, value in (
-                ("central_api_key_enabled", central_api_key_enabled),
-                ("allow_user_api_key", allow_user_api_key),
-                ("allow_central_api_key_fallback", allow_central_api_key_fallback),
-            )
-            if value is not None
-        },
-    )

@@ -109,6 +109,7 @@ def resolve_mask(
     allowed: frozenset[str],
     groups: dict[str, frozenset[str]],
     immutable: frozenset[str] = frozenset(),
+    write_only: frozenset[str] = frozenset(),
 ) -> frozenset[str]:
     """The resource fields an update touches (AIP-134).
 
@@ -116,13 +117,15 @@ def resolve_mask(
     (`credential_policy`, `options`) stands for all its leaves. Any other
     path is rejected by name.
     """
-    populated = list(populated)
+    populated = frozenset(populated)
     paths = list(mask.paths) if mask is not None else []
     if not paths:
-        return frozenset(populated)
+        return populated
     if paths == ["*"]:
-        # Full replacement; an immutable field is checked only when the caller sent it.
-        return allowed | (immutable & frozenset(populated))
+        # Full replacement of what a read returns. A write-only field (the key is
+        # never read back) changes only when sent, so read-modify-write keeps it;
+        # an immutable field is checked only when sent.
+        return (allowed - write_only) | ((immutable | write_only) & populated)
     resolved: set[str] = set()
     violations = ViolationCollector()
     for path in paths:
@@ -160,6 +163,7 @@ def provider_input(
         PROVIDER_UPDATABLE_PATHS,
         {"credential_policy": frozenset(f"credential_policy.{f}" for f in POLICY_FIELDS)},
         immutable=frozenset({"family"}),
+        write_only=frozenset({"api_key"}),
     )
     if message.family != common_pb2.FAMILY_UNSPECIFIED and family_from_proto(message.family) is None:
         raise _unknown_family("provider_config.family", message.family)

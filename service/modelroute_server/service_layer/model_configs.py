@@ -181,6 +181,8 @@ def update_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
             providers = uow.providers.get_many(updated.attachments)
             validate_attachments(updated.family, updated.attachments, providers, ATTACHMENTS_FIELD)
         if updated.is_default and not updated.enabled:
+            # Asking for "disabled and default" is refused, even when echoing a read
+            # back without a mask: name the fields to change (AIP-134).
             if "is_default" in paths and request.is_default:
                 raise _disabled_default(updated)
             # Disabling the default: it stops being the default (promotion below).
@@ -211,7 +213,8 @@ def _apply(current: ModelConfig, request: ModelConfigInput) -> ModelConfig:
     if "model" in paths:
         changes["model"] = request.model.strip()
     if "display_name" in paths:
-        changes["display_name"] = request.display_name
+        # Named but empty: back to the default (the upstream model name), as on create.
+        changes["display_name"] = request.display_name or changes.get("model", current.model)
     if "enabled" in paths:
         changes["enabled"] = request.enabled is not False
     if "is_default" in paths:

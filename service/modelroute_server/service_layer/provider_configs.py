@@ -170,7 +170,8 @@ def update_provider_config(
                 field_violations=[FieldViolation(f"{PREFIX}family", "is immutable")],
             )
         updated = _apply(current, request)
-        validate_provider_config(updated, ctx.deployment_keys, PREFIX)
+        touches_credentials = any(p == "api_key" or p.startswith("credential_policy.") for p in paths)
+        validate_provider_config(updated, ctx.deployment_keys, PREFIX, check_central_key=touches_credentials)
         key_changed = "api_key" in paths
         uow.providers.update(updated, revision, new_api_key=request.api_key or None, key_changed=key_changed)
         stored = uow.providers.get(provider_config_id)
