@@ -32,7 +32,14 @@ def libpq_url(url: str) -> str:
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     # hide_parameters: a logged or raised database error never carries bound values.
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "hide_parameters": True}
+    # connect_timeout: a lost database fails a call in seconds instead of hanging it.
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 10,
+        "hide_parameters": True,
+        "connect_args": {"connect_timeout": 5},
+    }
     options.update(kwargs)
     return sa.create_engine(sqlalchemy_url(url), **options)
 

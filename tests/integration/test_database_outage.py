@@ -1,0 +1,94 @@
+"""SPEC section 7: with PostgreSQL gone, resolution answers from the last snapshot, writes are
+UNAVAILABLE, health says NOT_SERVING, and everything recovers by itself when it returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelroute.v1 import provider_config_pb2, resolver_pb2
+from modelroute_server.adapters import database
+from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.adapters.notifications import ChangeListener
+
+from ..conftest import RunningServer, build_app
+from ..helpers import call_error, create_model, create_provider, provider_request, stubs
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+class OwnPostgres:
+    """An embedded PostgreSQL this test may stop and start again on the same data."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.server = database.EmbeddedPostgres(pgdata)
+        self.url = self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        assert self.server.start() == self.url
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
+    postgres = OwnPostgres(tmp_path / "pgdata")
+    engine = database.create_engine(postgres.url)
+    database.upgrade(engine)
+    engine.dispose()
+    yield postgres
+    postgres.stop()
+
+
+def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> None:
+    app = build_app(own_postgres.url, keyring)
+    app.listener = ChangeListener(own_postgres.url, app.snapshots.invalidate, retry_seconds=0.2)
+    app.listener.start()
+    server = RunningServer(app)
+    try:
+        s = stubs(server.channel)
+        health = health_pb2_grpc.HealthStub(server.channel)
+
+        def serving() -> bool:
+            return bool(health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING)
+
+        wait_for(serving)
+        create_provider(s, "a", api_key="sk-before")
+        create_model(s, "m")
+        before = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
+
+        own_postgres.stop()
+        during = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
+        assert during == before
+        error = call_error(s.providers.CreateProviderConfig, provider_request("b"))
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        wait_for(lambda: not serving())
+        assert s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")) == before
+
+        own_postgres.start()
+        wait_for(serving)
+        wait_for(lambda: app.listener is not None and app.listener.connected.is_set())
+        create_provider(s, "b", api_key="sk-after")
+        after = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
+        assert after.config_revision > before.config_revision
+        assert after.selected.api_key == "sk-before"
+        # The acknowledged writes from before the outage are all there.
+        names = [
+            p.name
+            for p in s.providers.ListProviderConfigs(provider_config_pb2.ListProviderConfigsRequest()).provider_configs
+        ]
+        assert names == ["providerConfigs/a", "providerConfigs/b"]
+    finally:
+        server.stop()
+        app.close()
