@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ..adapters import database
 from ..adapters.crypto import KeyringError, generate_keyring_spec
+from ..adapters.key_rotation import rotate_keys
 from ..settings import Settings, SettingsError, settings_from_env
 from .logs import configure_logging
-from .server import serve
+from .server import load_keyring, serve
 
 log = logging.getLogger("modelroute")
 
@@ -37,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--to", default="head", help="target revision (default head)")
     migrate.add_argument("--downgrade", action="store_true", help="go down to --to")
     commands.add_parser("generate-key", help="print a fresh keyring entry for MODELROUTE_KEYRING")
+    commands.add_parser(
+        "rotate-keys",
+        parents=[database_options],
+        help="re-encrypt every stored key under the keyring's primary (first) key; safe while serving",
+    )
     return parser
 
 
@@ -67,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             print(generate_keyring_spec())
         elif command == "migrate":
             _migrate(settings, options.to, options.downgrade)
+        elif command == "rotate-keys":
+            return _rotate_keys(settings)
         else:
             asyncio.run(serve(settings))
     except (SettingsError, KeyringError) as exc:
@@ -89,6 +97,30 @@ def _migrate(settings: Settings, target: str, downgrade: bool) -> None:
         engine.dispose()
         if embedded is not None:
             embedded.stop()
+
+
+def _rotate_keys(settings: Settings) -> int:
+    keyring = load_keyring(settings)
+    url, embedded = database.open_database(settings.database_url, settings.data_dir)
+    engine = database.create_engine(url)
+    try:
+        report = rotate_keys(engine, keyring)
+    finally:
+        engine.dispose()
+        if embedded is not None:
+            embedded.stop()
+    log.info(
+        "keys re-encrypted",
+        extra={
+            "resealed": report.resealed,
+            "primary_key_id": keyring.primary_key_id,
+            "undecryptable": report.undecryptable,
+        },
+    )
+    print(f"re-encrypted {report.resealed} key(s) under {keyring.primary_key_id!r}")
+    for label in report.undecryptable:
+        print(f"cannot decrypt with this keyring (left as is): {label}", file=sys.stderr)
+    return 1 if report.undecryptable else 0
 
 
 if __name__ == "__main__":
