@@ -399,8 +399,10 @@ class UnitOfWork:
     def __enter__(self) -> UnitOfWork:
         self._connection = self._engine.connect()
         if self._read_only:
-            # One consistent view across several queries (snapshot loads).
-            self._connection = self._connection.execution_options(isolation_level="REPEATABLE READ")
+            # One consistent view across several queries.
+            self._connection = self._connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
         self._transaction = self._connection.begin()
         self.revisions = RevisionCounter(self._connection)
         self.providers = ProviderConfigRepository(self._connection, self._keyring)

@@ -9,10 +9,12 @@ reason's name to `google.rpc.ErrorInfo.reason` in one place
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 ERROR_DOMAIN = "modelroute.internal"
+T = TypeVar("T")
 
 
 class ErrorCode(enum.Enum):
@@ -109,6 +111,27 @@ class ResourceRef:
     resource_name: str
 
 
+# gRPC carries the status in trailers that peers cap at 8 KiB by default: an
+# error that echoes a huge request must still arrive whole, details included.
+MAX_MESSAGE_CHARS = 1024
+MAX_FIELD_VIOLATIONS = 20
+MAX_PRECONDITION_VIOLATIONS = 25
+MAX_QUOTED_CHARS = 64
+
+
+def quoted(value: str) -> str:
+    """`value` for an error message: repr'd, and cut short when long."""
+    if len(value) <= MAX_QUOTED_CHARS:
+        return repr(value)
+    return repr(value[:MAX_QUOTED_CHARS]) + f"... ({len(value)} characters)"
+
+
+def _capped(items: tuple[T, ...], limit: int, more: Callable[[int], T]) -> tuple[T, ...]:
+    if len(items) <= limit:
+        return items
+    return (*items[:limit], more(len(items) - limit))
+
+
 class DomainError(Exception):
     """A failure with a catalogued reason. Messages never contain secrets."""
 
@@ -122,11 +145,21 @@ class DomainError(Exception):
         resource: ResourceRef | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 20] + " ... (shortened)"
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.field_violations = tuple(field_violations)
-        self.precondition_violations = tuple(precondition_violations)
+        self.field_violations = _capped(
+            tuple(field_violations),
+            MAX_FIELD_VIOLATIONS,
+            lambda extra: FieldViolation("", f"... and {extra} more violation(s)"),
+        )
+        self.precondition_violations = _capped(
+            tuple(precondition_violations),
+            MAX_PRECONDITION_VIOLATIONS,
+            lambda extra: PreconditionViolation("MORE", "", f"... and {extra} more"),
+        )
         self.resource = resource
         self.metadata = dict(metadata or {})
 

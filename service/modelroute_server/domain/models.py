@@ -14,6 +14,8 @@ from .families import Family
 from .providers import ProviderConfig, provider_config_name
 
 DEFAULT_COMPRESSION_THRESHOLD = 70
+# Every attachment must fit in one error's details (SPEC section 6 lists them all).
+MAX_ATTACHMENTS = 25
 MAX_CONTEXT_LIMIT = 100_000_000
 
 
@@ -122,6 +124,12 @@ def validate_attachments(
             Reason.ATTACHMENTS_INVALID,
             f"{field_path}: a model needs at least one provider config",
             field_violations=[FieldViolation(field_path, "must name at least one provider config")],
+        )
+    if len(attachment_ids) > MAX_ATTACHMENTS:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{field_path}: at most {MAX_ATTACHMENTS} provider configs, got {len(attachment_ids)}",
+            field_violations=[FieldViolation(field_path, f"must name at most {MAX_ATTACHMENTS} provider configs")],
         )
     violations: list[FieldViolation] = []
     counts = Counter(attachment_ids)

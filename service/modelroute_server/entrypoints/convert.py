@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 
-from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field
+from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import CallOptions
 from ..domain.providers import KeySource, provider_config_name
@@ -56,7 +56,7 @@ def provider_id_from_name(name: str, field_path: str) -> str:
     match = PROVIDER_NAME.fullmatch(name)
     if not match or not SLUG_PATTERN.fullmatch(match.group(1)):
         raise invalid_field(
-            field_path, f"must be a provider config name `providerConfigs/{{id}}` with a slug id, got {name!r}"
+            field_path, f"must be a provider config name `providerConfigs/{{id}}` with a slug id, got {quoted(name)}"
         )
     return match.group(1)
 
@@ -65,7 +65,7 @@ def model_id_from_name(name: str, field_path: str) -> str:
     match = MODEL_NAME.fullmatch(name)
     if not match or not SLUG_PATTERN.fullmatch(match.group(1)):
         raise invalid_field(
-            field_path, f"must be a model config name `modelConfigs/{{id}}` with a slug id, got {name!r}"
+            field_path, f"must be a model config name `modelConfigs/{{id}}` with a slug id, got {quoted(name)}"
         )
     return match.group(1)
 
@@ -78,7 +78,7 @@ def model_ref(value: str, field_path: str) -> str | None:
         return model_id_from_name(value, field_path)
     if not SLUG_PATTERN.fullmatch(value):
         raise invalid_field(
-            field_path, f"must be a model config id (a slug) or name `modelConfigs/{{id}}`, got {value!r}"
+            field_path, f"must be a model config id (a slug) or name `modelConfigs/{{id}}`, got {quoted(value)}"
         )
     return value
 
@@ -134,7 +134,7 @@ def resolve_mask(
         elif path in groups:
             resolved |= groups[path]
         else:
-            violations.add("update_mask", f"unknown or read-only field path {path!r}")
+            violations.add("update_mask", f"unknown or read-only field path {quoted(path)}")
     violations.raise_if_any(Reason.UPDATE_MASK_INVALID)
     return frozenset(resolved)
 
@@ -219,12 +219,15 @@ def _key_source(source: KeySource | None) -> common_pb2.KeySource.ValueType:
 
 
 # A value is bare or wholly quoted; an unbalanced quote is a parse error.
+MAX_FILTER_CHARS = 1024
 _TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*(?:"([A-Za-z0-9_-]+)"|([A-Za-z0-9_-]+))\s*$')
 
 
 def _parse_filter(text: str, allowed: set[str]) -> dict[str, str]:
     """`a = x AND b = y`; each name at most once (AIP-160 subset)."""
     terms: dict[str, str] = {}
+    if len(text) > MAX_FILTER_CHARS:
+        raise invalid_field("filter", f"must be at most {MAX_FILTER_CHARS} characters", Reason.FILTER_INVALID)
     if not text.strip():
         return terms
     for raw in re.split(r"\s+AND\s+", text.strip()):
@@ -232,7 +235,7 @@ def _parse_filter(text: str, allowed: set[str]) -> dict[str, str]:
         if not match or match.group(1) not in allowed or match.group(1) in terms:
             raise invalid_field(
                 "filter",
-                f"cannot parse {raw.strip()!r}; use terms like "
+                f"cannot parse {quoted(raw.strip())}; use terms like "
                 + " AND ".join(f"{name} = ..." for name in sorted(allowed)),
                 Reason.FILTER_INVALID,
             )
@@ -244,14 +247,14 @@ def _filter_family(value: str) -> Family:
     family = Family.parse(value.removeprefix("FAMILY_"))
     if family is None:
         raise invalid_field(
-            "filter", f"unknown family {value!r}; must be one of {', '.join(FAMILY_NAMES)}", Reason.FILTER_INVALID
+            "filter", f"unknown family {quoted(value)}; must be one of {', '.join(FAMILY_NAMES)}", Reason.FILTER_INVALID
         )
     return family
 
 
 def _filter_bool(name: str, value: str) -> bool:
     if value.lower() not in ("true", "false"):
-        raise invalid_field("filter", f"{name} must be true or false, got {value!r}", Reason.FILTER_INVALID)
+        raise invalid_field("filter", f"{name} must be true or false, got {quoted(value)}", Reason.FILTER_INVALID)
     return value.lower() == "true"
 
 
@@ -308,7 +311,7 @@ def model_input(
             violations.append(
                 FieldViolation(
                     f"model_config.provider_configs[{index}]",
-                    f"{name!r} is not a provider config name `providerConfigs/{{id}}`",
+                    f"{quoted(name)} is not a provider config name `providerConfigs/{{id}}`",
                 )
             )
     if violations:

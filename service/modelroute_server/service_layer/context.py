@@ -41,8 +41,13 @@ class ServiceContext:
             callback(revision)
 
     @contextmanager
-    def read(self, consistent: bool = False) -> Iterator[UnitOfWork]:
-        with translate_database_errors(), self.unit_of_work(read_only=consistent) as uow:
+    def read(self) -> Iterator[UnitOfWork]:
+        """A read-only transaction that sees one snapshot across all its queries.
+
+        A read is several statements (models, then attachments, then providers);
+        under READ COMMITTED a concurrent forced delete could slip between them.
+        """
+        with translate_database_errors(), self.unit_of_work(read_only=True) as uow:
             yield uow
 
 

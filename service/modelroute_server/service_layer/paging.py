@@ -18,6 +18,7 @@ from ..domain.errors import DomainError, Reason, invalid_field
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_CHARS = 512
 
 
 class PageTokens:
@@ -33,6 +34,8 @@ class PageTokens:
         """The id to continue after; None for the first page."""
         if not token:
             return None
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _bad_token("is not a token this service issued")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):

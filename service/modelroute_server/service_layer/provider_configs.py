@@ -12,6 +12,7 @@ from ..domain.errors import (
     Reason,
     ResourceRef,
     ViolationCollector,
+    quoted,
 )
 from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import next_default
@@ -68,7 +69,7 @@ def check_etag(given: str, current_revision: int, name: str) -> None:
     if given and given != etag_of(current_revision):
         raise DomainError(
             Reason.ETAG_MISMATCH,
-            f"{name} was changed since it was read (etag {given!r} is stale); read it again and retry",
+            f"{name} was changed since it was read (etag {quoted(given)} is stale); read it again and retry",
             metadata={"current_etag": etag_of(current_revision)},
         )
 

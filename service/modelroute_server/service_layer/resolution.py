@@ -80,7 +80,7 @@ class SnapshotStore:
         return snapshot
 
     def _load(self) -> ConfigSnapshot:
-        with self._ctx.read(consistent=True) as uow:
+        with self._ctx.read() as uow:
             revision = uow.revisions.current()
             providers = {p.id: p for p in uow.providers.list()}
             models = {m.id: m for m in uow.models.list()}
@@ -134,11 +134,9 @@ def resolve_model(ctx: ServiceContext, snapshot: ConfigSnapshot, model_config_id
         raise DomainError(
             Reason.NO_USABLE_ATTACHMENT,
             f"{model.name} has no usable provider config for this caller: "
-            + "; ".join(
-                f"#{o.position} {provider_config_name(o.provider_config_id)}: {o.skip_reason.value}"
-                for o in resolution.skipped
-                if o.skip_reason is not None
-            ),
+            f"{len(resolution.skipped)} attachment(s) skipped ("
+            + ", ".join(sorted({o.skip_reason.value for o in resolution.skipped if o.skip_reason is not None}))
+            + "); the details list each one",
             precondition_violations=[
                 PreconditionViolation(
                     o.skip_reason.value,
@@ -154,8 +152,9 @@ def resolve_model(ctx: ServiceContext, snapshot: ConfigSnapshot, model_config_id
 
 
 def _violation_text(outcome: AttachmentOutcome) -> str:
+    # Short on purpose: every attachment must fit in the status trailer.
     fixable_by = outcome.fixable_by.value.lower() if outcome.fixable_by else "admin"
-    return f"position {outcome.position}: {outcome.message} (fixable by {fixable_by})"
+    return f"position {outcome.position}; fixable by {fixable_by}"
 
 
 def list_available_models(ctx: ServiceContext, snapshot: ConfigSnapshot, user: str) -> list[Resolution]:
