@@ -437,11 +437,21 @@ def test_force_delete_of_the_last_provider_of_the_only_model_leaves_no_default(
     assert list(outcome.deleted_model_configs) == [mc("m-only")]
     assert (outcome.default_changed, outcome.default_model_config) == (True, "")
     assert default_models(s, engine) == []
-    # A model emptied by the cascade cannot come back: it has nothing to serve with.
+    # A model emptied by the cascade comes back attached as a create would attach it (every enabled
+    # config of its family), and fills the empty default slot; with no such config it cannot come back.
+    s.providers.UpdateProviderConfig(
+        provider_config_pb2.UpdateProviderConfigRequest(
+            provider_config=provider_config_pb2.ProviderConfig(name=pc("p-b"), enabled=False),
+            update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+        )
+    )
     error = rejected(
         engine, s.models.UndeleteModelConfig, model_config_pb2.UndeleteModelConfigRequest(name=mc("m-only"))
     )
     assert (error.code, error.reason) == (PRECONDITION, "NO_PROVIDER_CONFIG_TO_ATTACH")
+    create_provider(s, "p-c")
+    restored = s.models.UndeleteModelConfig(model_config_pb2.UndeleteModelConfigRequest(name=mc("m-only")))
+    assert (list(restored.provider_configs), restored.is_default) == ([pc("p-c")], True)
 
 
 def test_force_delete_of_an_unattached_provider_touches_nothing(channel: grpc.Channel, engine: sa.Engine) -> None:
@@ -479,7 +489,7 @@ def test_trap_1_replaced_list_does_not_block_deleting_the_old_provider(
     assert attachment_rows(engine) == [("m", "p-b", "openai", 0)]
 
 
-def test_delete_of_an_attached_provider_without_force_names_the_live_models(
+def test_delete_of_an_attached_provider_without_force_names_the_models(
     channel: grpc.Channel, engine: sa.Engine
 ) -> None:
     s = stubs(channel)
@@ -495,11 +505,12 @@ def test_delete_of_an_attached_provider_without_force_names_the_live_models(
     error = rejected(engine, s.providers.DeleteProviderConfig, request)
     assert (error.code, error.reason) == (PRECONDITION, "PROVIDER_CONFIG_IN_USE")
     assert [(kind, subject) for kind, subject, _ in error.precondition_violations] == [
+        ("ATTACHED", mc("m-gone")),
         ("ATTACHED", mc("m-one")),
         ("ATTACHED", mc("m-two")),
     ]
     assert mc("m-one") in error.message and mc("m-two") in error.message
-    assert mc("m-gone") not in error.message
+    assert f"{mc('m-gone')} (deleted)" in error.message
 
     error = rejected(
         engine, s.providers.DeleteProviderConfig, provider_config_pb2.DeleteProviderConfigRequest(name=pc("p-b"))
@@ -510,10 +521,15 @@ def test_delete_of_an_attached_provider_without_force_names_the_live_models(
         mc("m-two"),
     ]
 
-    # Once no live model lists it, it goes; the soft-deleted model loses it (and keeps its delete time).
+    # A soft-deleted model still holds its list (an undelete must find it intact), so it blocks too.
     update(s, "m-one", ["provider_configs"], providers=("p-b",))
     update(s, "m-two", ["provider_configs"], providers=("p-b",))
-    outcome, report = delete_provider(s, "p-a", force=False)
+    request = provider_config_pb2.DeleteProviderConfigRequest(name=pc("p-a"))
+    error = rejected(engine, s.providers.DeleteProviderConfig, request)
+    assert [(kind, subject) for kind, subject, _ in error.precondition_violations] == [("ATTACHED", mc("m-gone"))]
+    assert f"{mc('m-gone')} (deleted)" in error.message
+    # Forced, it goes; the soft-deleted model loses it and keeps its delete time.
+    outcome, report = delete_provider(s, "p-a", force=True)
     assert report is None
     assert (list(outcome.touched_model_configs), list(outcome.deleted_model_configs)) == ([mc("m-gone")], [])
     gone = get(s, "m-gone")

@@ -106,14 +106,7 @@ def create_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
             providers = uow.providers.get_many(model.attachments)
             validate_attachments(model.family, model.attachments, providers, ATTACHMENTS_FIELD)
         else:
-            ids = auto_attachments(model.family, uow.providers.list(family=model.family, enabled=True))
-            if not ids:
-                raise DomainError(
-                    Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
-                    f"no enabled provider config of family {model.family.value} exists to attach; "
-                    f"create one or list {ATTACHMENTS_FIELD} explicitly",
-                )
-            model = replace(model, attachments=ids)
+            model = replace(model, attachments=_auto_attachments_or_fail(uow, model.family))
         old_default = uow.models.default()
         change: tuple[bool, str | None] = (False, None)
         if model.enabled and (model.is_default or old_default is None):
@@ -124,6 +117,17 @@ def create_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
             change = (True, model.id)
         uow.models.add(model, revision)
         return _view(ctx, uow, _reload(uow, model_config_id), change)
+
+
+def _auto_attachments_or_fail(uow: UnitOfWork, family: Family) -> tuple[str, ...]:
+    ids = auto_attachments(family, uow.providers.list(family=family, enabled=True))
+    if not ids:
+        raise DomainError(
+            Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
+            f"no enabled provider config of family {family.value} exists to attach; "
+            f"create one or list {ATTACHMENTS_FIELD} explicitly",
+        )
+    return ids
 
 
 def get_model_config(ctx: ServiceContext, model_config_id: str) -> ModelConfigView:
@@ -282,14 +286,13 @@ def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) 
         if current.live:
             raise DomainError(Reason.MODEL_CONFIG_NOT_DELETED, f"{current.name} is not deleted")
         check_etag(etag, current.revision, current.name)
-        if not current.attachments:
-            raise DomainError(
-                Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
-                f"{current.name} lost all its provider configs while deleted; create a new model instead",
-            )
+        attachments = current.attachments
+        if not attachments:
+            # Its providers were force-deleted while it was deleted: attach as a create would.
+            attachments = _auto_attachments_or_fail(uow, current.family)
         # Back while there is no default: it fills the slot, as a model created now would.
         fills_default = current.enabled and uow.models.default() is None
-        restored = replace(current, delete_time=None, is_default=fills_default)
-        uow.models.update(restored, revision, attachments_changed=False)
+        restored = replace(current, delete_time=None, is_default=fills_default, attachments=attachments)
+        uow.models.update(restored, revision, attachments_changed=attachments != current.attachments)
         change: tuple[bool, str | None] = (True, current.id) if fills_default else (False, None)
         return _view(ctx, uow, _reload(uow, model_config_id), change)

@@ -210,15 +210,19 @@ def delete_provider_config(ctx: ServiceContext, provider_config_id: str, etag: s
             raise not_found(provider_config_id)
         check_etag(etag, current.revision, current.name)
         attached = uow.models.attached_to(provider_config_id)
-        live_attached = [m for m in attached if m.live]
-        if live_attached and not force:
+        if attached and not force:
+            # Soft-deleted models count too: an undelete must find its list intact.
+            listed = [m.name + (" (deleted)" if m.deleted else "") for m in attached]
             raise DomainError(
                 Reason.PROVIDER_CONFIG_IN_USE,
-                f"{current.name} is attached to {len(live_attached)} model(s): "
-                + ", ".join(m.name for m in live_attached)
+                f"{current.name} is attached to {len(attached)} model(s): "
+                + ", ".join(listed)
                 + "; detach it first or delete with force",
                 precondition_violations=[
-                    PreconditionViolation("ATTACHED", m.name, f"{m.name} lists {current.name}") for m in live_attached
+                    PreconditionViolation(
+                        "ATTACHED", m.name, f"{'deleted model ' if m.deleted else ''}{m.name} lists {current.name}"
+                    )
+                    for m in attached
                 ],
             )
         old_default = uow.models.default()
