@@ -155,6 +155,28 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
     assert rows(fresh_engine, "provider_configs") == providers_before
 
 
+def test_a_downgrade_that_would_drop_rows_is_refused_unless_allowed(fresh_engine: sa.Engine, keyring: Keyring) -> None:
+    database.upgrade(fresh_engine)
+    ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
+    seed(ctx)
+    model_configs.create_model_config(
+        ctx, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
+    )
+    models_before = rows(fresh_engine, "model_configs")
+    with pytest.raises(RuntimeError, match="model_configs"):
+        database.downgrade(fresh_engine, "0001")
+    assert database.current_revision(fresh_engine) == database.head_revision()
+    assert rows(fresh_engine, "model_configs") == models_before
+
+    database.downgrade(fresh_engine, "0001", allow_data_loss=True)
+    assert database.current_revision(fresh_engine) == "0001"
+    with pytest.raises(RuntimeError, match="provider config"):
+        database.downgrade(fresh_engine, "base")
+    assert database.current_revision(fresh_engine) == "0001"
+    database.downgrade(fresh_engine, "base", allow_data_loss=True)
+    assert database.current_revision(fresh_engine) is None
+
+
 def test_downgrade_to_base_and_upgrade_again(fresh_engine: sa.Engine, keyring: Keyring) -> None:
     database.upgrade(fresh_engine)
     database.downgrade(fresh_engine, "base")

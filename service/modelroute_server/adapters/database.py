@@ -44,9 +44,10 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(sqlalchemy_url(url), **options)
 
 
-def alembic_config(connection: sa.Connection | None = None) -> Config:
+def alembic_config(connection: sa.Connection | None = None, allow_data_loss: bool = False) -> Config:
     config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["allow_data_loss"] = allow_data_loss
     if connection is not None:
         config.attributes["connection"] = connection
     return config
@@ -63,9 +64,10 @@ def upgrade(engine: sa.Engine, target: str = "head") -> None:
         command.upgrade(alembic_config(connection), target)
 
 
-def downgrade(engine: sa.Engine, target: str) -> None:
+def downgrade(engine: sa.Engine, target: str, allow_data_loss: bool = False) -> None:
+    """Refuses (RuntimeError) to drop tables that hold rows unless `allow_data_loss`."""
     with engine.begin() as connection:
-        command.downgrade(alembic_config(connection), target)
+        command.downgrade(alembic_config(connection, allow_data_loss), target)
 
 
 def current_revision(engine: sa.Engine) -> str | None:

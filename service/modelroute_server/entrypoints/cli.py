@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", parents=[database_options], help="upgrade (or downgrade) the schema")
     migrate.add_argument("--to", default="head", help="target revision (default head)")
     migrate.add_argument("--downgrade", action="store_true", help="go down to --to")
+    migrate.add_argument(
+        "--allow-data-loss", action="store_true", help="let a downgrade drop tables that still hold rows"
+    )
     commands.add_parser("generate-key", help="print a fresh keyring entry for MODELROUTE_KEYRING")
     commands.add_parser(
         "rotate-keys",
@@ -72,24 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         if command == "generate-key":
             print(generate_keyring_spec())
         elif command == "migrate":
-            _migrate(settings, options.to, options.downgrade)
+            _migrate(settings, options.to, options.downgrade, options.allow_data_loss)
         elif command == "rotate-keys":
             return _rotate_keys(settings)
         else:
             asyncio.run(serve(settings))
-    except (SettingsError, KeyringError) as exc:
+    except (SettingsError, KeyringError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         print(f"modelroute-server: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _migrate(settings: Settings, target: str, downgrade: bool) -> None:
+def _migrate(settings: Settings, target: str, downgrade: bool, allow_data_loss: bool) -> None:
     url, embedded = database.open_database(settings.database_url, settings.data_dir)
     engine = database.create_engine(url)
     try:
         if downgrade:
-            database.downgrade(engine, target)
+            database.downgrade(engine, target, allow_data_loss)
         else:
             database.upgrade(engine, target)
         log.info("schema migrated", extra={"revision": database.current_revision(engine)})

@@ -63,6 +63,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Refuse rather than drop configured providers (and their keys), unless told to.
+    allowed = op.get_context().config.attributes.get("allow_data_loss")
+    if not allowed and op.get_bind().execute(sa.text("SELECT EXISTS (SELECT 1 FROM provider_configs)")).scalar():
+        raise RuntimeError(
+            "downgrading below 0001 would delete every provider config; "
+            "run `modelroute-server migrate --downgrade --allow-data-loss` to do it anyway"
+        )
     op.drop_index("provider_configs_family_created", table_name="provider_configs")
     op.drop_table("provider_configs")
     op.drop_table("config_revision")

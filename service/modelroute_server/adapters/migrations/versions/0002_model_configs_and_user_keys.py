@@ -112,6 +112,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # 0001 has nowhere to keep these rows: refuse rather than drop them, unless told to.
+    if not op.get_context().config.attributes.get("allow_data_loss"):
+        bind = op.get_bind()
+        for table in ("model_configs", "user_provider_keys"):
+            if bind.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar():
+                raise RuntimeError(
+                    f"downgrading below 0002 would delete every row of {table}; "
+                    "run `modelroute-server migrate --downgrade --allow-data-loss` to do it anyway"
+                )
     op.drop_index("user_provider_keys_provider", table_name="user_provider_keys")
     op.drop_table("user_provider_keys")
     op.drop_index("model_attachments_provider", table_name="model_attachments")
