@@ -64,7 +64,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Refuse rather than drop configured providers (and their keys), unless told to.
-    allowed = op.get_context().config.attributes.get("allow_data_loss")
+    config = op.get_context().config
+    allowed = config is not None and config.attributes.get("allow_data_loss")
     if not allowed and op.get_bind().execute(sa.text("SELECT EXISTS (SELECT 1 FROM provider_configs)")).scalar():
         raise RuntimeError(
             "downgrading below 0001 would delete every provider config; "

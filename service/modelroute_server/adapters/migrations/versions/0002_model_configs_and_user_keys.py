@@ -113,7 +113,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # 0001 has nowhere to keep these rows: refuse rather than drop them, unless told to.
-    if not op.get_context().config.attributes.get("allow_data_loss"):
+    config = op.get_context().config
+    if not (config is not None and config.attributes.get("allow_data_loss")):
         bind = op.get_bind()
         for table in ("model_configs", "user_provider_keys"):
             if bind.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar():
