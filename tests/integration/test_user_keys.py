@@ -398,3 +398,19 @@ def test_keys_are_stored_encrypted_and_bound_to_their_row(channel: grpc.Channel,
     assert (error.code, error.reason) == (PRECONDITION, "NO_USABLE_ATTACHMENT")
     assert [kind for kind, _, _ in error.precondition_violations] == ["KEY_UNDECRYPTABLE"]
     assert resolve(s, "m", "alice").selected.api_key == ALICE_KEY
+
+
+def test_central_fallback_in_the_listing_is_the_resolvers_verdict(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "az", "azure", base_url="https://eu.example.com", credential_policy=policy(True, True, True))
+    create_model(s, "m", "azure", providers=("az",))
+    assert shown(s, "alice") == {pc("az"): False}
+    assert [row[4] for row in listing(s, "alice")] == [True]
+    # A row an older version wrote without the base URL azure needs: the resolver skips it, and the
+    # listing must not promise a central fallback that resolution would refuse.
+    with app.ctx.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE provider_configs SET base_url = NULL WHERE id = 'az'"))
+    app.snapshots.invalidate()
+    assert [row[4] for row in listing(s, "alice")] == [False]
+    error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", user="alice"))
+    assert [kind for kind, _, _ in error.precondition_violations] == ["INVALID_CONFIG"]

@@ -121,6 +121,13 @@ def resolve(
     return Resolution(model, tuple(outcomes))
 
 
+def provider_outcome(
+    provider: ProviderConfig, user_key: StoredKey | None, deployment_keys: Mapping[Family, str]
+) -> AttachmentOutcome:
+    """The same verdict `resolve` reaches for this config, outside any model (position 0)."""
+    return _attachment_outcome(provider, 0, provider.enabled, user_key, deployment_keys)
+
+
 def _attachment_outcome(
     provider: ProviderConfig,
     position: int,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..domain import rules
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from ..domain.families import Family
-from ..domain.providers import ProviderConfig, central_credential
+from ..domain.providers import ProviderConfig
+from ..domain.resolver import provider_outcome
 from .context import ServiceContext
 from .provider_configs import not_found
 
@@ -31,8 +33,9 @@ def check_user(user: str, field_path: str = "user") -> None:
         collector.raise_if_any()
 
 
-def _user_view(provider: ProviderConfig, has_key: bool, deployment_keys: dict[Family, str]) -> UserProviderView:
-    fallback = provider.policy.allow_central_api_key_fallback and central_credential(provider, deployment_keys).usable
+def _user_view(provider: ProviderConfig, has_key: bool, deployment_keys: Mapping[Family, str]) -> UserProviderView:
+    # The resolver decides whether the central credential serves a user without a key.
+    fallback = provider_outcome(provider, None, deployment_keys).usable
     return UserProviderView(provider, has_key, fallback)
 
 
@@ -56,7 +59,7 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
                 Reason.USER_KEYS_NOT_ALLOWED, f"{provider.name} does not allow user keys (its credential policy)"
             )
         uow.user_keys.put(user, provider_config_id, api_key)
-    return _user_view(provider, True, dict(ctx.deployment_keys))
+    return _user_view(provider, True, ctx.deployment_keys)
 
 
 def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: str) -> None:
@@ -71,5 +74,5 @@ def list_user_provider_configs(ctx: ServiceContext, user: str) -> list[UserProvi
     with ctx.read() as uow:
         providers = [p for p in uow.providers.list(enabled=True) if p.policy.allow_user_api_key]
         keys = uow.user_keys.for_user(user)
-    deployment_keys = dict(ctx.deployment_keys)
+    deployment_keys = ctx.deployment_keys
     return [_user_view(p, p.id in keys and keys[p.id].present, deployment_keys) for p in providers]
