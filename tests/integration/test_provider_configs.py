@@ -403,6 +403,7 @@ def test_azure_and_openai_compat_need_a_base_url(app: Application, channel: grpc
         ("http://", "with a host"),
         ("https:///path-only", "with a host"),
         ("https://example.com:99999", "not a valid URL"),
+        ("https://user:secret-token@proxy.example.com", "must not contain user info"),
         (" https://example.com", "white space"),
         ("https://example.com/a b", "white space"),
         ("https://exa\nmple.com", "control characters"),
@@ -417,6 +418,7 @@ def test_base_url_must_be_absolute_http_with_a_host(
         error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("q", family, base_url=url))
         assert error.fields == [URL_PATH]
         assert rule in error.field_violations[0][1], (url, error.field_violations)
+        assert "secret-token" not in error.message + repr(error.field_violations)  # never echoed
     error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, update_request("p", None, base_url=url))
     assert rule in error.field_violations[0][1]
     assert get(s, "p").base_url == "https://ok.example.com"

@@ -156,6 +156,16 @@ def test_slug_problem(value: str, problem: str | None) -> None:
         ("https://exa\tmple.com", "must not contain control characters"),
         ("https://example.com\x00", "must not contain control characters"),
         ("https://example.com/" + "a" * 2048, "must be at most 2048 characters"),
+        (
+            "https://user:tok3n@proxy.example.com/v1",
+            "must not contain user info (user:password@); put the credential in api_key",
+        ),
+        (
+            "https://tok3n@proxy.example.com/v1",
+            "must not contain user info (user:password@); put the credential in api_key",
+        ),
+        ("https://example.com:99999", "is not a valid URL (malformed host or port)"),
+        ("https://example.com:tok3n", "is not a valid URL (malformed host or port)"),
     ],
 )
 def test_base_url_problem(url: str, problem: str | None) -> None:

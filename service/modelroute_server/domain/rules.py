@@ -48,13 +48,17 @@ def base_url_problem(value: str) -> str | None:
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a malformed port
-    except ValueError as exc:
-        return f"is not a valid URL ({exc})"
+    except ValueError:
+        # urlsplit's own text can quote part of the URL: say which rule, not what it saw.
+        return "is not a valid URL (malformed host or port)"
     del port
     if parts.scheme not in ("http", "https"):
         return "must be an absolute URL with scheme http or https"
     if not parts.hostname:
         return "must be an absolute URL with a host"
+    if parts.username is not None or parts.password is not None:
+        # A credential here would be stored in clear and shown by every read: keys go in api_key.
+        return "must not contain user info (user:password@); put the credential in api_key"
     if any(c.isspace() for c in value):
         return "must not contain white space"
     return None
