@@ -117,7 +117,7 @@ def build_app(url: str, keyring: Keyring) -> Application:
     engine = database.create_engine(url)
     ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys={})
     snapshots = SnapshotStore(ctx)
-    ctx.on_commit.append(snapshots.invalidate)
+    ctx.on_commit.append(snapshots.committed)
     return Application(Settings(database_url=url), ctx, snapshots, url)
 
 

@@ -53,7 +53,7 @@ def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
 
 def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> None:
     app = build_app(own_postgres.url, keyring)
-    app.listener = ChangeListener(own_postgres.url, app.snapshots.invalidate, retry_seconds=0.2)
+    app.listener = ChangeListener(own_postgres.url, app.snapshots.announced, retry_seconds=0.2)
     app.listener.start()
     server = RunningServer(app)
     try:

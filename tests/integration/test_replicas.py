@@ -20,7 +20,7 @@ from ..helpers import call_error, create_model, create_provider, stubs
 @pytest.fixture
 def second_replica(app: Application, keyring: Keyring) -> Iterator[RunningServer]:
     replica = build_app(app.database_url, keyring)
-    replica.listener = ChangeListener(replica.database_url, replica.snapshots.invalidate)
+    replica.listener = ChangeListener(replica.database_url, replica.snapshots.announced)
     replica.listener.start()
     assert replica.listener.connected.wait(10), "the change listener never connected"
     server = RunningServer(replica)

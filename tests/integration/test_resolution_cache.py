@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
@@ -9,7 +11,7 @@ from google.protobuf import field_mask_pb2
 from modelroute.v1 import common_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 from modelroute_server.entrypoints.server import Application
 
-from ..helpers import create_model, create_provider, policy, stubs
+from ..helpers import call_error, create_model, create_provider, policy, stubs
 
 
 def is_health_check(statement: str) -> bool:
@@ -59,3 +61,55 @@ def test_a_write_is_seen_by_the_next_resolution(app: Application, channel: grpc.
     second = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
     assert second.selected.api_key == "sk-new"
     assert second.config_revision > first.config_revision
+
+
+def _recorded_statements(app: Application) -> tuple[list[str], object]:
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not is_health_check(statement):
+            statements.append(statement)
+
+    sa.event.listen(app.ctx.engine, "before_cursor_execute", record)
+    return statements, record
+
+
+def test_a_reconnect_without_changes_costs_one_revision_query(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a")
+    create_model(s, "m")
+    snapshot = app.snapshots.current()
+    statements, record = _recorded_statements(app)
+    try:
+        app.snapshots.announced(None)  # what the listener says after a reconnect
+        assert app.snapshots.fresh() is snapshot  # answered at once; the check runs in the background
+        deadline = time.monotonic() + 5
+        while len(statements) < 1 or app.snapshots.fresh() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)
+    finally:
+        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
+    assert app.snapshots.current() is snapshot
+    assert len(statements) == 1 and "config_revision" in statements[0]
+
+
+def test_another_replicas_write_is_loaded_in_the_background(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a", api_key="sk-old")
+    create_model(s, "m")
+    before = app.snapshots.current()
+    # Another replica's write: straight into the tables, then announced with its revision.
+    with app.ctx.engine.begin() as conn:
+        revision = conn.execute(
+            sa.text("UPDATE config_revision SET revision = revision + 1 RETURNING revision")
+        ).scalar_one()
+        conn.execute(sa.text("UPDATE provider_configs SET enabled = false, revision = :r"), {"r": revision})
+    app.snapshots.announced(revision)
+    assert app.snapshots.fresh() is before  # never blocks a caller for someone else's write
+    deadline = time.monotonic() + 5
+    while (app.snapshots.fresh() or before).revision < revision:
+        assert time.monotonic() < deadline, "the announced write was never loaded"
+        time.sleep(0.01)
+    answer = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m"))
+    assert [kind for kind, _, _ in answer.precondition_violations] == ["PROVIDER_DISABLED"]

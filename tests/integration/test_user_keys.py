@@ -195,7 +195,11 @@ def test_delete_is_idempotent(channel: grpc.Channel, engine: sa.Engine) -> None:
     set_key(s, "alice", "p-user", ALICE_KEY)
     set_key(s, "alice", "p-pref", ALICE_KEY)
     delete_key(s, "alice", "p-user")
+    with engine.connect() as conn:
+        revision = conn.execute(sa.text("SELECT revision FROM config_revision")).scalar_one()
     delete_key(s, "alice", "p-user")
+    with engine.connect() as conn:  # a no-op delete takes no revision: no replica reloads for it
+        assert conn.execute(sa.text("SELECT revision FROM config_revision")).scalar_one() == revision
     assert stored_keys(engine) == [("alice", "p-pref")]
     assert shown(s, "alice") == {pc("p-amb"): False, pc("p-pref"): True, pc("p-req"): False, pc("p-user"): False}
     error = call_error(

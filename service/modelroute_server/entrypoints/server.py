@@ -82,9 +82,9 @@ def build_application(settings: Settings) -> Application:
         database.upgrade(engine)
     ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys=dict(settings.deployment_keys))
     snapshots = SnapshotStore(ctx)
-    ctx.on_commit.append(snapshots.invalidate)
+    ctx.on_commit.append(snapshots.committed)
     app = Application(settings, ctx, snapshots, url, embedded)
-    app.listener = ChangeListener(url, snapshots.invalidate)
+    app.listener = ChangeListener(url, snapshots.announced)
     app.listener.start()
     return app
 

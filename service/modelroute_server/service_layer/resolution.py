@@ -7,7 +7,9 @@ announced through NOTIFY) or when a caller demands a newer revision.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ from ..domain.models import ModelConfig, model_config_name
 from ..domain.providers import ProviderConfig, StoredKey, provider_config_name
 from ..domain.resolver import AttachmentOutcome, Resolution, WhatIf, resolve
 from .context import ServiceContext
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,46 +35,65 @@ class ConfigSnapshot:
 
 
 class SnapshotStore:
-    """The current snapshot; thread-safe, reloaded lazily once marked stale."""
+    """The configuration snapshot every resolution reads; thread-safe.
+
+    - A write committed by this replica (`committed`) is seen by this
+      replica's very next call: calls wait until the snapshot reaches it.
+    - A write announced by another replica (`announced`, from NOTIFY) is
+      loaded in the background; calls answer from the current snapshot
+      meanwhile, and a caller that must see it passes `min_revision`.
+    - After a (re)connect, when announcements may have been lost, one cheap
+      revision query decides whether anything needs loading at all.
+    - With the database away, calls answer from the last snapshot, and
+      reload attempts back off instead of queueing behind a dead connection.
+    - `invalidate` forces a full reload (for out-of-band edits of the tables).
+    """
+
+    RETRY_SECONDS = 1.0
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one load at a time
         self._snapshot: ConfigSnapshot | None = None
-        self._stale = True
+        self._committed_revision = 0
+        self._announced_revision = 0
+        self._unknown_change = True
+        self._force_reload = True
+        self._retry_after = 0.0
+        self._refreshing = False
 
-    def invalidate(self, _revision: int | None = None) -> None:
-        self._stale = True
+    # -- signals
+
+    def committed(self, revision: int) -> None:
+        self._committed_revision = max(self._committed_revision, revision)
+
+    def announced(self, revision: int | None) -> None:
+        """A change by any replica; None when its revision is unknown (start-up, reconnect)."""
+        if revision is None:
+            self._unknown_change = True
+        else:
+            self._announced_revision = max(self._announced_revision, revision)
+
+    def invalidate(self) -> None:
+        self._force_reload = True
+
+    # -- reads
 
     def fresh(self, min_revision: int = 0) -> ConfigSnapshot | None:
-        """The snapshot if it can answer without touching the database, else None."""
+        """The snapshot when it may answer now, else None (the caller then calls `current`)."""
         snapshot = self._snapshot
-        if snapshot is None or self._stale or snapshot.revision < min_revision:
+        if snapshot is None or self._force_reload or snapshot.revision < max(min_revision, self._committed_revision):
             return None
+        if self._unknown_change or snapshot.revision < self._announced_revision:
+            self._refresh_in_background()
         return snapshot
 
     def current(self, min_revision: int = 0) -> ConfigSnapshot:
+        """A snapshot at `min_revision` or later, loading one if needed (blocking)."""
         snapshot = self.fresh(min_revision)
-        if snapshot is not None:
-            return snapshot
-        with self._lock:
-            snapshot = self.fresh(min_revision)
-            if snapshot is None:
-                # Clear the flag first: a change announced during the load marks it stale again.
-                self._stale = False
-                try:
-                    snapshot = self._load()
-                except DomainError as error:
-                    self._stale = True
-                    last = self._snapshot
-                    if error.reason is not Reason.DATABASE_UNAVAILABLE or last is None or last.revision < min_revision:
-                        raise
-                    # The database is away: keep answering from the last snapshot.
-                    return last
-                except BaseException:
-                    self._stale = True
-                    raise
-                self._snapshot = snapshot
+        if snapshot is None:
+            with self._lock:
+                snapshot = self.fresh(min_revision) or self._reload(min_revision)
         if snapshot.revision < min_revision:
             raise DomainError(
                 Reason.REVISION_NOT_REACHED,
@@ -79,14 +102,56 @@ class SnapshotStore:
             )
         return snapshot
 
-    def _load(self) -> ConfigSnapshot:
+    # -- loading
+
+    def _reload(self, min_revision: int = 0) -> ConfigSnapshot:
+        """Load if anything changed; with the database away, the last snapshot. Holds `_lock`."""
+        last = self._snapshot
+        if last is not None and time.monotonic() < self._retry_after and last.revision >= min_revision:
+            return last
+        force, unknown = self._force_reload, self._unknown_change
+        # Cleared first: a signal that arrives during the load is kept for the next one.
+        self._force_reload = self._unknown_change = False
+        try:
+            snapshot = self._load(None if force else last)
+        except DomainError as error:
+            self._force_reload, self._unknown_change = self._force_reload or force, self._unknown_change or unknown
+            if error.reason is not Reason.DATABASE_UNAVAILABLE:
+                raise
+            self._retry_after = time.monotonic() + self.RETRY_SECONDS
+            if last is None or last.revision < min_revision:
+                raise
+            return last
+        self._snapshot = snapshot
+        return snapshot
+
+    def _load(self, unless_at: ConfigSnapshot | None) -> ConfigSnapshot:
+        """A new snapshot, or `unless_at` itself when the revision shows nothing changed."""
         with self._ctx.read() as uow:
             revision = uow.revisions.current()
+            if unless_at is not None and unless_at.revision == revision:
+                return unless_at
             providers = {p.id: p for p in uow.providers.list()}
             models = {m.id: m for m in uow.models.list()}
             user_keys = uow.user_keys.all_sealed()
         default = next((m.id for m in models.values() if m.is_default), None)
         return ConfigSnapshot(revision, providers, models, default, user_keys)
+
+    def _refresh_in_background(self) -> None:
+        if self._refreshing or time.monotonic() < self._retry_after:
+            return
+        self._refreshing = True
+
+        def refresh() -> None:
+            try:
+                with self._lock:
+                    self._reload()
+            except Exception:
+                log.warning("background snapshot reload failed", exc_info=True)
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=refresh, name="modelroute-snapshot-refresh", daemon=True).start()
 
 
 def _find_model(snapshot: ConfigSnapshot, model_config_id: str | None) -> ModelConfig:

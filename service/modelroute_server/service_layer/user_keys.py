@@ -64,8 +64,12 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
 
 def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: str) -> None:
     check_user(user)
+    # Idempotent: deleting a key that is not there (or of a provider that is gone) succeeds, and
+    # takes no revision, so a retried delete does not make every replica reload.
+    with ctx.read() as uow:
+        if provider_config_id not in uow.user_keys.for_user(user):
+            return
     with ctx.write() as (uow, _revision):
-        # Idempotent: deleting a key that is not there (or of a provider that is gone) succeeds.
         uow.user_keys.delete(user, provider_config_id)
 
 
