@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from .client import ModelrouteClient, ModelrouteError, family_from_name
+from .client import ModelMutation, ModelrouteClient, ModelrouteError, family_from_name
 from .v1 import common_pb2, model_config_pb2, provider_config_pb2
 
 POLICIES = {
@@ -28,6 +28,13 @@ POLICIES = {
 
 def _print(message: Message) -> None:
     print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+def _print_mutation(mutation: ModelMutation) -> None:
+    _print(mutation.model_config)
+    if mutation.default_changed:
+        # On stderr: stdout stays one JSON document per resource.
+        print(f"default model is now {mutation.default_model_config or '(none)'}", file=sys.stderr)
 
 
 def _print_all(messages: Iterable[Message]) -> None:
@@ -137,11 +144,11 @@ def run(options: argparse.Namespace, client: ModelrouteClient) -> None:
             context_limit=options.context_limit,
             provider_configs=[f"providerConfigs/{p}" for p in options.provider],
         )
-        _print(client.create_model_config(options.id, model))
+        _print_mutation(client.create_model_config(options.id, model))
     elif group == "models" and verb == "delete":
-        _print(client.delete_model_config(options.id))
+        _print_mutation(client.delete_model_config(options.id))
     elif group == "models" and verb == "undelete":
-        _print(client.undelete_model_config(options.id))
+        _print_mutation(client.undelete_model_config(options.id))
     elif group == "resolve":
         answer = client.resolve(options.model, options.user)
         if not options.show_secrets:

@@ -80,6 +80,26 @@ def _call(method: Callable[..., Response], request: Any, timeout: float | None) 
         raise ModelrouteError.from_rpc_error(error) from None
 
 
+@dataclass(frozen=True)
+class ModelMutation:
+    """A model write's result, and whether it moved the default model (and to which; "" for none)."""
+
+    model_config: model_config_pb2.ModelConfig
+    default_changed: bool = False
+    default_model_config: str = ""
+
+
+def _mutate_model(method: Any, request: Any, timeout: float | None) -> ModelMutation:
+    try:
+        response, call = method.with_call(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise ModelrouteError.from_rpc_error(error) from None
+    for key, value in call.trailing_metadata() or ():
+        if key == DEFAULT_MODEL_METADATA_KEY:
+            return ModelMutation(response, True, str(value))
+    return ModelMutation(response)
+
+
 def provider_config_name(provider_config_id: str) -> str:
     return provider_config_id if "/" in provider_config_id else f"providerConfigs/{provider_config_id}"
 
@@ -188,11 +208,9 @@ class ModelrouteClient:
 
     # ------------------------------------------------------------ model configs
 
-    def create_model_config(
-        self, model_config_id: str, model_config: model_config_pb2.ModelConfig
-    ) -> model_config_pb2.ModelConfig:
+    def create_model_config(self, model_config_id: str, model_config: model_config_pb2.ModelConfig) -> ModelMutation:
         request = model_config_pb2.CreateModelConfigRequest(model_config_id=model_config_id, model_config=model_config)
-        return _call(self.models.CreateModelConfig, request, self.timeout)
+        return _mutate_model(self.models.CreateModelConfig, request, self.timeout)
 
     def get_model_config(self, model_config_id: str) -> model_config_pb2.ModelConfig:
         request = model_config_pb2.GetModelConfigRequest(name=model_config_name(model_config_id))
@@ -214,20 +232,20 @@ class ModelrouteClient:
 
     def update_model_config(
         self, model_config: model_config_pb2.ModelConfig, paths: Sequence[str] = ()
-    ) -> model_config_pb2.ModelConfig:
+    ) -> ModelMutation:
         request = model_config_pb2.UpdateModelConfigRequest(
             model_config=model_config,
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
         )
-        return _call(self.models.UpdateModelConfig, request, self.timeout)
+        return _mutate_model(self.models.UpdateModelConfig, request, self.timeout)
 
-    def delete_model_config(self, model_config_id: str, etag: str = "") -> model_config_pb2.ModelConfig:
+    def delete_model_config(self, model_config_id: str, etag: str = "") -> ModelMutation:
         request = model_config_pb2.DeleteModelConfigRequest(name=model_config_name(model_config_id), etag=etag)
-        return _call(self.models.DeleteModelConfig, request, self.timeout)
+        return _mutate_model(self.models.DeleteModelConfig, request, self.timeout)
 
-    def undelete_model_config(self, model_config_id: str, etag: str = "") -> model_config_pb2.ModelConfig:
+    def undelete_model_config(self, model_config_id: str, etag: str = "") -> ModelMutation:
         request = model_config_pb2.UndeleteModelConfigRequest(name=model_config_name(model_config_id), etag=etag)
-        return _call(self.models.UndeleteModelConfig, request, self.timeout)
+        return _mutate_model(self.models.UndeleteModelConfig, request, self.timeout)
 
     # ------------------------------------------------------------ user keys
 

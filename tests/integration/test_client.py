@@ -12,7 +12,7 @@ import pytest
 
 from modelroute import ModelrouteClient, ModelrouteError
 from modelroute.cli import main as admin_main
-from modelroute.v1 import common_pb2, provider_config_pb2
+from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2
 
 from ..conftest import RunningServer, repo_root
 
@@ -110,3 +110,21 @@ def test_client_distribution_needs_none_of_the_server_dependencies() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_typed_client_reports_default_model_moves(channel: grpc.Channel, capsys: pytest.CaptureFixture[str]) -> None:
+    client = ModelrouteClient(channel)
+    client.create_provider_config("p", provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI, api_key="k"))
+    model = model_config_pb2.ModelConfig(family=common_pb2.FAMILY_OPENAI, model="gpt", context_limit=10)
+    first = client.create_model_config("first", model)
+    assert (first.model_config.is_default, first.default_changed, first.default_model_config) == (
+        True,
+        True,
+        "modelConfigs/first",
+    )
+    second = client.create_model_config("second", model)
+    assert (second.model_config.is_default, second.default_changed) == (False, False)
+    deleted = client.delete_model_config("first")
+    assert (deleted.default_changed, deleted.default_model_config) == (True, "modelConfigs/second")
+    gone = client.delete_model_config("second")
+    assert (gone.default_changed, gone.default_model_config) == (True, "")

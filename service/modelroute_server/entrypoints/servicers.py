@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2
 
+from modelroute.client import DEFAULT_MODEL_METADATA_KEY
 from modelroute.v1 import (
     model_config_pb2,
     model_config_pb2_grpc,
@@ -37,7 +38,6 @@ from . import convert
 from .errors import abort, internal_error
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL_METADATA_KEY = "modelroute-default-model-config"
 Response = TypeVar("Response")
 
 
