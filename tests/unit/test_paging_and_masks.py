@@ -10,7 +10,7 @@ from modelroute_server.domain.families import Family
 from modelroute_server.entrypoints.convert import model_filter, provider_filter, resolve_mask
 from modelroute_server.service_layer.paging import MAX_PAGE_SIZE, PageTokens, page_size
 
-TOKENS = PageTokens(b"k" * 32)
+TOKENS = PageTokens([b"k" * 32])
 
 
 def test_page_token_round_trip_and_binding_to_the_query() -> None:
@@ -35,7 +35,15 @@ def test_tampered_page_tokens_are_rejected(mutate: object) -> None:
 
 def test_a_token_signed_with_another_key_is_rejected() -> None:
     with pytest.raises(DomainError):
-        PageTokens(b"other" * 8).decode(TOKENS.encode("a", "q"), "q")
+        PageTokens([b"other" * 8]).decode(TOKENS.encode("a", "q"), "q")
+
+
+def test_tokens_survive_a_key_rotation_across_replicas() -> None:
+    old, new = b"o" * 32, b"n" * 32
+    before_rotation = PageTokens([old])  # a replica that has not restarted yet
+    after_rotation = PageTokens([new, old])  # new primary, old key kept
+    assert after_rotation.decode(before_rotation.encode("a", "q"), "q") == "a"
+    assert PageTokens([old, new]).decode(after_rotation.encode("b", "q"), "q") == "b"
 
 
 def test_page_size_defaults_caps_and_rejects_negative() -> None:

@@ -41,7 +41,8 @@ class Keyring:
         if primary_key_id not in keys:
             raise KeyringError(f"primary key id {primary_key_id!r} is not in the keyring")
         self._ciphers = {key_id: AESGCM(material) for key_id, material in keys.items()}
-        self._primary_material = keys[primary_key_id]
+        # Primary first: derived keys sign with it and verify with any.
+        self._materials = [keys[primary_key_id], *(m for k, m in keys.items() if k != primary_key_id)]
         self.primary_key_id = primary_key_id
 
     def __repr__(self) -> str:
@@ -72,8 +73,9 @@ class Keyring:
             keys[key_id] = material
         return cls(keys, primary_key_id=entries[0].partition(":")[0])
 
-    def derive(self, label: str) -> bytes:
-        return hmac.new(self._primary_material, b"modelroute/derive/" + label.encode(), hashlib.sha256).digest()
+    def derive(self, label: str) -> list[bytes]:
+        """Purpose-bound secrets, one per key, the primary's first; every replica derives the same."""
+        return [hmac.new(m, b"modelroute/derive/" + label.encode(), hashlib.sha256).digest() for m in self._materials]
 
     def seal(self, plaintext: str, row_binding: bytes) -> SealedKey:
         nonce = secrets.token_bytes(NONCE_BYTES)

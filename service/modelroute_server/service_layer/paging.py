@@ -1,9 +1,10 @@
 """Opaque, tamper-evident page tokens (AIP-158).
 
 A token carries the last id of the page and a digest of the query it belongs
-to, signed with a key derived from the keyring, so every replica accepts the
-tokens of every other and a token edited or reused with another filter is
-rejected.
+to, signed with a key derived from the keyring's primary key and accepted
+under any key of the keyring, so every replica accepts the tokens of every
+other (also mid-rotation, while keyrings differ only in their order) and a
+token edited or reused with another filter is rejected.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ MAX_TOKEN_CHARS = 512
 
 
 class PageTokens:
-    def __init__(self, signing_key: bytes) -> None:
-        self._signing_key = signing_key
+    def __init__(self, signing_keys: list[bytes]) -> None:
+        self._signing_keys = signing_keys
 
     def encode(self, last_id: str, query: str) -> str:
         body = json.dumps({"after": last_id, "query": _digest(query)}, separators=(",", ":")).encode()
-        mac = hmac.new(self._signing_key, body, hashlib.sha256).digest()[:16]
+        mac = hmac.new(self._signing_keys[0], body, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
 
     def decode(self, token: str, query: str) -> str | None:
@@ -41,8 +42,10 @@ class PageTokens:
         except (binascii.Error, ValueError):
             raise _bad_token("is not a token this service issued") from None
         body, mac = raw[:-16], raw[-16:]
-        expected = hmac.new(self._signing_key, body, hashlib.sha256).digest()[:16]
-        if len(raw) <= 16 or not hmac.compare_digest(mac, expected):
+        signed = any(
+            hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:16]) for key in self._signing_keys
+        )
+        if len(raw) <= 16 or not signed:
             raise _bad_token("is not a token this service issued")
         payload = json.loads(body)
         if payload.get("query") != _digest(query):
