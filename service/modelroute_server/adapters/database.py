@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,10 @@ class EmbeddedPostgres:
     _server: Any = None
 
     def start(self) -> str:
-        import pgserver  # imported lazily: only embedded mode needs it
+        with warnings.catch_warnings():
+            # platformdirs warns about an unset XDG_RUNTIME_DIR while pgserver imports; harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver  # imported lazily: only embedded mode needs it
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(  # type: ignore[attr-defined]
