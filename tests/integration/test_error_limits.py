@@ -7,7 +7,7 @@ import threading
 
 import grpc
 
-from modelroute.v1 import model_config_pb2, provider_config_pb2, resolver_pb2
+from modelroute.v1 import model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 
 from ..helpers import call_error, create_model, create_provider, model_request, policy, stubs
 
@@ -103,3 +103,42 @@ def test_model_reads_never_fail_while_providers_are_force_deleted(channel: grpc.
         for reader in readers:
             reader.join()
     assert failures == []
+
+
+def test_auto_attachment_respects_the_cap(channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    for i in range(26):
+        create_provider(s, f"v{i:02d}", "vercel", api_key="", credential_policy=policy(False, True, False))
+    error = call_error(s.models.CreateModelConfig, model_request("m", "vercel", upstream="v0"))
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH")
+    assert error.precondition_violations == [("TOO_MANY_PROVIDER_CONFIGS", "family/vercel", "26 > 25")]
+    assert s.models.ListModelConfigs(model_config_pb2.ListModelConfigsRequest(show_deleted=True)).model_configs == []
+
+
+def test_a_huge_list_is_refused_before_any_database_work(channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    names = tuple(f"p{i}" for i in range(70_000))
+    error = call_error(s.models.CreateModelConfig, model_request("m", providers=names))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ATTACHMENTS_INVALID")
+    assert error.field_violations == [("model_config.provider_configs", "must name at most 25 provider configs")]
+
+
+def test_failed_preconditions_name_their_subject(channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "off", enabled=False, credential_policy=policy(True, True, False), api_key="")
+    create_provider(s, "central")
+    for provider_id, reason in (("off", "PROVIDER_CONFIG_DISABLED"), ("central", "USER_KEYS_NOT_ALLOWED")):
+        error = call_error(
+            s.user_keys.SetUserProviderKey,
+            user_key_pb2.SetUserProviderKeyRequest(
+                user="u", provider_config=f"providerConfigs/{provider_id}", api_key="k"
+            ),
+        )
+        assert (error.reason, error.resource_name) == (reason, f"providerConfigs/{provider_id}")
+        assert [(kind, subject) for kind, subject, _ in error.precondition_violations] == [
+            (reason, f"providerConfigs/{provider_id}")
+        ]
+    error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest())
+    assert [(kind, subject) for kind, subject, _ in error.precondition_violations] == [
+        ("NO_DEFAULT_MODEL", "modelConfigs")
+    ]

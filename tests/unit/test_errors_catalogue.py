@@ -146,9 +146,14 @@ def test_every_reason_becomes_a_status_with_its_error_info(reason: Reason) -> No
     (info,) = unpack(decoded, error_details_pb2.ErrorInfo)
     assert (info.reason, info.domain) == (reason.value, ERROR_DOMAIN)
     assert ERROR_DOMAIN == "modelroute.internal"
-    # Only what applies is attached.
+    # Only what applies is attached; a failed precondition always names what failed.
     assert unpack(decoded, error_details_pb2.BadRequest) == []
-    assert unpack(decoded, error_details_pb2.PreconditionFailure) == []
+    preconditions = unpack(decoded, error_details_pb2.PreconditionFailure)
+    if reason.code is ErrorCode.FAILED_PRECONDITION:
+        (failure,) = preconditions
+        assert [(v.type, v.description) for v in failure.violations] == [(reason.value, f"message for {reason.value}")]
+    else:
+        assert preconditions == []
     assert unpack(decoded, error_details_pb2.ResourceInfo) == []
 
 

@@ -47,6 +47,7 @@ class Reason(enum.Enum):
     PROVIDER_CONFIG_DISABLED = "PROVIDER_CONFIG_DISABLED"
     USER_KEYS_NOT_ALLOWED = "USER_KEYS_NOT_ALLOWED"
     NO_PROVIDER_CONFIG_TO_ATTACH = "NO_PROVIDER_CONFIG_TO_ATTACH"
+    TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH = "TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH"
     MODEL_CONFIG_DISABLED = "MODEL_CONFIG_DISABLED"
     MODEL_CONFIG_DELETED = "MODEL_CONFIG_DELETED"
     MODEL_CONFIG_NOT_DELETED = "MODEL_CONFIG_NOT_DELETED"
@@ -80,6 +81,7 @@ REASON_CODES: Mapping[Reason, ErrorCode] = {
     Reason.PROVIDER_CONFIG_DISABLED: ErrorCode.FAILED_PRECONDITION,
     Reason.USER_KEYS_NOT_ALLOWED: ErrorCode.FAILED_PRECONDITION,
     Reason.NO_PROVIDER_CONFIG_TO_ATTACH: ErrorCode.FAILED_PRECONDITION,
+    Reason.TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH: ErrorCode.FAILED_PRECONDITION,
     Reason.MODEL_CONFIG_DISABLED: ErrorCode.FAILED_PRECONDITION,
     Reason.MODEL_CONFIG_DELETED: ErrorCode.FAILED_PRECONDITION,
     Reason.MODEL_CONFIG_NOT_DELETED: ErrorCode.ALREADY_EXISTS,  # AIP-164: undelete of a live resource
@@ -147,6 +149,11 @@ class DomainError(Exception):
     ) -> None:
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 20] + " ... (shortened)"
+        precondition_violations = tuple(precondition_violations)
+        if REASON_CODES[reason] is ErrorCode.FAILED_PRECONDITION and not precondition_violations:
+            # Every failed precondition names what failed (AIP-193), at the least its resource.
+            subject = resource.resource_name if resource else ""
+            precondition_violations = (PreconditionViolation(reason.value, subject, message),)
         super().__init__(message)
         self.reason = reason
         self.message = message

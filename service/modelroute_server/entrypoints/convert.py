@@ -16,7 +16,7 @@ from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, res
 
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
-from ..domain.models import CallOptions
+from ..domain.models import MAX_ATTACHMENTS, CallOptions
 from ..domain.providers import KeySource, provider_config_name
 from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
 from ..domain.rules import SLUG_PATTERN
@@ -301,6 +301,16 @@ def model_input(
     paths = resolve_mask(mask, populated, MODEL_UPDATABLE_PATHS, {"options": MODEL_OPTION_PATHS})
     if message.family != common_pb2.FAMILY_UNSPECIFIED and family_from_proto(message.family) is None:
         raise _unknown_family("model_config.family", message.family)
+    if len(message.provider_configs) > MAX_ATTACHMENTS:
+        # Checked before anything touches the database: the list's size is the client's mistake.
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"model_config.provider_configs: at most {MAX_ATTACHMENTS} provider configs, "
+            f"got {len(message.provider_configs)}",
+            field_violations=[
+                FieldViolation("model_config.provider_configs", f"must name at most {MAX_ATTACHMENTS} provider configs")
+            ],
+        )
     violations: list[FieldViolation] = []
     provider_ids = []
     for index, name in enumerate(message.provider_configs):

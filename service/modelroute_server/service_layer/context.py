@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from .paging import PageTokens
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ServiceContext:
     engine: sa.Engine
     keyring: Keyring
-    deployment_keys: Mapping[Family, str] = field(default_factory=dict)
+    deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
     # Called with the new revision after every committed write.
     on_commit: list[Callable[[int], None]] = field(default_factory=list)
 
@@ -57,4 +60,20 @@ def translate_database_errors() -> Iterator[None]:
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        if not _lost_connection(exc):
+            raise
+        log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
         raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable") from exc
+
+
+# SQLSTATE classes of a server that is gone or going: connection exceptions, operator intervention.
+_CONNECTION_SQLSTATES = ("08", "57P")
+
+
+def _lost_connection(exc: sa.exc.DBAPIError) -> bool:
+    """A connection-level failure (retryable later), not a statement the server refused."""
+    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    # psycopg reports client-side connection failures (refused, timed out, reset) without a SQLSTATE.
+    return sqlstate is None or sqlstate.startswith(_CONNECTION_SQLSTATES)

@@ -6,10 +6,18 @@ from dataclasses import dataclass, fields, replace
 
 from ..adapters.repositories import UnitOfWork
 from ..domain import rules
-from ..domain.errors import DomainError, FieldViolation, Reason, ResourceRef, ViolationCollector
+from ..domain.errors import (
+    DomainError,
+    FieldViolation,
+    PreconditionViolation,
+    Reason,
+    ResourceRef,
+    ViolationCollector,
+)
 from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import (
     DEFAULT_COMPRESSION_THRESHOLD,
+    MAX_ATTACHMENTS,
     CallOptions,
     ModelConfig,
     auto_attachments,
@@ -47,13 +55,13 @@ class ModelConfigPage:
     next_page_token: str
 
 
+def model_resource(name: str) -> ResourceRef:
+    return ResourceRef("modelroute.internal/ModelConfig", name)
+
+
 def not_found(model_config_id: str) -> DomainError:
     name = model_config_name(model_config_id)
-    return DomainError(
-        Reason.MODEL_CONFIG_NOT_FOUND,
-        f"{name} does not exist",
-        resource=ResourceRef("modelroute.internal/ModelConfig", name),
-    )
+    return DomainError(Reason.MODEL_CONFIG_NOT_FOUND, f"{name} does not exist", resource=model_resource(name))
 
 
 def _view(
@@ -126,6 +134,20 @@ def _auto_attachments_or_fail(uow: UnitOfWork, family: Family) -> tuple[str, ...
             Reason.NO_PROVIDER_CONFIG_TO_ATTACH,
             f"no enabled provider config of family {family.value} exists to attach; "
             f"create one or list {ATTACHMENTS_FIELD} explicitly",
+            precondition_violations=[
+                PreconditionViolation("NO_PROVIDER_CONFIG", f"family/{family.value}", "no enabled provider config")
+            ],
+        )
+    if len(ids) > MAX_ATTACHMENTS:
+        raise DomainError(
+            Reason.TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH,
+            f"{len(ids)} enabled provider configs of family {family.value} exist, more than the "
+            f"{MAX_ATTACHMENTS} a model may hold; list {ATTACHMENTS_FIELD} explicitly",
+            precondition_violations=[
+                PreconditionViolation(
+                    "TOO_MANY_PROVIDER_CONFIGS", f"family/{family.value}", f"{len(ids)} > {MAX_ATTACHMENTS}"
+                )
+            ],
         )
     return ids
 
@@ -168,7 +190,11 @@ def update_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
         if current is None:
             raise not_found(model_config_id)
         if current.deleted:
-            raise DomainError(Reason.MODEL_CONFIG_DELETED, f"{current.name} is deleted; undelete it before changing it")
+            raise DomainError(
+                Reason.MODEL_CONFIG_DELETED,
+                f"{current.name} is deleted; undelete it before changing it",
+                resource=model_resource(current.name),
+            )
         check_etag(request.etag, current.revision, current.name)
         updated = _apply(current, request)
         validate_model_fields(updated, PREFIX)
@@ -262,6 +288,7 @@ def _disabled_default(model: ModelConfig) -> DomainError:
     return DomainError(
         Reason.DISABLED_MODEL_CANNOT_BE_DEFAULT,
         f"{model.name} is disabled and cannot be the default model; enable it first",
+        resource=model_resource(model.name),
     )
 
 
@@ -284,7 +311,9 @@ def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) 
         if current is None:
             raise not_found(model_config_id)
         if current.live:
-            raise DomainError(Reason.MODEL_CONFIG_NOT_DELETED, f"{current.name} is not deleted")
+            raise DomainError(
+                Reason.MODEL_CONFIG_NOT_DELETED, f"{current.name} is not deleted", resource=model_resource(current.name)
+            )
         check_etag(etag, current.revision, current.name)
         attachments = current.attachments
         if not attachments:

@@ -56,13 +56,13 @@ class ProviderDeletion:
     revision: int
 
 
+def provider_resource(name: str) -> ResourceRef:
+    return ResourceRef("modelroute.internal/ProviderConfig", name)
+
+
 def not_found(provider_config_id: str) -> DomainError:
     name = provider_config_name(provider_config_id)
-    return DomainError(
-        Reason.PROVIDER_CONFIG_NOT_FOUND,
-        f"{name} does not exist",
-        resource=ResourceRef("modelroute.internal/ProviderConfig", name),
-    )
+    return DomainError(Reason.PROVIDER_CONFIG_NOT_FOUND, f"{name} does not exist", resource=provider_resource(name))
 
 
 def check_etag(given: str, current_revision: int, name: str) -> None:
@@ -71,6 +71,12 @@ def check_etag(given: str, current_revision: int, name: str) -> None:
             Reason.ETAG_MISMATCH,
             f"{name} was changed since it was read (etag {quoted(given)} is stale); read it again and retry",
             metadata={"current_etag": etag_of(current_revision)},
+            resource=ResourceRef(
+                "modelroute.internal/ProviderConfig"
+                if name.startswith("providerConfigs/")
+                else "modelroute.internal/ModelConfig",
+                name,
+            ),
         )
 
 

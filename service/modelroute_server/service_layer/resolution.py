@@ -99,6 +99,11 @@ class SnapshotStore:
                 Reason.REVISION_NOT_REACHED,
                 f"the configuration is at revision {snapshot.revision}; revision {min_revision} does not exist yet",
                 metadata={"config_revision": str(snapshot.revision)},
+                precondition_violations=[
+                    PreconditionViolation(
+                        "REVISION_NOT_REACHED", "config_revision", f"at {snapshot.revision}, asked for {min_revision}"
+                    )
+                ],
             )
         return snapshot
 
@@ -158,7 +163,9 @@ def _find_model(snapshot: ConfigSnapshot, model_config_id: str | None) -> ModelC
     if model_config_id is None:
         if snapshot.default_model_id is None:
             raise DomainError(
-                Reason.NO_DEFAULT_MODEL, "no model was named and there is no default model (no enabled live model)"
+                Reason.NO_DEFAULT_MODEL,
+                "no model was named and there is no default model (no enabled live model)",
+                precondition_violations=[PreconditionViolation("NO_DEFAULT_MODEL", "modelConfigs", "no default model")],
             )
         model_config_id = snapshot.default_model_id
     model = snapshot.models.get(model_config_id)
@@ -194,7 +201,11 @@ def resolve_model(ctx: ServiceContext, snapshot: ConfigSnapshot, model_config_id
     model = _find_model(snapshot, model_config_id)
     resolution = resolution_for(ctx, snapshot, model, user)
     if not model.enabled:
-        raise DomainError(Reason.MODEL_CONFIG_DISABLED, f"{model.name} is disabled")
+        raise DomainError(
+            Reason.MODEL_CONFIG_DISABLED,
+            f"{model.name} is disabled",
+            resource=ResourceRef("modelroute.internal/ModelConfig", model.name),
+        )
     if resolution.selected is None:
         raise DomainError(
             Reason.NO_USABLE_ATTACHMENT,

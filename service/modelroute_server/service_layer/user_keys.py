@@ -11,7 +11,7 @@ from ..domain.families import Family
 from ..domain.providers import ProviderConfig
 from ..domain.resolver import provider_outcome
 from .context import ServiceContext
-from .provider_configs import not_found
+from .provider_configs import not_found, provider_resource
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,16 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
         if provider is None:
             raise not_found(provider_config_id)
         if not provider.enabled:
-            raise DomainError(Reason.PROVIDER_CONFIG_DISABLED, f"{provider.name} is disabled; it takes no user keys")
+            raise DomainError(
+                Reason.PROVIDER_CONFIG_DISABLED,
+                f"{provider.name} is disabled; it takes no user keys",
+                resource=provider_resource(provider.name),
+            )
         if not provider.policy.allow_user_api_key:
             raise DomainError(
-                Reason.USER_KEYS_NOT_ALLOWED, f"{provider.name} does not allow user keys (its credential policy)"
+                Reason.USER_KEYS_NOT_ALLOWED,
+                f"{provider.name} does not allow user keys (its credential policy)",
+                resource=provider_resource(provider.name),
             )
         uow.user_keys.put(user, provider_config_id, api_key)
     return _user_view(provider, True, ctx.deployment_keys)
