@@ -75,6 +75,12 @@ def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> Non
         assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
         wait_for(lambda: not serving())
         assert s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")) == before
+        # Even when this replica knows of a write its snapshot lacks, it keeps answering (quickly).
+        app.snapshots.committed(before.config_revision + 1)
+        started = time.monotonic()
+        for _ in range(20):
+            assert s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")) == before
+        assert time.monotonic() - started < 5
 
         own_postgres.start()
         wait_for(serving)

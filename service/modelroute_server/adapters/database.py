@@ -39,7 +39,15 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
         "pool_size": 5,
         "max_overflow": 10,
         "hide_parameters": True,
-        "connect_args": {"connect_timeout": 5},
+        # Keepalives notice a vanished server; statement_timeout bounds any one query.
+        "connect_args": {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "options": "-c statement_timeout=60000",
+        },
     }
     options.update(kwargs)
     return sa.create_engine(sqlalchemy_url(url), **options)

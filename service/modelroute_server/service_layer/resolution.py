@@ -50,10 +50,13 @@ class SnapshotStore:
     """
 
     RETRY_SECONDS = 1.0
+    # How long a call waits for a load in progress before answering from the last snapshot.
+    LOCK_WAIT_SECONDS = 1.0
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._lock = threading.Lock()  # one load at a time
+        self._signals = threading.Lock()  # guards the revision counters' read-modify-write
         self._snapshot: ConfigSnapshot | None = None
         self._committed_revision = 0
         self._announced_revision = 0
@@ -65,14 +68,16 @@ class SnapshotStore:
     # -- signals
 
     def committed(self, revision: int) -> None:
-        self._committed_revision = max(self._committed_revision, revision)
+        with self._signals:
+            self._committed_revision = max(self._committed_revision, revision)
 
     def announced(self, revision: int | None) -> None:
         """A change by any replica; None when its revision is unknown (start-up, reconnect)."""
-        if revision is None:
-            self._unknown_change = True
-        else:
-            self._announced_revision = max(self._announced_revision, revision)
+        with self._signals:
+            if revision is None:
+                self._unknown_change = True
+            else:
+                self._announced_revision = max(self._announced_revision, revision)
 
     def invalidate(self) -> None:
         self._force_reload = True
@@ -82,18 +87,29 @@ class SnapshotStore:
     def fresh(self, min_revision: int = 0) -> ConfigSnapshot | None:
         """The snapshot when it may answer now, else None (the caller then calls `current`)."""
         snapshot = self._snapshot
-        if snapshot is None or self._force_reload or snapshot.revision < max(min_revision, self._committed_revision):
+        if snapshot is None or snapshot.revision < min_revision:
+            return None
+        behind_own_writes = self._force_reload or snapshot.revision < self._committed_revision
+        if behind_own_writes and not self._database_away():
             return None
         if self._unknown_change or snapshot.revision < self._announced_revision:
             self._refresh_in_background()
         return snapshot
 
     def current(self, min_revision: int = 0) -> ConfigSnapshot:
-        """A snapshot at `min_revision` or later, loading one if needed (blocking)."""
+        """A snapshot at `min_revision` or later, loading one if needed (blocking, briefly)."""
         snapshot = self.fresh(min_revision)
         if snapshot is None:
-            with self._lock:
+            if not self._lock.acquire(timeout=self.LOCK_WAIT_SECONDS):
+                # A load is stuck on a slow or lost database: answer from what there is.
+                last = self._snapshot
+                if last is not None and last.revision >= min_revision:
+                    return last
+                raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is not answering")
+            try:
                 snapshot = self.fresh(min_revision) or self._reload(min_revision)
+            finally:
+                self._lock.release()
         if snapshot.revision < min_revision:
             raise DomainError(
                 Reason.REVISION_NOT_REACHED,
@@ -109,11 +125,12 @@ class SnapshotStore:
 
     # -- loading
 
+    def _database_away(self) -> bool:
+        return time.monotonic() < self._retry_after
+
     def _reload(self, min_revision: int = 0) -> ConfigSnapshot:
         """Load if anything changed; with the database away, the last snapshot. Holds `_lock`."""
         last = self._snapshot
-        if last is not None and time.monotonic() < self._retry_after and last.revision >= min_revision:
-            return last
         force, unknown = self._force_reload, self._unknown_change
         # Cleared first: a signal that arrives during the load is kept for the next one.
         self._force_reload = self._unknown_change = False
@@ -127,6 +144,7 @@ class SnapshotStore:
             if last is None or last.revision < min_revision:
                 raise
             return last
+        self._retry_after = 0.0
         self._snapshot = snapshot
         return snapshot
 
@@ -143,7 +161,7 @@ class SnapshotStore:
         return ConfigSnapshot(revision, providers, models, default, user_keys)
 
     def _refresh_in_background(self) -> None:
-        if self._refreshing or time.monotonic() < self._retry_after:
+        if self._refreshing or self._database_away():
             return
         self._refreshing = True
 
