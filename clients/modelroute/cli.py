@@ -159,7 +159,7 @@ def run(options: argparse.Namespace, client: ModelrouteClient) -> None:
     elif group == "explain":
         _print(client.explain(options.model, options.user))
     elif group == "available":
-        _print(client.available_models(options.user))
+        _print_all(client.available_models(options.user))
     elif group == "user-keys":
         _print_all(client.user_provider_configs(options.user))
 

@@ -136,9 +136,15 @@ class ModelrouteClient:
         request = resolver_pb2.ResolveModelRequest(model=model, user=user, min_revision=min_revision)
         return _call(self.resolver.ResolveModel, request, self.timeout)
 
-    def available_models(self, user: str = "") -> resolver_pb2.ListAvailableModelsResponse:
-        request = resolver_pb2.ListAvailableModelsRequest(user=user)
-        return _call(self.resolver.ListAvailableModels, request, self.timeout)
+    def available_models(self, user: str = "", page_size: int = 0) -> Iterator[resolver_pb2.AvailableModel]:
+        token = ""
+        while True:
+            request = resolver_pb2.ListAvailableModelsRequest(user=user, page_size=page_size, page_token=token)
+            page = _call(self.resolver.ListAvailableModels, request, self.timeout)
+            yield from page.models
+            token = page.next_page_token
+            if not token:
+                return
 
     def explain(
         self,

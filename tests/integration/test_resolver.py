@@ -910,3 +910,23 @@ def test_base_url_is_passed_through_for_every_family(channel: grpc.Channel, fami
         "https://gateway.example:8443/v1/",
         "some.model-v1:0",
     )
+
+
+def test_list_available_models_pages_to_the_end(app: Application, channel: grpc.Channel) -> None:
+    from modelroute import ModelrouteClient
+
+    s = stubs(channel)
+    create_provider(s, "p")
+    for i in range(5):
+        create_model(s, f"m{i}", providers=("p",))
+    client = ModelrouteClient(channel)
+    assert [m.model_config for m in client.available_models("u", page_size=2)] == [
+        f"modelConfigs/m{i}" for i in range(5)
+    ]
+    first = s.resolver.ListAvailableModels(resolver_pb2.ListAvailableModelsRequest(user="u", page_size=2))
+    assert first.next_page_token
+    error = call_error(
+        s.resolver.ListAvailableModels,
+        resolver_pb2.ListAvailableModelsRequest(user="someone-else", page_size=2, page_token=first.next_page_token),
+    )
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")

@@ -298,7 +298,7 @@ class ListModelConfigsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most 1000; 0 means 50."""
+    """At most 200; 0 means 50."""
     page_token: _builtins.str
     filter: _builtins.str
     """Conjunction of `family = openai`, `enabled = true|false` and

@@ -144,7 +144,7 @@ class ListProviderConfigsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most 1000; 0 means 50."""
+    """At most 200; 0 means 50."""
     page_token: _builtins.str
     filter: _builtins.str
     """Conjunction of `family = openai` and `enabled = true|false` terms joined

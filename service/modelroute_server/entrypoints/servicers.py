@@ -275,9 +275,13 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
     ) -> resolver_pb2.ListAvailableModelsResponse:
         self._check_user(request.user)
         snapshot = await self._snapshot()
-        outcomes = resolution.list_available_models(self._ctx, snapshot, request.user)
+        page = resolution.list_available_models(
+            self._ctx, snapshot, request.user, request.page_size, request.page_token
+        )
         return resolver_pb2.ListAvailableModelsResponse(
-            models=[convert.available_model(o) for o in outcomes], config_revision=snapshot.revision
+            models=[convert.available_model(o) for o in page.resolutions],
+            config_revision=snapshot.revision,
+            next_page_token=page.next_page_token,
         )
 
     @rpc

@@ -18,7 +18,8 @@ import json
 from ..domain.errors import DomainError, Reason, invalid_field
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
+# A page of the largest models (25 attachments each) stays well under gRPC's 4 MiB message limit.
+MAX_PAGE_SIZE = 200
 MAX_TOKEN_CHARS = 512
 
 

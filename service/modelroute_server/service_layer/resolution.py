@@ -20,6 +20,7 @@ from ..domain.models import ModelConfig, model_config_name
 from ..domain.providers import ProviderConfig, StoredKey, provider_config_name
 from ..domain.resolver import AttachmentOutcome, Resolution, WhatIf, resolve
 from .context import ServiceContext
+from .paging import page_size
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,23 @@ def _violation_text(outcome: AttachmentOutcome) -> str:
     return f"position {outcome.position}; fixable by {fixable_by}"
 
 
-def list_available_models(ctx: ServiceContext, snapshot: ConfigSnapshot, user: str) -> list[Resolution]:
-    models = sorted((m for m in snapshot.models.values() if m.enabled), key=lambda m: m.id)
-    return [resolution_for(ctx, snapshot, m, user) for m in models]
+@dataclass(frozen=True)
+class AvailableModelsPage:
+    resolutions: list[Resolution]
+    next_page_token: str
+
+
+def list_available_models(
+    ctx: ServiceContext, snapshot: ConfigSnapshot, user: str, requested_page_size: int = 0, page_token: str = ""
+) -> AvailableModelsPage:
+    size = page_size(requested_page_size)
+    query = f"availableModels?user={user}"
+    after = ctx.page_tokens.decode(page_token, query)
+    models = sorted(
+        (m for m in snapshot.models.values() if m.enabled and (after is None or m.id > after)), key=lambda m: m.id
+    )
+    next_token = ctx.page_tokens.encode(models[size - 1].id, query) if len(models) > size else ""
+    return AvailableModelsPage([resolution_for(ctx, snapshot, m, user) for m in models[:size]], next_token)
 
 
 def explain_resolution(
