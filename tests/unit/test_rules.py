@@ -141,7 +141,7 @@ def test_slug_problem(value: str, problem: str | None) -> None:
     [
         ("https://api.openai.com/v1", None),
         ("http://localhost:8080", None),
-        ("http://10.0.0.1/v1?x=1#frag", None),
+        ("http://10.0.0.1/v1?x=1", None),
         ("https://[::1]:8443/v1", None),
         ("ftp://files.example.com", "must be an absolute URL with scheme http or https"),
         ("file:///etc/passwd", "must be an absolute URL with scheme http or https"),
@@ -165,6 +165,20 @@ def test_slug_problem(value: str, problem: str | None) -> None:
             "must not contain user info (user:password@); put the credential in api_key",
         ),
         ("https://example.com:99999", "is not a valid URL (malformed host or port)"),
+        ("https://x.openai.azure.com/openai?api-version=2024-06-01", None),
+        ("https://example.com/v1#frag", "must not have a fragment (#...)"),
+        (
+            "https://example.com/v1?api_key=sk-x",
+            "must not carry a credential in its query (key, token, secret, password, signature...); use api_key",
+        ),
+        (
+            "https://example.com/v1?Token=abc",
+            "must not carry a credential in its query (key, token, secret, password, signature...); use api_key",
+        ),
+        (
+            "https://example.com/v1?sig=abc&x=1",
+            "must not carry a credential in its query (key, token, secret, password, signature...); use api_key",
+        ),
         ("https://example.com:tok3n", "is not a valid URL (malformed host or port)"),
     ],
 )

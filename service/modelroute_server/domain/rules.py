@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .families import Family
 
 MAX_KEY_BYTES = 10_240
+# Query parameters that carry credentials: those belong in api_key, never in a URL every read returns.
+_CREDENTIAL_QUERY_KEY = re.compile(r"key|token|secret|passw|signature|\bsig\b|auth|credential", re.IGNORECASE)
 SLUG_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 SLUG_RULE = "must be a lower-case slug: a letter, then letters, digits or '-', at most 63 characters, not ending in '-'"
 MAX_TEXT = 256
@@ -59,6 +61,10 @@ def base_url_problem(value: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         # A credential here would be stored in clear and shown by every read: keys go in api_key.
         return "must not contain user info (user:password@); put the credential in api_key"
+    if parts.fragment:
+        return "must not have a fragment (#...)"
+    if any(_CREDENTIAL_QUERY_KEY.search(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        return "must not carry a credential in its query (key, token, secret, password, signature...); use api_key"
     if any(c.isspace() for c in value):
         return "must not contain white space"
     return None
