@@ -56,14 +56,24 @@ def deployment_keys_from_env(environ: Mapping[str, str]) -> dict[Family, str]:
     return keys
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+URL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
+    url = env.get("MODELROUTE_DATABASE_URL") or None
+    if url is not None and not url.startswith(URL_SCHEMES):
+        raise SettingsError("MODELROUTE_DATABASE_URL must be a PostgreSQL URL (postgresql://user@host:port/dbname)")
+    level = env.get("MODELROUTE_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"MODELROUTE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     return Settings(
         listen=env.get("MODELROUTE_LISTEN", DEFAULT_LISTEN),
-        database_url=env.get("MODELROUTE_DATABASE_URL") or None,
+        database_url=url,
         data_dir=Path(env.get("MODELROUTE_DATA_DIR", DEFAULT_DATA_DIR)),
         keyring=env.get("MODELROUTE_KEYRING") or None,
         deployment_keys=deployment_keys_from_env(env),
         migrate=env.get("MODELROUTE_MIGRATE", "").lower() in ("1", "true", "yes"),
-        log_level=env.get("MODELROUTE_LOG_LEVEL", "INFO").upper(),
+        log_level=level,
     )

@@ -322,3 +322,39 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()
     # The logs are structured and never carry the key.
     assert "sk-embedded" not in stderr
+
+    # Restarting without the keyring file would make every stored key unreadable: refused.
+    keyring_file.rename(tmp_path / "keyring.saved")
+    done = subprocess.run(
+        [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "keyring is missing" in done.stderr.decode() and "MODELROUTE_KEYRING" in done.stderr.decode()
+    assert not keyring_file.exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MODELROUTE_DATABASE_URL", "mysql://x", "MODELROUTE_DATABASE_URL must be a PostgreSQL URL"),
+        ("MODELROUTE_LOG_LEVEL", "verbose", "MODELROUTE_LOG_LEVEL must be one of"),
+        ("MODELROUTE_DEPLOYMENT_KEY_MISTRAL", "k", "names no family"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(tmp_path: Path, variable: str, value: str, says: str) -> None:
+    done = subprocess.run(
+        [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=clean_env(**{variable: value}),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert says in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..adapters import database
 from ..adapters.crypto import KeyringError, generate_keyring_spec
 from ..adapters.key_rotation import rotate_keys
-from ..settings import Settings, SettingsError, settings_from_env
+from ..settings import URL_SCHEMES, Settings, SettingsError, settings_from_env
 from .logs import configure_logging
 from .server import load_keyring, serve
 
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 def _apply_flags(settings: Settings, options: argparse.Namespace) -> Settings:
     changes: dict[str, object] = {}
     if getattr(options, "database_url", None):
+        if not options.database_url.startswith(URL_SCHEMES):
+            raise SettingsError("--database-url must be a PostgreSQL URL (postgresql://user@host:port/dbname)")
         changes["database_url"] = options.database_url
     if getattr(options, "data_dir", None):
         changes["data_dir"] = options.data_dir

@@ -67,7 +67,14 @@ def load_keyring(settings: Settings) -> Keyring:
     if settings.keyring:
         return Keyring.parse(settings.keyring)
     if settings.embedded:
-        return Keyring.parse(load_or_create_keyring_file(settings.data_dir / "keyring"))
+        keyring_file = settings.data_dir / "keyring"
+        if not keyring_file.exists() and (settings.data_dir / "pgdata" / "PG_VERSION").exists():
+            # A new keyring would make every stored key undecryptable: refuse instead.
+            raise SettingsError(
+                f"{keyring_file} is missing but {settings.data_dir / 'pgdata'} holds data encrypted under it; "
+                f"restore the file or set {KEYRING_ENV}"
+            )
+        return Keyring.parse(load_or_create_keyring_file(keyring_file))
     raise SettingsError(
         f"no encryption key: set {KEYRING_ENV} to {KEYRING_FORMAT}, for example "
         f"{KEYRING_ENV}=k1:$(python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')"
