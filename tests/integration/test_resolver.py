@@ -930,3 +930,49 @@ def test_list_available_models_pages_to_the_end(app: Application, channel: grpc.
         resolver_pb2.ListAvailableModelsRequest(user="someone-else", page_size=2, page_token=first.next_page_token),
     )
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
+
+
+def test_duplicate_what_if_overrides_are_rejected(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "p")
+    create_model(s, "m", providers=("p",))
+    error = call_error(
+        s.resolver.ExplainResolution,
+        resolver_pb2.ExplainResolutionRequest(
+            model="m",
+            provider_enabled_overrides=[
+                resolver_pb2.ProviderEnabledOverride(provider_config="providerConfigs/p", enabled=True),
+                resolver_pb2.ProviderEnabledOverride(provider_config="providerConfigs/p", enabled=False),
+            ],
+        ),
+    )
+    assert (error.code, error.fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["provider_enabled_overrides[1].provider_config"],
+    )
+
+
+def test_an_update_that_changes_nothing_takes_no_revision(app: Application, channel: grpc.Channel) -> None:
+    from modelroute.v1 import model_config_pb2, provider_config_pb2
+
+    s = stubs(channel)
+    provider = create_provider(s, "p")
+    model = create_model(s, "m", providers=("p",))
+    before = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")).config_revision
+    same_provider = s.providers.UpdateProviderConfig(
+        provider_config_pb2.UpdateProviderConfigRequest(
+            provider_config=provider_config_pb2.ProviderConfig(name=provider.name, etag=provider.etag)
+        )
+    )
+    same_model = s.models.UpdateModelConfig(
+        model_config_pb2.UpdateModelConfigRequest(model_config=model_config_pb2.ModelConfig(name=model.name))
+    )
+    assert (same_provider, same_model) == (provider, model)
+    assert s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")).config_revision == before
+    stale = call_error(
+        s.providers.UpdateProviderConfig,
+        provider_config_pb2.UpdateProviderConfigRequest(
+            provider_config=provider_config_pb2.ProviderConfig(name=provider.name, etag='"999999"')
+        ),
+    )
+    assert stale.code is grpc.StatusCode.ABORTED

@@ -242,6 +242,20 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
         )
 
 
+def _reject_duplicate_overrides(request: resolver_pb2.ExplainResolutionRequest) -> None:
+    for field_name, names in (
+        ("user_key_overrides", [o.provider_config for o in request.user_key_overrides]),
+        ("provider_enabled_overrides", [o.provider_config for o in request.provider_enabled_overrides]),
+    ):
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            if name in seen:
+                raise invalid_field(
+                    f"{field_name}[{index}].provider_config", "names a provider config an earlier override names"
+                )
+            seen.add(name)
+
+
 class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
     def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore) -> None:
         self._ctx = ctx
@@ -290,6 +304,7 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
     ) -> resolver_pb2.ExplainResolutionResponse:
         model_id = convert.model_ref(request.model, "model")
         self._check_user(request.user)
+        _reject_duplicate_overrides(request)
         what_if = WhatIf(
             user_has_key={
                 convert.provider_id_from_name(

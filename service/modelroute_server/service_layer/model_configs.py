@@ -185,6 +185,11 @@ def list_model_configs(
 
 def update_model_config(ctx: ServiceContext, model_config_id: str, request: ModelConfigInput) -> ModelConfigView:
     paths = request.paths
+    if not paths:
+        # Nothing to change: answer like a read (still honouring the etag); no revision is taken.
+        view = get_model_config(ctx, model_config_id)
+        check_etag(request.etag, view.model.revision, view.model.name)
+        return view
     with ctx.write() as (uow, revision):
         current = uow.models.get(model_config_id)
         if current is None:

@@ -162,6 +162,11 @@ def update_provider_config(
     ctx: ServiceContext, provider_config_id: str, request: ProviderConfigInput
 ) -> ProviderConfigView:
     paths = request.paths
+    if not paths:
+        # Nothing to change: answer like a read (still honouring the etag); no revision is taken.
+        view = get_provider_config(ctx, provider_config_id)
+        check_etag(request.etag, view.config.revision, view.config.name)
+        return view
     if "api_key" in paths and request.api_key:
         _check_new_key(request.api_key)
     with ctx.write() as (uow, revision):
