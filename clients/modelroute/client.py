@@ -100,6 +100,19 @@ def _mutate_model(method: Any, request: Any, timeout: float | None) -> ModelMuta
     return ModelMutation(response)
 
 
+def _paged(
+    method: Callable[..., Any], request_for: Callable[[str], Any], items_of: Callable[[Any], Any], timeout: float | None
+) -> Iterator[Any]:
+    """Every item of a paginated List, following next_page_token to the end."""
+    token = ""
+    while True:
+        page = _call(method, request_for(token), timeout)
+        yield from items_of(page)
+        token = page.next_page_token
+        if not token:
+            return
+
+
 def provider_config_name(provider_config_id: str) -> str:
     return provider_config_id if "/" in provider_config_id else f"providerConfigs/{provider_config_id}"
 
@@ -137,14 +150,12 @@ class ModelrouteClient:
         return _call(self.resolver.ResolveModel, request, self.timeout)
 
     def available_models(self, user: str = "", page_size: int = 0) -> Iterator[resolver_pb2.AvailableModel]:
-        token = ""
-        while True:
-            request = resolver_pb2.ListAvailableModelsRequest(user=user, page_size=page_size, page_token=token)
-            page = _call(self.resolver.ListAvailableModels, request, self.timeout)
-            yield from page.models
-            token = page.next_page_token
-            if not token:
-                return
+        return _paged(
+            self.resolver.ListAvailableModels,
+            lambda token: resolver_pb2.ListAvailableModelsRequest(user=user, page_size=page_size, page_token=token),
+            lambda page: page.models,
+            self.timeout,
+        )
 
     def explain(
         self,
@@ -184,16 +195,14 @@ class ModelrouteClient:
     def list_provider_configs(
         self, filter: str = "", page_size: int = 0
     ) -> Iterator[provider_config_pb2.ProviderConfig]:
-        token = ""
-        while True:
-            request = provider_config_pb2.ListProviderConfigsRequest(
+        return _paged(
+            self.providers.ListProviderConfigs,
+            lambda token: provider_config_pb2.ListProviderConfigsRequest(
                 filter=filter, page_size=page_size, page_token=token
-            )
-            page = _call(self.providers.ListProviderConfigs, request, self.timeout)
-            yield from page.provider_configs
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            lambda page: page.provider_configs,
+            self.timeout,
+        )
 
     def update_provider_config(
         self, provider_config: provider_config_pb2.ProviderConfig, paths: Sequence[str] = ()
@@ -225,16 +234,14 @@ class ModelrouteClient:
     def list_model_configs(
         self, filter: str = "", show_deleted: bool = False, page_size: int = 0
     ) -> Iterator[model_config_pb2.ModelConfig]:
-        token = ""
-        while True:
-            request = model_config_pb2.ListModelConfigsRequest(
+        return _paged(
+            self.models.ListModelConfigs,
+            lambda token: model_config_pb2.ListModelConfigsRequest(
                 filter=filter, show_deleted=show_deleted, page_size=page_size, page_token=token
-            )
-            page = _call(self.models.ListModelConfigs, request, self.timeout)
-            yield from page.model_configs
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            lambda page: page.model_configs,
+            self.timeout,
+        )
 
     def update_model_config(
         self, model_config: model_config_pb2.ModelConfig, paths: Sequence[str] = ()
