@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from modelroute.v1 import common_pb2, model_config_pb2, resolver_pb2
+from modelroute.v1 import common_pb2, model_config_pb2, resolver_pb2, user_key_pb2
 from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.adapters.notifications import ChangeListener
 from modelroute_server.entrypoints.server import Application
 
 from ..conftest import RunningServer, build_app
-from ..helpers import call_error, create_model, create_provider, stubs
+from ..helpers import call_error, create_model, create_provider, policy, stubs
 
 
 @pytest.fixture
@@ -76,3 +76,28 @@ def test_a_revision_that_does_not_exist_yet_is_a_precondition_error(channel: grp
     error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", min_revision=10**12))
     assert error.code is grpc.StatusCode.FAILED_PRECONDITION
     assert error.reason == "REVISION_NOT_REACHED"
+
+
+def test_a_user_key_set_on_one_replica_serves_on_the_other(
+    channel: grpc.Channel, second_replica: RunningServer
+) -> None:
+    writer, reader = stubs(channel), stubs(second_replica.channel)
+    create_provider(writer, "a", credential_policy=policy(True, True, True), api_key="sk-central")
+    create_model(writer, "m")
+    assert reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u")).selected.key_source == (
+        common_pb2.KEY_SOURCE_STORED
+    )
+    writer.user_keys.SetUserProviderKey(
+        user_key_pb2.SetUserProviderKeyRequest(user="u", provider_config="providerConfigs/a", api_key="uk-u")
+    )
+    deadline = time.monotonic() + 5
+    while True:
+        answer = reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u"))
+        if answer.selected.key_source == common_pb2.KEY_SOURCE_USER:
+            break
+        assert time.monotonic() < deadline, "the other replica never served the new user key"
+        time.sleep(0.02)
+    assert answer.selected.api_key == "uk-u"
+    assert reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="v")).selected.key_source == (
+        common_pb2.KEY_SOURCE_STORED
+    )

@@ -113,3 +113,48 @@ def test_another_replicas_write_is_loaded_in_the_background(app: Application, ch
         time.sleep(0.01)
     answer = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m"))
     assert [kind for kind, _, _ in answer.precondition_violations] == ["PROVIDER_DISABLED"]
+
+
+def test_a_user_key_change_patches_the_snapshot_from_one_row(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a", credential_policy=policy(True, True, True), api_key="sk-central")
+    create_model(s, "m")
+    before = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u1"))
+    assert before.selected.key_source == common_pb2.KEY_SOURCE_STORED
+    statements, record = _recorded_statements(app)
+    try:
+        for key in ("uk-1", "uk-2"):
+            s.user_keys.SetUserProviderKey(
+                user_key_pb2.SetUserProviderKeyRequest(user="u1", provider_config="providerConfigs/a", api_key=key)
+            )
+            after = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u1"))
+            assert (after.selected.key_source, after.selected.api_key == key) == (common_pb2.KEY_SOURCE_USER, True)
+        s.user_keys.DeleteUserProviderKey(
+            user_key_pb2.DeleteUserProviderKeyRequest(user="u1", provider_config="providerConfigs/a")
+        )
+        gone = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u1"))
+        assert gone.selected.key_source == common_pb2.KEY_SOURCE_STORED
+    finally:
+        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
+    snapshot_reads = [st for st in statements if "FROM provider_configs" in st or "FROM model_configs" in st]
+    # The writes themselves read their provider config; no snapshot load re-read the whole configuration.
+    assert not any("FROM model_configs" in st for st in snapshot_reads)
+    assert not any("FROM user_provider_keys" in st and "WHERE" not in st for st in statements)
+
+
+def test_a_config_change_between_user_key_changes_means_a_full_reload(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a", credential_policy=policy(True, True, True), api_key="sk-central")
+    create_model(s, "m")
+    s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u1"))
+    s.user_keys.SetUserProviderKey(
+        user_key_pb2.SetUserProviderKeyRequest(user="u1", provider_config="providerConfigs/a", api_key="uk-1")
+    )
+    s.providers.UpdateProviderConfig(
+        provider_config_pb2.UpdateProviderConfigRequest(
+            provider_config=provider_config_pb2.ProviderConfig(name="providerConfigs/a", enabled=False),
+            update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+        )
+    )
+    error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", user="u1"))
+    assert [kind for kind, _, _ in error.precondition_violations] == ["PROVIDER_DISABLED"]

@@ -9,19 +9,22 @@ from collections.abc import Callable
 import psycopg
 
 from .database import libpq_url
-from .repositories import CHANGE_CHANNEL
+from .repositories import CHANGE_CHANNEL, UserKeyChange, parse_change_payload
 
 log = logging.getLogger(__name__)
 
 
 class ChangeListener:
-    """A daemon thread that reports every NOTIFY's revision to `on_change`, and None after every (re)connect.
+    """A daemon thread that reports every NOTIFY (revision, change) to `on_change`, and (None, None) after
+    every (re)connect.
 
     It LISTENs before anyone reloads, and after a reconnect it reports a change
     unconditionally: notifications sent while it was away are lost.
     """
 
-    def __init__(self, conninfo: str, on_change: Callable[[int | None], None], retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self, conninfo: str, on_change: Callable[[int | None, UserKeyChange | None], None], retry_seconds: float = 1.0
+    ) -> None:
         self._conninfo = libpq_url(conninfo)
         self._on_change = on_change
         self._retry_seconds = retry_seconds
@@ -42,11 +45,11 @@ class ChangeListener:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as connection:
                     connection.execute(f"LISTEN {CHANGE_CHANNEL}")
                     self.connected.set()
-                    self._on_change(None)
+                    self._on_change(None, None)
                     while not self._stop.is_set():
                         # Drain promptly; the timeout lets the loop notice a stop request.
                         for notify in connection.notifies(timeout=0.5):
-                            self._on_change(_revision(notify.payload))
+                            self._on_change(*parse_change_payload(notify.payload))
             except psycopg.Error as exc:
                 if self.connected.is_set():
                     log.warning("change listener lost the database: %s", type(exc).__name__)
@@ -54,11 +57,3 @@ class ChangeListener:
                 # until the database is back (the reconnect reports one).
                 self.connected.clear()
                 self._stop.wait(self._retry_seconds)
-
-
-def _revision(payload: str) -> int | None:
-    """The revision a writer announced; None (reload to be sure) for anything else."""
-    try:
-        return int(payload)
-    except ValueError:
-        return None

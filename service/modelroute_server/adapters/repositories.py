@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,35 @@ from .crypto import Keyring, SealedKey, provider_key_binding, user_key_binding
 from .schema import config_revision, model_attachments, model_configs, provider_configs, user_provider_keys
 
 CHANGE_CHANNEL = "modelroute_config_changed"
+
+
+@dataclass(frozen=True)
+class UserKeyChange:
+    """A write that changed exactly one user key: replicas may patch their snapshot instead of reloading."""
+
+    user: str
+    provider_config_id: str
+
+
+def change_payload(revision: int, change: UserKeyChange | None) -> str:
+    # User ids hold no white space and provider ids are slugs, so spaces separate the parts.
+    if change is None:
+        return str(revision)
+    return f"{revision} user-key {change.provider_config_id} {change.user}"
+
+
+def parse_change_payload(payload: str) -> tuple[int | None, UserKeyChange | None]:
+    """(revision, change); (None, None) for anything unexpected (the reader then reloads in full)."""
+    parts = payload.split(" ")
+    try:
+        revision = int(parts[0])
+    except ValueError:
+        return None, None
+    if len(parts) == 4 and parts[1] == "user-key":
+        return revision, UserKeyChange(user=parts[3], provider_config_id=parts[2])
+    return revision, None
+
+
 OPTION_COLUMNS = tuple(f.name for f in fields(CallOptions))
 
 
@@ -351,6 +380,21 @@ class UserKeyRepository:
             for row in rows
         }
 
+    def sealed(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], SealedKey]:
+        """The named (user, provider config) keys that exist, still sealed."""
+        wanted = list(pairs)
+        if not wanted:
+            return {}
+        rows = self._connection.execute(
+            sa.select(user_provider_keys).where(
+                sa.tuple_(user_provider_keys.c.user_id, user_provider_keys.c.provider_config_id).in_(wanted)
+            )
+        )
+        return {
+            (row.user_id, row.provider_config_id): SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
+            for row in rows
+        }
+
     def put(self, user: str, provider_config_id: str, api_key: str) -> None:
         sealed = self._keyring.seal(api_key, user_key_binding(user, provider_config_id))
         statement = insert(user_provider_keys).values(
@@ -421,9 +465,9 @@ class UnitOfWork:
     def commit(self) -> None:
         self._transaction.commit()
 
-    def notify_change(self, revision: int) -> None:
+    def notify_change(self, revision: int, change: UserKeyChange | None = None) -> None:
         """Tell every replica (delivered only if and when this transaction commits)."""
-        self._connection.execute(sa.select(sa.func.pg_notify(CHANGE_CHANNEL, str(revision))))
+        self._connection.execute(sa.select(sa.func.pg_notify(CHANGE_CHANNEL, change_payload(revision, change))))
 
     @property
     def now(self) -> datetime:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..adapters.crypto import Keyring
-from ..adapters.repositories import UnitOfWork
+from ..adapters.repositories import UnitOfWork, UserKeyChange
 from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from .paging import PageTokens
@@ -23,8 +23,8 @@ class ServiceContext:
     engine: sa.Engine
     keyring: Keyring
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
-    # Called with the new revision after every committed write.
-    on_commit: list[Callable[[int], None]] = field(default_factory=list)
+    # Called with the new revision (and what it changed, when that is one user key) after every commit.
+    on_commit: list[Callable[[int, UserKeyChange | None], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.page_tokens = PageTokens(self.keyring.derive("page-token"))
@@ -33,15 +33,18 @@ class ServiceContext:
         return UnitOfWork(self.engine, self.keyring, read_only=read_only)
 
     @contextmanager
-    def write(self) -> Iterator[tuple[UnitOfWork, int]]:
-        """A write transaction holding the next config revision; commits when the block succeeds."""
+    def write(self, change: UserKeyChange | None = None) -> Iterator[tuple[UnitOfWork, int]]:
+        """A write transaction holding the next config revision; commits when the block succeeds.
+
+        `change` says the write touches exactly that one user key (and nothing else).
+        """
         with translate_database_errors(), self.unit_of_work() as uow:
             revision = uow.revisions.bump()
             yield uow, revision
-            uow.notify_change(revision)
+            uow.notify_change(revision, change)
             uow.commit()
         for callback in self.on_commit:
-            callback(revision)
+            callback(revision, change)
 
     @contextmanager
     def read(self) -> Iterator[UnitOfWork]:

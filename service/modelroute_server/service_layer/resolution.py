@@ -11,10 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..adapters.crypto import SealedKey
-from ..adapters.repositories import open_user_key
+from ..adapters.repositories import UserKeyChange, open_user_key
 from ..domain.errors import DomainError, PreconditionViolation, Reason, ResourceRef
 from ..domain.models import ModelConfig, model_config_name
 from ..domain.providers import ProviderConfig, StoredKey, provider_config_name
@@ -23,6 +23,8 @@ from .context import ServiceContext
 from .paging import page_size
 
 log = logging.getLogger(__name__)
+# Past this many pending user-key changes a full reload is as cheap as patching.
+MAX_PATCHED_REVISIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class SnapshotStore:
       revision query decides whether anything needs loading at all.
     - With the database away, calls answer from the last snapshot, and
       reload attempts back off instead of queueing behind a dead connection.
+    - A change that touched one user key only (set or delete) is patched
+      into the snapshot from that one row instead of a full reload, as long
+      as every revision between the snapshot and the database is such a
+      change; anything else (or a gap) means a full reload.
     - `invalidate` forces a full reload (for out-of-band edits of the tables).
     """
 
@@ -65,20 +71,29 @@ class SnapshotStore:
         self._force_reload = True
         self._retry_after = 0.0
         self._refreshing = False
+        # Revisions known to have changed one user key only (from commits and announcements).
+        self._user_key_changes: dict[int, UserKeyChange] = {}
 
     # -- signals
 
-    def committed(self, revision: int) -> None:
+    def committed(self, revision: int, change: UserKeyChange | None = None) -> None:
         with self._signals:
             self._committed_revision = max(self._committed_revision, revision)
+            self._note(revision, change)
 
-    def announced(self, revision: int | None) -> None:
+    def announced(self, revision: int | None, change: UserKeyChange | None = None) -> None:
         """A change by any replica; None when its revision is unknown (start-up, reconnect)."""
         with self._signals:
             if revision is None:
                 self._unknown_change = True
             else:
                 self._announced_revision = max(self._announced_revision, revision)
+                self._note(revision, change)
+
+    def _note(self, revision: int, change: UserKeyChange | None) -> None:
+        snapshot = self._snapshot
+        if change is not None and (snapshot is None or revision > snapshot.revision):
+            self._user_key_changes[revision] = change
 
     def invalidate(self) -> None:
         self._force_reload = True
@@ -147,6 +162,9 @@ class SnapshotStore:
             return last
         self._retry_after = 0.0
         self._snapshot = snapshot
+        with self._signals:
+            for revision in [r for r in self._user_key_changes if r <= snapshot.revision]:
+                del self._user_key_changes[revision]
         return snapshot
 
     def _load(self, unless_at: ConfigSnapshot | None) -> ConfigSnapshot:
@@ -155,11 +173,32 @@ class SnapshotStore:
             revision = uow.revisions.current()
             if unless_at is not None and unless_at.revision == revision:
                 return unless_at
+            patch = self._user_key_patch(unless_at, revision)
+            if unless_at is not None and patch is not None:
+                # Only user keys changed: re-read just those rows, in this same consistent view.
+                found = uow.user_keys.sealed(patch)
+                user_keys = dict(unless_at.user_keys)
+                for pair in patch:
+                    if pair in found:
+                        user_keys[pair] = found[pair]
+                    else:
+                        user_keys.pop(pair, None)
+                return replace(unless_at, revision=revision, user_keys=user_keys)
             providers = {p.id: p for p in uow.providers.list()}
             models = {m.id: m for m in uow.models.list()}
             user_keys = uow.user_keys.all_sealed()
         default = next((m.id for m in models.values() if m.is_default), None)
         return ConfigSnapshot(revision, providers, models, default, user_keys)
+
+    def _user_key_patch(self, last: ConfigSnapshot | None, revision: int) -> set[tuple[str, str]] | None:
+        """The user keys to re-read when every revision after `last` up to `revision` changed one user key."""
+        if last is None or revision - last.revision > MAX_PATCHED_REVISIONS:
+            return None
+        with self._signals:
+            changes = [self._user_key_changes.get(r) for r in range(last.revision + 1, revision + 1)]
+        if any(change is None for change in changes):
+            return None
+        return {(c.user, c.provider_config_id) for c in changes if c is not None}
 
     def _refresh_in_background(self) -> None:
         if self._refreshing or self._database_away():

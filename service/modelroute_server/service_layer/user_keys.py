@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..adapters.repositories import UserKeyChange
 from ..domain import rules
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from ..domain.families import Family
@@ -48,7 +49,7 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
     if key_problem:
         collector.add("api_key", key_problem)
     collector.raise_if_any()
-    with ctx.write() as (uow, _revision):
+    with ctx.write(UserKeyChange(user, provider_config_id)) as (uow, _revision):
         provider = uow.providers.get(provider_config_id)
         if provider is None:
             raise not_found(provider_config_id)
@@ -75,7 +76,7 @@ def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id:
     with ctx.read() as uow:
         if provider_config_id not in uow.user_keys.for_user(user):
             return
-    with ctx.write() as (uow, _revision):
+    with ctx.write(UserKeyChange(user, provider_config_id)) as (uow, _revision):
         uow.user_keys.delete(user, provider_config_id)
 
 
