@@ -81,11 +81,14 @@ def test_model_reads_never_fail_while_providers_are_force_deleted(channel: grpc.
     def read() -> None:
         while not stop.is_set():
             try:
-                s.models.ListModelConfigs(model_config_pb2.ListModelConfigsRequest(show_deleted=True))
-                s.models.GetModelConfig(model_config_pb2.GetModelConfigRequest(name="modelConfigs/m"))
+                s.models.ListModelConfigs(model_config_pb2.ListModelConfigsRequest(show_deleted=True), timeout=10)
+                s.models.GetModelConfig(model_config_pb2.GetModelConfigRequest(name="modelConfigs/m"), timeout=10)
             except grpc.RpcError as error:
                 if error.code() is not grpc.StatusCode.NOT_FOUND:
                     failures.append(f"{error.code().name}: {error.details()}")
+            except Exception as error:  # a dying reader must fail the test, not vanish
+                failures.append(repr(error))
+                return
 
     readers = [threading.Thread(target=read) for _ in range(3)]
     for reader in readers:
@@ -101,7 +104,8 @@ def test_model_reads_never_fail_while_providers_are_force_deleted(channel: grpc.
     finally:
         stop.set()
         for reader in readers:
-            reader.join()
+            reader.join(timeout=30)
+    assert not any(reader.is_alive() for reader in readers)
     assert failures == []
 
 

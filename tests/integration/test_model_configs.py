@@ -1101,23 +1101,28 @@ def test_database_refuses_a_second_default_duplicate_positions_and_cross_family_
     create_model(s, "m-off", providers=("p-a",), enabled=False)
     before = db_state(engine)
     statements = [
-        "UPDATE model_configs SET is_default = true WHERE id = 'm-two'",  # one live default
-        "UPDATE model_configs SET is_default = true WHERE id = 'm-off'",  # only an enabled live model
+        # one live default
+        ("UPDATE model_configs SET is_default = true WHERE id = 'm-two'", "model_configs_one_live_default"),
+        # only an enabled live model
+        ("UPDATE model_configs SET is_default = true WHERE id = 'm-off'", "model_configs_default_is_live_enabled"),
         # (model, position) is unique (checked at commit) ...
-        "INSERT INTO model_attachments VALUES ('m-one', 'p-b', 'openai', 0)",
+        ("INSERT INTO model_attachments VALUES ('m-one', 'p-b', 'openai', 0)", "model_attachments_model_position"),
         # ... and (model, provider config).
-        "INSERT INTO model_attachments VALUES ('m-one', 'p-a', 'openai', 1)",
+        ("INSERT INTO model_attachments VALUES ('m-one', 'p-a', 'openai', 1)", "model_attachments_pkey"),
         # An attachment's family is its model's and its provider config's.
-        "INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'anthropic', 1)",
-        "INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'openai', 1)",
-        "INSERT INTO model_attachments VALUES ('m-one', 'p-b', 'openai', -1)",
+        ("INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'anthropic', 1)", "model_attachments_model_fk"),
+        ("INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'openai', 1)", "model_attachments_provider_fk"),
+        (
+            "INSERT INTO model_attachments VALUES ('m-one', 'p-b', 'openai', -1)",
+            "model_attachments_position_non_negative",
+        ),
     ]
-    for statement in statements:
+    for statement, constraint in statements:
         try:
             with engine.begin() as conn:
                 conn.execute(sa.text(statement))
-        except sa.exc.IntegrityError:
-            pass
+        except sa.exc.IntegrityError as error:
+            assert error.orig is not None and error.orig.diag.constraint_name == constraint, statement
         else:
             raise AssertionError(f"the database accepted: {statement}")
     assert db_state(engine) == before

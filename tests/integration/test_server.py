@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelroute import ModelrouteClient
-from modelroute.v1 import common_pb2, provider_config_pb2
+from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.settings import settings_from_env
@@ -276,7 +276,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
     process = subprocess.Popen(
         [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
         cwd=tmp_path,
-        env=clean_env(),
+        env=clean_env(MODELROUTE_DEPLOYMENT_KEY_OPENAI="dk-from-the-environment"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -305,6 +305,23 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
             got = client.get_provider_config("openai-main")
         assert (got.name, got.has_api_key, got.api_key) == ("providerConfigs/openai-main", True, "")
         assert got == created
+
+        # The deployment key from the environment serves a keyless config of its family.
+        with ModelrouteClient(channel) as client:
+            keyless = client.create_provider_config(
+                "openai-env", provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI)
+            )
+            assert (keyless.has_api_key, keyless.central_credential_source) == (False, common_pb2.KEY_SOURCE_DEPLOYMENT)
+            client.create_model_config(
+                "env-model",
+                model_config_pb2.ModelConfig(
+                    family=common_pb2.FAMILY_OPENAI, model="gpt", context_limit=10, provider_configs=[keyless.name]
+                ),
+            )
+            answer = client.resolve("env-model")
+        assert answer.selected.key_source == common_pb2.KEY_SOURCE_DEPLOYMENT
+        if answer.selected.api_key != "dk-from-the-environment":
+            raise AssertionError("the deployment key from the environment was not handed out")
     finally:
         channel.close()
 

@@ -51,7 +51,7 @@ def test_policy_problem_for_every_tuple(flags: tuple[bool, bool, bool], problem:
 
 
 def test_invalid_tuples_have_distinct_problems() -> None:
-    problems = [p for p in POLICY_PROBLEMS.values() if p is not None]
+    problems = [CredentialPolicy(*flags).problem() for flags in POLICY_PROBLEMS if POLICY_PROBLEMS[flags] is not None]
     assert len(problems) == len(set(problems)) == 4
 
 

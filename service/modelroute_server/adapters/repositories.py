@@ -432,6 +432,10 @@ class UserKeyRepository:
         return int(result.rowcount)
 
 
+class DatabaseUnreachable(Exception):
+    """No connection to PostgreSQL could be had (as opposed to a statement it refused)."""
+
+
 class UnitOfWork:
     """One transaction per use case; nothing is written unless `commit` is called."""
 
@@ -441,7 +445,10 @@ class UnitOfWork:
         self._read_only = read_only
 
     def __enter__(self) -> UnitOfWork:
-        self._connection = self._engine.connect()
+        try:
+            self._connection = self._engine.connect()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise DatabaseUnreachable(type(exc.orig).__name__ if exc.orig else type(exc).__name__) from exc
         if self._read_only:
             # One consistent view across several queries.
             self._connection = self._connection.execution_options(

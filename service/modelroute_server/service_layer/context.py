@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..adapters.crypto import Keyring
-from ..adapters.repositories import UnitOfWork, UserKeyChange
+from ..adapters.repositories import DatabaseUnreachable, UnitOfWork, UserKeyChange
 from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from .paging import PageTokens
@@ -62,10 +62,13 @@ def translate_database_errors() -> Iterator[None]:
     """A lost database is UNAVAILABLE to the caller, never INTERNAL."""
     try:
         yield
+    except DatabaseUnreachable as exc:
+        log.warning("database unreachable: %s", exc)
+        raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable") from exc
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         if not _lost_connection(exc):
             raise
-        log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+        log.warning("database connection lost: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
         raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable") from exc
 
 
@@ -74,9 +77,12 @@ _CONNECTION_SQLSTATES = ("08", "57P")
 
 
 def _lost_connection(exc: sa.exc.DBAPIError) -> bool:
-    """A connection-level failure (retryable later), not a statement the server refused."""
+    """A connection that broke mid-use (retryable later), not a statement the server refused.
+
+    SQLAlchemy marks disconnects it recognises as `connection_invalidated`; a server going
+    away reports SQLSTATE class 08 or 57P. Anything else is a real fault and stays one.
+    """
     if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
-    # psycopg reports client-side connection failures (refused, timed out, reset) without a SQLSTATE.
-    return sqlstate is None or sqlstate.startswith(_CONNECTION_SQLSTATES)
+    return sqlstate is not None and sqlstate.startswith(_CONNECTION_SQLSTATES)
