@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -163,3 +164,17 @@ def fresh_database_url(postgres: PostgresForTests) -> str:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# Test keys follow these shapes (sk-..., uk-..., dk-..., az-...); a failure report never shows one.
+_KEY_LIKE = re.compile(r"\b(?:sk|uk|dk|az)-[A-Za-z0-9_.-]+")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Scrub key-like strings from failure reports and captured output, so no key reaches test output."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and report.longrepr is not None:
+        report.longrepr = _KEY_LIKE.sub("<redacted key>", str(report.longrepr))
+    report.sections = [(name, _KEY_LIKE.sub("<redacted key>", content)) for name, content in report.sections]
