@@ -274,9 +274,17 @@ class ModelrouteClient:
         )
         _call(self.user_keys.DeleteUserProviderKey, request, self.timeout)
 
-    def user_provider_configs(self, user: str) -> list[user_key_pb2.UserProviderConfig]:
-        request = user_key_pb2.ListUserProviderConfigsRequest(user=user)
-        return list(_call(self.user_keys.ListUserProviderConfigs, request, self.timeout).user_provider_configs)
+    def user_provider_configs(self, user: str, page_size: int = 0) -> list[user_key_pb2.UserProviderConfig]:
+        return list(
+            _paged(
+                self.user_keys.ListUserProviderConfigs,
+                lambda token: user_key_pb2.ListUserProviderConfigsRequest(
+                    user=user, page_size=page_size, page_token=token
+                ),
+                lambda page: page.user_provider_configs,
+                self.timeout,
+            )
+        )
 
 
 def family_from_name(text: str) -> common_pb2.Family.ValueType:

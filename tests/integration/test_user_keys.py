@@ -418,3 +418,21 @@ def test_central_fallback_in_the_listing_is_the_resolvers_verdict(app: Applicati
     assert [row[4] for row in listing(s, "alice")] == [False]
     error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", user="alice"))
     assert [kind for kind, _, _ in error.precondition_violations] == ["INVALID_CONFIG"]
+
+
+def test_the_user_listing_pages_to_the_end(channel: grpc.Channel) -> None:
+    from modelroute import ModelrouteClient
+
+    s = stubs(channel)
+    for provider_id in ("u-c", "u-a", "u-b"):
+        create_provider(s, provider_id, credential_policy=policy(False, True, False), api_key="")
+    create_provider(s, "central-only")
+    listed = [c.provider_config for c in ModelrouteClient(channel).user_provider_configs("alice", page_size=1)]
+    assert listed == [pc("u-a"), pc("u-b"), pc("u-c")]
+    first = s.user_keys.ListUserProviderConfigs(user_key_pb2.ListUserProviderConfigsRequest(user="alice", page_size=2))
+    assert [c.provider_config for c in first.user_provider_configs] == [pc("u-a"), pc("u-b")]
+    error = call_error(
+        s.user_keys.ListUserProviderConfigs,
+        user_key_pb2.ListUserProviderConfigsRequest(user="bob", page_size=2, page_token=first.next_page_token),
+    )
+    assert (error.code, error.reason) == (INVALID, "PAGE_TOKEN_INVALID")

@@ -236,9 +236,12 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
     async def ListUserProviderConfigs(
         self, request: user_key_pb2.ListUserProviderConfigsRequest, context: grpc.aio.ServicerContext
     ) -> user_key_pb2.ListUserProviderConfigsResponse:
-        views = await asyncio.to_thread(user_keys.list_user_provider_configs, self._ctx, request.user)
+        page = await asyncio.to_thread(
+            user_keys.list_user_provider_configs, self._ctx, request.user, request.page_size, request.page_token
+        )
         return user_key_pb2.ListUserProviderConfigsResponse(
-            user_provider_configs=[convert.user_provider_to_proto(v) for v in views]
+            user_provider_configs=[convert.user_provider_to_proto(v) for v in page.items],
+            next_page_token=page.next_page_token,
         )
 
 

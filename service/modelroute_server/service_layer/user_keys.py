@@ -12,6 +12,7 @@ from ..domain.families import Family
 from ..domain.providers import ProviderConfig
 from ..domain.resolver import provider_outcome
 from .context import ServiceContext
+from .paging import page_size
 from .provider_configs import not_found, provider_resource
 
 
@@ -80,10 +81,22 @@ def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id:
         uow.user_keys.delete(user, provider_config_id)
 
 
-def list_user_provider_configs(ctx: ServiceContext, user: str) -> list[UserProviderView]:
+@dataclass(frozen=True)
+class UserProviderPage:
+    items: list[UserProviderView]
+    next_page_token: str
+
+
+def list_user_provider_configs(
+    ctx: ServiceContext, user: str, requested_page_size: int = 0, page_token: str = ""
+) -> UserProviderPage:
     check_user(user)
+    size = page_size(requested_page_size)
+    query = f"userProviderConfigs?user={user}"
+    after = ctx.page_tokens.decode(page_token, query)
     with ctx.read() as uow:
-        providers = [p for p in uow.providers.list(enabled=True) if p.policy.allow_user_api_key]
+        providers = [p for p in uow.providers.list(enabled=True, after_id=after) if p.policy.allow_user_api_key]
         keys = uow.user_keys.for_user(user)
-    deployment_keys = ctx.deployment_keys
-    return [_user_view(p, p.id in keys and keys[p.id].present, deployment_keys) for p in providers]
+    next_token = ctx.page_tokens.encode(providers[size - 1].id, query) if len(providers) > size else ""
+    views = [_user_view(p, p.id in keys and keys[p.id].present, ctx.deployment_keys) for p in providers[:size]]
+    return UserProviderPage(views, next_token)
