@@ -62,7 +62,7 @@ paths = st.lists(
 
 def expect_client_outcome(method: Callable[..., Any], request: Any) -> None:
     try:
-        method(request, timeout=10)
+        method(request, timeout=30)
     except grpc.RpcError as error:
         assert error.code() in CLIENT_ERRORS, f"{error.code()}: {error.details()}"
         decode(error)  # carries an ErrorInfo from the catalogue
