@@ -60,6 +60,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 URL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
+def _read_keyring_file(path: str | None) -> str | None:
+    """The keyring from a file (a mounted secret), so it never sits in the environment or argv."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise SettingsError(f"MODELROUTE_KEYRING_FILE: cannot read {path} ({exc.strerror})") from None
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     url = env.get("MODELROUTE_DATABASE_URL") or None
@@ -72,7 +82,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         listen=env.get("MODELROUTE_LISTEN", DEFAULT_LISTEN),
         database_url=url,
         data_dir=Path(env.get("MODELROUTE_DATA_DIR", DEFAULT_DATA_DIR)),
-        keyring=env.get("MODELROUTE_KEYRING") or None,
+        keyring=env.get("MODELROUTE_KEYRING") or _read_keyring_file(env.get("MODELROUTE_KEYRING_FILE")),
         deployment_keys=deployment_keys_from_env(env),
         migrate=env.get("MODELROUTE_MIGRATE", "").lower() in ("1", "true", "yes"),
         log_level=level,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -404,3 +405,31 @@ def test_secrets_stay_out_of_reprs() -> None:
     assert "sk-hidden-in-repr" not in repr(candidate)
     assert "sk-hidden-in-repr" not in repr(StoredKey("sk-hidden-in-repr"))
     assert "dk-openai" not in repr(central_credential(config(), DK))
+
+
+def test_the_keyring_can_come_from_a_file(tmp_path: Path) -> None:
+    from modelroute_server.adapters.crypto import generate_keyring_spec
+    from modelroute_server.settings import SettingsError, settings_from_env
+
+    spec = generate_keyring_spec("from-file")
+    keyring_file = tmp_path / "keyring"
+    keyring_file.write_text(spec + "\n")
+    assert settings_from_env({"MODELROUTE_KEYRING_FILE": str(keyring_file)}).keyring == spec
+    # The variable itself wins over the file.
+    other = generate_keyring_spec("from-env")
+    assert (
+        settings_from_env({"MODELROUTE_KEYRING": other, "MODELROUTE_KEYRING_FILE": str(keyring_file)}).keyring == other
+    )
+    with pytest.raises(SettingsError, match="MODELROUTE_KEYRING_FILE: cannot read"):
+        settings_from_env({"MODELROUTE_KEYRING_FILE": str(tmp_path / "missing")})
+
+
+def test_deployment_keys_come_from_the_environment() -> None:
+    from modelroute_server.settings import SettingsError, deployment_keys_from_env
+
+    keys = deployment_keys_from_env(
+        {"MODELROUTE_DEPLOYMENT_KEY_OPENAI": "dk-a", "MODELROUTE_DEPLOYMENT_KEY_OPENAI_COMPAT": "dk-b", "OTHER": "x"}
+    )
+    assert keys == {Family.OPENAI: "dk-a", Family.OPENAI_COMPAT: "dk-b"}
+    with pytest.raises(SettingsError, match="white space"):
+        deployment_keys_from_env({"MODELROUTE_DEPLOYMENT_KEY_GOOGLE": " dk "})
