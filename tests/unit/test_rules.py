@@ -12,14 +12,12 @@ from modelroute_server.domain import rules
 from modelroute_server.domain.errors import DomainError, Reason
 from modelroute_server.domain.families import FAMILY_NAMES, Family
 from modelroute_server.domain.providers import (
-    VALID_POLICIES,
     CredentialFacts,
     CredentialPolicy,
     KeySource,
     ProviderConfig,
     StoredKey,
     central_credential,
-    central_key_required,
     credential_facts,
     validate_provider_config,
 )
@@ -56,9 +54,9 @@ def test_invalid_tuples_have_distinct_problems() -> None:
     assert len(problems) == len(set(problems)) == 4
 
 
-def test_valid_policies_are_exactly_the_four_without_a_problem() -> None:
-    assert {p.as_tuple for p in VALID_POLICIES} == {f for f, p in POLICY_PROBLEMS.items() if p is None}
+def test_the_default_policy_is_central_key_only() -> None:
     assert CredentialPolicy().as_tuple == (True, False, False)
+    assert CredentialPolicy().problem() is None
 
 
 @pytest.mark.parametrize(
@@ -73,7 +71,6 @@ def test_valid_policies_are_exactly_the_four_without_a_problem() -> None:
 def test_central_key_required_only_where_it_can_be_used(flags: tuple[bool, bool, bool], serves_users: bool) -> None:
     policy = CredentialPolicy(*flags)
     assert policy.central_key_serves_users is serves_users
-    assert central_key_required(policy) is serves_users
 
 
 # ---------------------------------------------------------------- field rules

@@ -278,6 +278,8 @@ class ModelConfigRepository:
         return columns
 
     def _insert_attachments(self, model: ModelConfig) -> None:
+        if not model.attachments:  # a model emptied by a forced provider delete
+            return
         self._connection.execute(
             sa.insert(model_attachments),
             [
@@ -318,49 +320,6 @@ def model_from_row(row: sa.Row[Any], attachments: Sequence[str]) -> ModelConfig:
         delete_time=row.delete_time,
         revision=row.revision,
     )
-
-
-class AttachmentRepository:
-    def __init__(self, connection: sa.Connection) -> None:
-        self._connection = connection
-
-    def detach_provider(self, provider_config_id: str) -> builtins.list[str]:
-        """Remove one provider from every list and close the gaps; returns the models touched."""
-        touched = [
-            row.model_config_id
-            for row in self._connection.execute(
-                sa.delete(model_attachments)
-                .where(model_attachments.c.provider_config_id == provider_config_id)
-                .returning(model_attachments.c.model_config_id)
-            )
-        ]
-        if touched:
-            # Positions are renumbered 0..n-1 in their existing order (the unique
-            # (model, position) constraint is deferred to commit).
-            renumbered = (
-                sa.select(
-                    model_attachments.c.model_config_id,
-                    model_attachments.c.provider_config_id,
-                    (
-                        sa.func.row_number().over(
-                            partition_by=model_attachments.c.model_config_id,
-                            order_by=model_attachments.c.position,
-                        )
-                        - 1
-                    ).label("new_position"),
-                )
-                .where(model_attachments.c.model_config_id.in_(touched))
-                .subquery()
-            )
-            self._connection.execute(
-                sa.update(model_attachments)
-                .where(
-                    model_attachments.c.model_config_id == renumbered.c.model_config_id,
-                    model_attachments.c.provider_config_id == renumbered.c.provider_config_id,
-                )
-                .values(position=renumbered.c.new_position)
-            )
-        return sorted(set(touched))
 
 
 class UserKeyRepository:
@@ -458,7 +417,6 @@ class UnitOfWork:
         self.revisions = RevisionCounter(self._connection)
         self.providers = ProviderConfigRepository(self._connection, self._keyring)
         self.models = ModelConfigRepository(self._connection)
-        self.attachments = AttachmentRepository(self._connection)
         self.user_keys = UserKeyRepository(self._connection, self._keyring)
         return self
 

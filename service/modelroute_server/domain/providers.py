@@ -68,14 +68,6 @@ class CredentialPolicy:
         return "; ".join(broken) or None
 
 
-VALID_POLICIES = (
-    CredentialPolicy(True, False, False),
-    CredentialPolicy(False, True, False),
-    CredentialPolicy(True, True, False),
-    CredentialPolicy(True, True, True),
-)
-
-
 @dataclass(frozen=True)
 class ProviderConfig:
     id: str
@@ -152,11 +144,6 @@ def credential_facts(config: ProviderConfig, deployment_keys: Mapping[Family, st
     )
 
 
-def central_key_required(policy: CredentialPolicy) -> bool:
-    """A central key is needed when it can ever be used: C and (not U or F). (1,1,0) never uses it."""
-    return policy.central_key_serves_users
-
-
 def validate_provider_config(
     config: ProviderConfig,
     deployment_keys: Mapping[Family, str],
@@ -193,12 +180,12 @@ def validate_provider_config(
                 FieldViolation(f"{prefix}credential_policy", policy_problem),
             ],
         )
+    # A central key is needed where it can ever serve, C and (not U or F), so never under (1,1,0);
+    # a deployment key of the family or bedrock's ambient chain stands in for a stored one.
     if (
         check_central_key
-        and central_key_required(config.policy)
-        and not config.has_api_key
-        and not config.family.supports_ambient_credentials
-        and not rules.key_is_present(deployment_keys.get(config.family))
+        and config.policy.central_key_serves_users
+        and central_credential(config, deployment_keys).source is None
     ):
         raise DomainError(
             Reason.FIELD_INVALID,

@@ -28,7 +28,8 @@ from ..service_layer.inputs import (
     ProviderConfigInput,
 )
 from ..service_layer.model_configs import ModelListFilter
-from ..service_layer.provider_configs import ProviderListFilter, etag_of
+from ..service_layer.provider_configs import ProviderListFilter
+from ..service_layer.resources import etag_of
 from ..service_layer.user_keys import UserProviderView
 from ..service_layer.views import AttachmentView, ModelConfigView, ProviderConfigView
 

@@ -32,6 +32,7 @@ from ..domain.models import model_config_name
 from ..domain.resolver import WhatIf
 from ..service_layer import model_configs, provider_configs, resolution, user_keys
 from ..service_layer.context import ServiceContext
+from ..service_layer.default_model import DefaultChange
 from ..service_layer.resolution import ConfigSnapshot, SnapshotStore
 from ..service_layer.views import ModelConfigView
 from . import convert
@@ -62,9 +63,13 @@ def rpc(
     return wrapper
 
 
-def _report_default_change(context: grpc.aio.ServicerContext, changed: bool, new_default_id: str | None) -> None:
-    if changed:
-        value = model_config_name(new_default_id) if new_default_id else ""
+def _default_name(change: DefaultChange) -> str:
+    return model_config_name(change.model_config_id) if change.model_config_id else ""
+
+
+def _report_default_change(context: grpc.aio.ServicerContext, change: DefaultChange) -> None:
+    if change.changed:
+        value = _default_name(change)
         context.set_trailing_metadata(((DEFAULT_MODEL_METADATA_KEY, value),))
 
 
@@ -130,12 +135,12 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         outcome = await asyncio.to_thread(
             provider_configs.delete_provider_config, self._ctx, provider_id, request.etag, request.force
         )
-        _report_default_change(context, outcome.default_changed, outcome.new_default_id)
+        _report_default_change(context, outcome.default_change)
         return provider_config_pb2.DeleteProviderConfigResponse(
             touched_model_configs=[model_config_name(i) for i in outcome.touched_model_ids],
             deleted_model_configs=[model_config_name(i) for i in outcome.deleted_model_ids],
-            default_changed=outcome.default_changed,
-            default_model_config=model_config_name(outcome.new_default_id) if outcome.new_default_id else "",
+            default_changed=outcome.default_change.changed,
+            default_model_config=_default_name(outcome.default_change),
             config_revision=outcome.revision,
         )
 
@@ -145,7 +150,7 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         self._ctx = ctx
 
     def _respond(self, context: grpc.aio.ServicerContext, view: ModelConfigView) -> model_config_pb2.ModelConfig:
-        _report_default_change(context, view.default_changed, view.new_default_id)
+        _report_default_change(context, view.default_change)
         return convert.model_to_proto(view)
 
     @rpc

@@ -11,7 +11,6 @@ from ..domain.errors import (
     FieldViolation,
     PreconditionViolation,
     Reason,
-    ResourceRef,
     ViolationCollector,
 )
 from ..domain.families import FAMILY_NAMES, Family
@@ -21,15 +20,14 @@ from ..domain.models import (
     CallOptions,
     ModelConfig,
     auto_attachments,
-    model_config_name,
-    next_default,
     validate_attachments,
     validate_model_fields,
 )
 from .context import ServiceContext
+from .default_model import UNCHANGED, DefaultChange, settle_default
 from .inputs import ModelConfigInput
 from .paging import page_size
-from .provider_configs import check_etag
+from .resources import check_etag, model_not_found, model_resource
 from .views import ModelConfigView, model_view
 
 PREFIX = "model_config."
@@ -55,17 +53,8 @@ class ModelConfigPage:
     next_page_token: str
 
 
-def model_resource(name: str) -> ResourceRef:
-    return ResourceRef("modelroute.internal/ModelConfig", name)
-
-
-def not_found(model_config_id: str) -> DomainError:
-    name = model_config_name(model_config_id)
-    return DomainError(Reason.MODEL_CONFIG_NOT_FOUND, f"{name} does not exist", resource=model_resource(name))
-
-
 def _view(
-    ctx: ServiceContext, uow: UnitOfWork, model: ModelConfig, change: tuple[bool, str | None] = (False, None)
+    ctx: ServiceContext, uow: UnitOfWork, model: ModelConfig, change: DefaultChange = UNCHANGED
 ) -> ModelConfigView:
     providers = uow.providers.get_many(model.attachments)
     return model_view(model, providers, ctx.deployment_keys, change)
@@ -108,22 +97,23 @@ def create_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
             raise DomainError(
                 Reason.MODEL_CONFIG_ALREADY_EXISTS,
                 f"{model.name} already exists (deleted models keep their id reserved)",
-                resource=ResourceRef("modelroute.internal/ModelConfig", model.name),
+                resource=model_resource(model.id),
             )
         if model.attachments:
             providers = uow.providers.get_many(model.attachments)
             validate_attachments(model.family, model.attachments, providers, ATTACHMENTS_FIELD)
         else:
             model = replace(model, attachments=_auto_attachments_or_fail(uow, model.family))
-        old_default = uow.models.default()
-        change: tuple[bool, str | None] = (False, None)
-        if model.enabled and (model.is_default or old_default is None):
-            # The first model (or any created while there is no default) becomes the default.
-            if old_default is not None:
-                uow.models.set_default_flag(old_default.id, False, revision)
-            model = replace(model, is_default=True)
-            change = (True, model.id)
-        uow.models.add(model, revision)
+        before = _default_id(uow)
+        uow.models.add(replace(model, is_default=False), revision)
+        # Asked for, or the first model (any created while there is no default): it becomes the default.
+        change = settle_default(
+            uow,
+            revision,
+            before,
+            claimant=model.id if model.is_default else None,
+            filler=model.id if model.enabled else None,
+        )
         return _view(ctx, uow, _reload(uow, model_config_id), change)
 
 
@@ -156,7 +146,7 @@ def get_model_config(ctx: ServiceContext, model_config_id: str) -> ModelConfigVi
     with ctx.read() as uow:
         model = uow.models.get(model_config_id)
         if model is None:
-            raise not_found(model_config_id)
+            raise model_not_found(model_config_id)
         return _view(ctx, uow, model)
 
 
@@ -188,19 +178,19 @@ def update_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
     if not paths:
         # Nothing to change: answer like a read (still honouring the etag); no revision is taken.
         view = get_model_config(ctx, model_config_id)
-        check_etag(request.etag, view.model.revision, view.model.name)
+        check_etag(request.etag, view.model.revision, model_resource(model_config_id))
         return view
     with ctx.write() as (uow, revision):
         current = uow.models.get(model_config_id)
         if current is None:
-            raise not_found(model_config_id)
+            raise model_not_found(model_config_id)
         if current.deleted:
             raise DomainError(
                 Reason.MODEL_CONFIG_DELETED,
                 f"{current.name} is deleted; undelete it before changing it",
-                resource=model_resource(current.name),
+                resource=model_resource(current.id),
             )
-        check_etag(request.etag, current.revision, current.name)
+        check_etag(request.etag, current.revision, model_resource(current.id))
         updated = _apply(current, request)
         validate_model_fields(updated, PREFIX)
         family_changed = updated.family is not current.family
@@ -215,22 +205,27 @@ def update_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
         if attachments_changed:
             providers = uow.providers.get_many(updated.attachments)
             validate_attachments(updated.family, updated.attachments, providers, ATTACHMENTS_FIELD)
-        if updated.is_default and not updated.enabled:
-            # Asking for "disabled and default" is refused, even when echoing a read
-            # back without a mask: name the fields to change (AIP-134).
-            if "is_default" in paths and request.is_default:
-                raise _disabled_default(updated)
-            # Disabling the default: it stops being the default (promotion below).
-            updated = replace(updated, is_default=False)
-        change = _settle_default(uow, current, updated, revision)
-        if change[0] and change[1] != updated.id:
-            updated = replace(updated, is_default=False)
-        explicitly_not_default = "is_default" in paths and not request.is_default
-        if updated.enabled and not current.enabled and not explicitly_not_default and uow.models.default() is None:
+        asks_default = "is_default" in paths and bool(request.is_default)
+        declines_default = "is_default" in paths and not request.is_default
+        if asks_default and not updated.enabled:
+            # Refused even when echoing a read back without a mask: name the fields to change (AIP-134).
+            raise _disabled_default(updated)
+        gives_up = current.is_default and (declines_default or not updated.enabled)
+        before = _default_id(uow)
+        uow.models.update(
+            replace(updated, is_default=current.is_default and not gives_up),
+            revision,
+            attachments_changed=attachments_changed,
+        )
+        change = settle_default(
+            uow,
+            revision,
+            before,
+            claimant=updated.id if asks_default else None,
             # Enabled while there is no default: it fills the slot, as a model created now would.
-            updated = replace(updated, is_default=True)
-            change = (True, updated.id)
-        uow.models.update(updated, revision, attachments_changed=attachments_changed)
+            filler=updated.id if updated.enabled and not current.enabled and not declines_default else None,
+            leaving=[updated.id] if gives_up else [],
+        )
         return _view(ctx, uow, _reload(uow, model_config_id), change)
 
 
@@ -270,30 +265,16 @@ def _apply(current: ModelConfig, request: ModelConfigInput) -> ModelConfig:
     return replace(current, **changes)  # type: ignore[arg-type]
 
 
-def _settle_default(
-    uow: UnitOfWork, current: ModelConfig, updated: ModelConfig, revision: int
-) -> tuple[bool, str | None]:
-    """Keep at most one live default; promote the next enabled model when the default steps down."""
-    if updated.is_default and not current.is_default:
-        old_default = uow.models.default()
-        if old_default is not None:
-            uow.models.set_default_flag(old_default.id, False, revision)
-        return (True, updated.id)
-    if current.is_default and not updated.is_default:
-        promoted = next_default(uow.models.list(), excluding=[updated.id])
-        if promoted is not None:
-            # Clear this model first: the partial unique index allows one live default.
-            uow.models.set_default_flag(updated.id, False, revision)
-            uow.models.set_default_flag(promoted.id, True, revision)
-        return (True, promoted.id if promoted else None)
-    return (False, None)
+def _default_id(uow: UnitOfWork) -> str | None:
+    default = uow.models.default()
+    return default.id if default is not None else None
 
 
 def _disabled_default(model: ModelConfig) -> DomainError:
     return DomainError(
         Reason.DISABLED_MODEL_CANNOT_BE_DEFAULT,
         f"{model.name} is disabled and cannot be the default model; enable it first",
-        resource=model_resource(model.name),
+        resource=model_resource(model.id),
     )
 
 
@@ -302,11 +283,11 @@ def delete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) ->
         current = uow.models.get(model_config_id)
         if current is None or current.deleted:
             # AIP-164: deleting a soft-deleted resource is NOT_FOUND.
-            raise not_found(model_config_id)
-        check_etag(etag, current.revision, current.name)
-        deleted = replace(current, delete_time=uow.now, is_default=False)
-        change = _settle_default(uow, current, deleted, revision)
-        uow.models.update(deleted, revision, attachments_changed=False)
+            raise model_not_found(model_config_id)
+        check_etag(etag, current.revision, model_resource(current.id))
+        before = _default_id(uow)
+        uow.models.update(replace(current, delete_time=uow.now, is_default=False), revision, attachments_changed=False)
+        change = settle_default(uow, revision, before, leaving=[current.id])
         return _view(ctx, uow, _reload(uow, model_config_id), change)
 
 
@@ -314,19 +295,19 @@ def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) 
     with ctx.write() as (uow, revision):
         current = uow.models.get(model_config_id)
         if current is None:
-            raise not_found(model_config_id)
+            raise model_not_found(model_config_id)
         if current.live:
             raise DomainError(
-                Reason.MODEL_CONFIG_NOT_DELETED, f"{current.name} is not deleted", resource=model_resource(current.name)
+                Reason.MODEL_CONFIG_NOT_DELETED, f"{current.name} is not deleted", resource=model_resource(current.id)
             )
-        check_etag(etag, current.revision, current.name)
+        check_etag(etag, current.revision, model_resource(current.id))
         attachments = current.attachments
         if not attachments:
             # Its providers were force-deleted while it was deleted: attach as a create would.
             attachments = _auto_attachments_or_fail(uow, current.family)
-        # Back while there is no default: it fills the slot, as a model created now would.
-        fills_default = current.enabled and uow.models.default() is None
-        restored = replace(current, delete_time=None, is_default=fills_default, attachments=attachments)
+        before = _default_id(uow)
+        restored = replace(current, delete_time=None, is_default=False, attachments=attachments)
         uow.models.update(restored, revision, attachments_changed=attachments != current.attachments)
-        change: tuple[bool, str | None] = (True, current.id) if fills_default else (False, None)
+        # Back while there is no default: it fills the slot, as a model created now would.
+        change = settle_default(uow, revision, before, filler=current.id if current.enabled else None)
         return _view(ctx, uow, _reload(uow, model_config_id), change)

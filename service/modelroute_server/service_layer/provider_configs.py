@@ -10,22 +10,20 @@ from ..domain.errors import (
     FieldViolation,
     PreconditionViolation,
     Reason,
-    ResourceRef,
     ViolationCollector,
-    quoted,
 )
 from ..domain.families import FAMILY_NAMES, Family
-from ..domain.models import next_default
 from ..domain.providers import (
     CredentialPolicy,
     ProviderConfig,
     StoredKey,
-    provider_config_name,
     validate_provider_config,
 )
 from .context import ServiceContext
+from .default_model import DefaultChange, settle_default
 from .inputs import ProviderConfigInput
 from .paging import page_size
+from .resources import check_etag, provider_not_found, provider_resource
 from .views import ProviderConfigView, provider_view
 
 PREFIX = "provider_config."
@@ -51,37 +49,8 @@ class ProviderConfigPage:
 class ProviderDeletion:
     touched_model_ids: list[str]
     deleted_model_ids: list[str]
-    default_changed: bool
-    new_default_id: str | None
+    default_change: DefaultChange
     revision: int
-
-
-def provider_resource(name: str) -> ResourceRef:
-    return ResourceRef("modelroute.internal/ProviderConfig", name)
-
-
-def not_found(provider_config_id: str) -> DomainError:
-    name = provider_config_name(provider_config_id)
-    return DomainError(Reason.PROVIDER_CONFIG_NOT_FOUND, f"{name} does not exist", resource=provider_resource(name))
-
-
-def check_etag(given: str, current_revision: int, name: str) -> None:
-    if given and given != etag_of(current_revision):
-        raise DomainError(
-            Reason.ETAG_MISMATCH,
-            f"{name} was changed since it was read (etag {quoted(given)} is stale); read it again and retry",
-            metadata={"current_etag": etag_of(current_revision)},
-            resource=ResourceRef(
-                "modelroute.internal/ProviderConfig"
-                if name.startswith("providerConfigs/")
-                else "modelroute.internal/ModelConfig",
-                name,
-            ),
-        )
-
-
-def etag_of(revision: int) -> str:
-    return f'"{revision}"'
 
 
 def _check_new_key(api_key: str) -> None:
@@ -126,7 +95,7 @@ def create_provider_config(
             raise DomainError(
                 Reason.PROVIDER_CONFIG_ALREADY_EXISTS,
                 f"{config.name} already exists",
-                resource=ResourceRef("modelroute.internal/ProviderConfig", config.name),
+                resource=provider_resource(config.id),
             )
         uow.providers.add(config, request.api_key or None, revision)
         stored = uow.providers.get(provider_config_id)
@@ -138,7 +107,7 @@ def get_provider_config(ctx: ServiceContext, provider_config_id: str) -> Provide
     with ctx.read() as uow:
         config = uow.providers.get(provider_config_id)
     if config is None:
-        raise not_found(provider_config_id)
+        raise provider_not_found(provider_config_id)
     return provider_view(config, ctx.deployment_keys)
 
 
@@ -165,15 +134,15 @@ def update_provider_config(
     if not paths:
         # Nothing to change: answer like a read (still honouring the etag); no revision is taken.
         view = get_provider_config(ctx, provider_config_id)
-        check_etag(request.etag, view.config.revision, view.config.name)
+        check_etag(request.etag, view.config.revision, provider_resource(provider_config_id))
         return view
     if "api_key" in paths and request.api_key:
         _check_new_key(request.api_key)
     with ctx.write() as (uow, revision):
         current = uow.providers.get(provider_config_id)
         if current is None:
-            raise not_found(provider_config_id)
-        check_etag(request.etag, current.revision, current.name)
+            raise provider_not_found(provider_config_id)
+        check_etag(request.etag, current.revision, provider_resource(current.id))
         if "family" in paths and request.family is not current.family:
             raise DomainError(
                 Reason.FAMILY_IMMUTABLE,
@@ -218,8 +187,8 @@ def delete_provider_config(ctx: ServiceContext, provider_config_id: str, etag: s
     with ctx.write() as (uow, revision):
         current = uow.providers.get(provider_config_id)
         if current is None:
-            raise not_found(provider_config_id)
-        check_etag(etag, current.revision, current.name)
+            raise provider_not_found(provider_config_id)
+        check_etag(etag, current.revision, provider_resource(current.id))
         attached = uow.models.attached_to(provider_config_id)
         if attached and not force:
             # Soft-deleted models count too: an undelete must find its list intact.
@@ -236,29 +205,18 @@ def delete_provider_config(ctx: ServiceContext, provider_config_id: str, etag: s
                     for m in attached
                 ],
             )
-        old_default = uow.models.default()
-        touched = uow.attachments.detach_provider(provider_config_id)
+        default = uow.models.default()
+        before = default.id if default is not None else None
         emptied = []
-        for model in uow.models.list(show_deleted=True):
-            if model.id not in touched:
-                continue
-            if model.live and not model.attachments:
+        for model in attached:
+            remaining = tuple(pid for pid in model.attachments if pid != provider_config_id)
+            if model.live and not remaining:
                 # A model left with no attachment cannot serve: soft-delete it.
                 model = replace(model, delete_time=uow.now, is_default=False)
                 emptied.append(model.id)
-            uow.models.update(model, revision, attachments_changed=False)
-        new_default_id = old_default.id if old_default else None
-        if old_default is not None and old_default.id in emptied:
-            promoted = next_default(uow.models.list())
-            new_default_id = promoted.id if promoted else None
-            if promoted is not None:
-                uow.models.set_default_flag(promoted.id, True, revision)
+            # The same list replacement an update does: the rest keep their order, renumbered from 0.
+            uow.models.update(replace(model, attachments=remaining), revision, attachments_changed=True)
+        change = settle_default(uow, revision, before, leaving=emptied)
         uow.user_keys.delete_for_provider(provider_config_id)
         uow.providers.delete(provider_config_id)
-    return ProviderDeletion(
-        touched_model_ids=touched,
-        deleted_model_ids=emptied,
-        default_changed=bool(old_default) and (old_default.id if old_default else None) != new_default_id,
-        new_default_id=new_default_id,
-        revision=revision,
-    )
+    return ProviderDeletion([m.id for m in attached], emptied, change, revision)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 
 from ..adapters.crypto import SealedKey
 from ..adapters.repositories import UserKeyChange, open_user_key
-from ..domain.errors import DomainError, PreconditionViolation, Reason, ResourceRef
-from ..domain.models import ModelConfig, model_config_name
+from ..domain.errors import DomainError, PreconditionViolation, Reason
+from ..domain.models import ModelConfig
 from ..domain.providers import ProviderConfig, StoredKey, provider_config_name
 from ..domain.resolver import AttachmentOutcome, Resolution, WhatIf, resolve
 from .context import ServiceContext
 from .paging import page_size
+from .resources import model_not_found, model_resource, provider_not_found
 
 log = logging.getLogger(__name__)
 # Past this many pending user-key changes a full reload is as cheap as patching.
@@ -228,12 +229,7 @@ def _find_model(snapshot: ConfigSnapshot, model_config_id: str | None) -> ModelC
         model_config_id = snapshot.default_model_id
     model = snapshot.models.get(model_config_id)
     if model is None:
-        name = model_config_name(model_config_id)
-        raise DomainError(
-            Reason.MODEL_CONFIG_NOT_FOUND,
-            f"{name} does not exist or is deleted",
-            resource=ResourceRef("modelroute.internal/ModelConfig", name),
-        )
+        raise model_not_found(model_config_id)  # deleted models are not in the snapshot
     return model
 
 
@@ -257,13 +253,9 @@ def resolution_for(
 
 def resolve_model(ctx: ServiceContext, snapshot: ConfigSnapshot, model_config_id: str | None, user: str) -> Resolution:
     model = _find_model(snapshot, model_config_id)
-    resolution = resolution_for(ctx, snapshot, model, user)
     if not model.enabled:
-        raise DomainError(
-            Reason.MODEL_CONFIG_DISABLED,
-            f"{model.name} is disabled",
-            resource=ResourceRef("modelroute.internal/ModelConfig", model.name),
-        )
+        raise DomainError(Reason.MODEL_CONFIG_DISABLED, f"{model.name} is disabled", resource=model_resource(model.id))
+    resolution = resolution_for(ctx, snapshot, model, user)
     if resolution.selected is None:
         raise DomainError(
             Reason.NO_USABLE_ATTACHMENT,
@@ -315,10 +307,5 @@ def explain_resolution(
 ) -> Resolution:
     for provider_id in (*what_if.user_has_key, *what_if.provider_enabled):
         if provider_id not in snapshot.providers:
-            name = provider_config_name(provider_id)
-            raise DomainError(
-                Reason.PROVIDER_CONFIG_NOT_FOUND,
-                f"what-if override names {name}, which does not exist",
-                resource=ResourceRef("modelroute.internal/ProviderConfig", name),
-            )
+            raise provider_not_found(provider_id, context="a what-if override names ")
     return resolution_for(ctx, snapshot, _find_model(snapshot, model_config_id), user, what_if)

@@ -13,7 +13,7 @@ from ..domain.providers import ProviderConfig
 from ..domain.resolver import provider_outcome
 from .context import ServiceContext
 from .paging import page_size
-from .provider_configs import not_found, provider_resource
+from .resources import provider_not_found, provider_resource
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,18 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
     with ctx.write(UserKeyChange(user, provider_config_id)) as (uow, _revision):
         provider = uow.providers.get(provider_config_id)
         if provider is None:
-            raise not_found(provider_config_id)
+            raise provider_not_found(provider_config_id)
         if not provider.enabled:
             raise DomainError(
                 Reason.PROVIDER_CONFIG_DISABLED,
                 f"{provider.name} is disabled; it takes no user keys",
-                resource=provider_resource(provider.name),
+                resource=provider_resource(provider.id),
             )
         if not provider.policy.allow_user_api_key:
             raise DomainError(
                 Reason.USER_KEYS_NOT_ALLOWED,
                 f"{provider.name} does not allow user keys (its credential policy)",
-                resource=provider_resource(provider.name),
+                resource=provider_resource(provider.id),
             )
         uow.user_keys.put(user, provider_config_id, api_key)
     return _user_view(provider, True, ctx.deployment_keys)
@@ -75,7 +75,7 @@ def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id:
     # Idempotent: deleting a key that is not there (or of a provider that is gone) succeeds, and
     # takes no revision, so a retried delete does not make every replica reload.
     with ctx.read() as uow:
-        if provider_config_id not in uow.user_keys.for_user(user):
+        if not uow.user_keys.sealed([(user, provider_config_id)]):
             return
     with ctx.write(UserKeyChange(user, provider_config_id)) as (uow, _revision):
         uow.user_keys.delete(user, provider_config_id)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..domain.families import Family
 from ..domain.models import ModelConfig
 from ..domain.providers import CredentialFacts, ProviderConfig, credential_facts
+from .default_model import UNCHANGED, DefaultChange
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,8 @@ class AttachmentView:
 class ModelConfigView:
     model: ModelConfig
     attachments: tuple[AttachmentView, ...]
-    # Set when this call moved the default: (changed, new default id or None).
-    default_changed: bool = False
-    new_default_id: str | None = None
+    # Whether the call that produced this view moved the default model.
+    default_change: DefaultChange = UNCHANGED
 
 
 def provider_view(config: ProviderConfig, deployment_keys: Mapping[Family, str]) -> ProviderConfigView:
@@ -40,10 +40,10 @@ def model_view(
     model: ModelConfig,
     providers: Mapping[str, ProviderConfig],
     deployment_keys: Mapping[Family, str],
-    default_change: tuple[bool, str | None] = (False, None),
+    default_change: DefaultChange = UNCHANGED,
 ) -> ModelConfigView:
     attachments = tuple(
         AttachmentView(i, providers[pid], credential_facts(providers[pid], deployment_keys))
         for i, pid in enumerate(model.attachments)
     )
-    return ModelConfigView(model, attachments, *default_change)
+    return ModelConfigView(model, attachments, default_change)
