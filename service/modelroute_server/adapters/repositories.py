@@ -109,7 +109,8 @@ class ProviderConfigRepository:
             query = query.limit(limit)
         return [self._to_domain(row) for row in self._connection.execute(query)]
 
-    def add(self, config: ProviderConfig, api_key: str | None, revision: int) -> None:
+    def add(self, config: ProviderConfig, revision: int) -> None:
+        """Stores `config`, sealing the plaintext key it carries."""
         self._connection.execute(
             sa.insert(provider_configs).values(
                 id=config.id,
@@ -117,14 +118,15 @@ class ProviderConfigRepository:
                 create_time=sa.func.now(),
                 update_time=sa.func.now(),
                 **self._columns(config),
-                **self._sealed_columns(config.id, api_key),
+                **self._sealed_columns(config),
             )
         )
 
-    def update(self, config: ProviderConfig, revision: int, *, new_api_key: str | None, key_changed: bool) -> None:
+    def update(self, config: ProviderConfig, revision: int, *, key_changed: bool) -> None:
+        """Rewrites `config`; its key (a plaintext to seal, or None to clear) only when `key_changed`."""
         values: dict[str, Any] = dict(self._columns(config), revision=revision, update_time=sa.func.now())
         if key_changed:
-            values.update(self._sealed_columns(config.id, new_api_key))
+            values.update(self._sealed_columns(config))
         self._connection.execute(sa.update(provider_configs).where(provider_configs.c.id == config.id).values(**values))
 
     def delete(self, provider_config_id: str) -> None:
@@ -141,10 +143,10 @@ class ProviderConfigRepository:
             "allow_central_api_key_fallback": config.policy.allow_central_api_key_fallback,
         }
 
-    def _sealed_columns(self, provider_config_id: str, api_key: str | None) -> dict[str, Any]:
-        if api_key is None:
+    def _sealed_columns(self, config: ProviderConfig) -> dict[str, Any]:
+        if config.api_key is None or config.api_key.secret is None:
             return {"api_key_ciphertext": None, "api_key_key_id": None}
-        sealed = self._keyring.seal(api_key, provider_key_binding(provider_config_id))
+        sealed = self._keyring.seal(config.api_key.secret, provider_key_binding(config.id))
         return {"api_key_ciphertext": sealed.ciphertext, "api_key_key_id": sealed.key_id}
 
     def _to_domain(self, row: sa.Row[Any]) -> ProviderConfig:

@@ -112,6 +112,15 @@ def validate_model_fields(model: ModelConfig, prefix: str = "") -> None:
     violations.raise_if_any()
 
 
+def check_attachment_count(count: int, field_path: str) -> None:
+    if count > MAX_ATTACHMENTS:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{field_path}: at most {MAX_ATTACHMENTS} provider configs, got {count}",
+            field_violations=[FieldViolation(field_path, f"must name at most {MAX_ATTACHMENTS} provider configs")],
+        )
+
+
 def validate_attachments(
     family: Family,
     attachment_ids: Sequence[str],
@@ -125,12 +134,7 @@ def validate_attachments(
             f"{field_path}: a model needs at least one provider config",
             field_violations=[FieldViolation(field_path, "must name at least one provider config")],
         )
-    if len(attachment_ids) > MAX_ATTACHMENTS:
-        raise DomainError(
-            Reason.ATTACHMENTS_INVALID,
-            f"{field_path}: at most {MAX_ATTACHMENTS} provider configs, got {len(attachment_ids)}",
-            field_violations=[FieldViolation(field_path, f"must name at most {MAX_ATTACHMENTS} provider configs")],
-        )
+    check_attachment_count(len(attachment_ids), field_path)
     violations: list[FieldViolation] = []
     counts = Counter(attachment_ids)
     reported_duplicates: set[str] = set()

@@ -16,7 +16,7 @@ from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, res
 
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
-from ..domain.models import MAX_ATTACHMENTS, CallOptions
+from ..domain.models import CallOptions, check_attachment_count
 from ..domain.providers import KeySource, provider_config_name
 from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
 from ..domain.rules import SLUG_PATTERN
@@ -41,8 +41,6 @@ FIXABLE_BY_TO_PROTO = {f: common_pb2.FixableBy.Value("FIXABLE_BY_" + f.name) for
 UNUSABLE_TO_PROTO = {
     r: resolver_pb2.ModelUnusableReason.Value("MODEL_UNUSABLE_REASON_" + r.name) for r in ModelUnusableReason
 }
-PROVIDER_NAME = re.compile(r"^providerConfigs/([^/]+)$")
-MODEL_NAME = re.compile(r"^modelConfigs/([^/]+)$")
 POLICY_FIELDS = (
     "central_api_key_enabled",
     "allow_user_api_key",
@@ -53,22 +51,28 @@ POLICY_FIELDS = (
 # ---------------------------------------------------------------- names
 
 
+def _id_in(name: str, collection: str) -> str | None:
+    """The slug id of `collection/{id}`, or None when `name` is not such a name."""
+    resource_id = name.removeprefix(collection + "/")
+    return resource_id if resource_id != name and SLUG_PATTERN.fullmatch(resource_id) else None
+
+
 def provider_id_from_name(name: str, field_path: str) -> str:
-    match = PROVIDER_NAME.fullmatch(name)
-    if not match or not SLUG_PATTERN.fullmatch(match.group(1)):
+    provider_config_id = _id_in(name, "providerConfigs")
+    if provider_config_id is None:
         raise invalid_field(
             field_path, f"must be a provider config name `providerConfigs/{{id}}` with a slug id, got {quoted(name)}"
         )
-    return match.group(1)
+    return provider_config_id
 
 
 def model_id_from_name(name: str, field_path: str) -> str:
-    match = MODEL_NAME.fullmatch(name)
-    if not match or not SLUG_PATTERN.fullmatch(match.group(1)):
+    model_config_id = _id_in(name, "modelConfigs")
+    if model_config_id is None:
         raise invalid_field(
             field_path, f"must be a model config name `modelConfigs/{{id}}` with a slug id, got {quoted(name)}"
         )
-    return match.group(1)
+    return model_config_id
 
 
 def model_ref(value: str, field_path: str) -> str | None:
@@ -302,22 +306,14 @@ def model_input(
     paths = resolve_mask(mask, populated, MODEL_UPDATABLE_PATHS, {"options": MODEL_OPTION_PATHS})
     if message.family != common_pb2.FAMILY_UNSPECIFIED and family_from_proto(message.family) is None:
         raise _unknown_family("model_config.family", message.family)
-    if len(message.provider_configs) > MAX_ATTACHMENTS:
-        # Checked before anything touches the database: the list's size is the client's mistake.
-        raise DomainError(
-            Reason.ATTACHMENTS_INVALID,
-            f"model_config.provider_configs: at most {MAX_ATTACHMENTS} provider configs, "
-            f"got {len(message.provider_configs)}",
-            field_violations=[
-                FieldViolation("model_config.provider_configs", f"must name at most {MAX_ATTACHMENTS} provider configs")
-            ],
-        )
+    # Before anything touches the database: the list's size is the client's mistake.
+    check_attachment_count(len(message.provider_configs), "model_config.provider_configs")
     violations: list[FieldViolation] = []
     provider_ids = []
     for index, name in enumerate(message.provider_configs):
-        match = PROVIDER_NAME.fullmatch(name)
-        if match and SLUG_PATTERN.fullmatch(match.group(1)):
-            provider_ids.append(match.group(1))
+        provider_config_id = _id_in(name, "providerConfigs")
+        if provider_config_id is not None:
+            provider_ids.append(provider_config_id)
         else:
             violations.append(
                 FieldViolation(

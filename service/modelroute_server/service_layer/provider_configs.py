@@ -97,7 +97,7 @@ def create_provider_config(
                 f"{config.name} already exists",
                 resource=provider_resource(config.id),
             )
-        uow.providers.add(config, request.api_key or None, revision)
+        uow.providers.add(config, revision)
         stored = uow.providers.get(provider_config_id)
     assert stored is not None
     return provider_view(stored, ctx.deployment_keys)
@@ -154,7 +154,7 @@ def update_provider_config(
         touches_credentials = any(p == "api_key" or p.startswith("credential_policy.") for p in paths)
         validate_provider_config(updated, ctx.deployment_keys, PREFIX, check_central_key=touches_credentials)
         key_changed = "api_key" in paths
-        uow.providers.update(updated, revision, new_api_key=request.api_key or None, key_changed=key_changed)
+        uow.providers.update(updated, revision, key_changed=key_changed)
         stored = uow.providers.get(provider_config_id)
     assert stored is not None
     return provider_view(stored, ctx.deployment_keys)
