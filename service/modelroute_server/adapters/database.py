@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,16 @@ def open_database(database_url: str | None, data_dir: Path) -> tuple[str, Embedd
         return database_url, None
     embedded = EmbeddedPostgres(data_dir / "pgdata")
     return embedded.start(), embedded
+
+
+@contextmanager
+def engine_for(database_url: str | None, data_dir: Path) -> Iterator[sa.Engine]:
+    """An engine for a one-off command, on the configured or the embedded database; closed after."""
+    url, embedded = open_database(database_url, data_dir)
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if embedded is not None:
+            embedded.stop()

@@ -90,30 +90,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _migrate(settings: Settings, target: str, downgrade: bool, allow_data_loss: bool) -> None:
-    url, embedded = database.open_database(settings.database_url, settings.data_dir)
-    engine = database.create_engine(url)
-    try:
+    with database.engine_for(settings.database_url, settings.data_dir) as engine:
         if downgrade:
             database.downgrade(engine, target, allow_data_loss)
         else:
             database.upgrade(engine, target)
         log.info("schema migrated", extra={"revision": database.current_revision(engine)})
-    finally:
-        engine.dispose()
-        if embedded is not None:
-            embedded.stop()
 
 
 def _rotate_keys(settings: Settings) -> int:
     keyring = load_keyring(settings)
-    url, embedded = database.open_database(settings.database_url, settings.data_dir)
-    engine = database.create_engine(url)
-    try:
+    with database.engine_for(settings.database_url, settings.data_dir) as engine:
         report = rotate_keys(engine, keyring)
-    finally:
-        engine.dispose()
-        if embedded is not None:
-            embedded.stop()
     log.info(
         "keys re-encrypted",
         extra={
