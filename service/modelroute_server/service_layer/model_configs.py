@@ -157,7 +157,7 @@ def list_model_configs(
     query = "modelConfigs?" + list_filter.canonical
     after = ctx.page_tokens.decode(page_token, query)
     with ctx.read() as uow:
-        models = uow.models.list(
+        fetched = uow.models.list(
             show_deleted=list_filter.show_deleted,
             family=list_filter.family,
             enabled=list_filter.enabled,
@@ -165,10 +165,7 @@ def list_model_configs(
             after_id=after,
             limit=size + 1,
         )
-        next_token = ""
-        if len(models) > size:
-            models = models[:size]
-            next_token = ctx.page_tokens.encode(models[-1].id, query)
+        models, next_token = ctx.page_tokens.cut(fetched, size, query)
         providers = uow.providers.get_many(pid for m in models for pid in m.attachments)
     return ModelConfigPage([model_view(m, providers, ctx.deployment_keys) for m in models], next_token)
 

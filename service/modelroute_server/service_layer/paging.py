@@ -14,8 +14,18 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from ..domain.errors import DomainError, Reason, invalid_field
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Identified)
 
 DEFAULT_PAGE_SIZE = 50
 # A page of the largest models (25 attachments each) stays well under gRPC's 4 MiB message limit.
@@ -31,6 +41,12 @@ class PageTokens:
         body = json.dumps({"after": last_id, "query": _digest(query)}, separators=(",", ":")).encode()
         mac = hmac.new(self._signing_keys[0], body, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
+
+    def cut(self, items: Sequence[T], size: int, query: str) -> tuple[Sequence[T], str]:
+        """The first `size` of `items` (ordered by id, fetched with one extra) and the token for the rest."""
+        if len(items) <= size:
+            return items, ""
+        return items[:size], self.encode(items[size - 1].id, query)
 
     def decode(self, token: str, query: str) -> str | None:
         """The id to continue after; None for the first page."""

@@ -120,11 +120,8 @@ def list_provider_configs(
         configs = uow.providers.list(
             family=list_filter.family, enabled=list_filter.enabled, after_id=after, limit=size + 1
         )
-    next_token = ""
-    if len(configs) > size:
-        configs = configs[:size]
-        next_token = ctx.page_tokens.encode(configs[-1].id, "providerConfigs?" + list_filter.canonical)
-    return ProviderConfigPage([provider_view(c, ctx.deployment_keys) for c in configs], next_token)
+    page, next_token = ctx.page_tokens.cut(configs, size, "providerConfigs?" + list_filter.canonical)
+    return ProviderConfigPage([provider_view(c, ctx.deployment_keys) for c in page], next_token)
 
 
 def update_provider_config(

@@ -298,8 +298,8 @@ def list_available_models(
     models = sorted(
         (m for m in snapshot.models.values() if m.enabled and (after is None or m.id > after)), key=lambda m: m.id
     )
-    next_token = ctx.page_tokens.encode(models[size - 1].id, query) if len(models) > size else ""
-    return AvailableModelsPage([resolution_for(ctx, snapshot, m, user) for m in models[:size]], next_token)
+    page, next_token = ctx.page_tokens.cut(models, size, query)
+    return AvailableModelsPage([resolution_for(ctx, snapshot, m, user) for m in page], next_token)
 
 
 def explain_resolution(

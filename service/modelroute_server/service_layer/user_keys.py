@@ -97,6 +97,6 @@ def list_user_provider_configs(
     with ctx.read() as uow:
         providers = [p for p in uow.providers.list(enabled=True, after_id=after) if p.policy.allow_user_api_key]
         keys = uow.user_keys.for_user(user)
-    next_token = ctx.page_tokens.encode(providers[size - 1].id, query) if len(providers) > size else ""
-    views = [_user_view(p, p.id in keys and keys[p.id].present, ctx.deployment_keys) for p in providers[:size]]
+    page, next_token = ctx.page_tokens.cut(providers, size, query)
+    views = [_user_view(p, p.id in keys and keys[p.id].present, ctx.deployment_keys) for p in page]
     return UserProviderPage(views, next_token)
