@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,12 +23,13 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modelroute_server.adapters import database
-from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec, user_key_binding
+from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec, seal_bound, user_key_binding
 from modelroute_server.domain.families import Family
 from modelroute_server.service_layer import model_configs, provider_configs, user_keys
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
 from modelroute_server.service_layer.resolution import SnapshotStore
+from tests.helpers import TEST_CALLER
 
 PROVIDERS, MODELS = 12, 40
 
@@ -54,11 +56,14 @@ def main() -> None:
         ctx = ServiceContext(engine=engine, keyring=keyring)
         for i in range(PROVIDERS):
             provider_configs.create_provider_config(
-                ctx, f"p{i}", ProviderConfigInput(family=Family.OPENAI, api_key=f"sk-{i}", allow_user_api_key=True)
+                ctx,
+                TEST_CALLER,
+                f"p{i}",
+                ProviderConfigInput(family=Family.OPENAI, api_key=f"sk-{i}", allow_user_api_key=True),
             )
         for m in range(MODELS):
             model_configs.create_model_config(
-                ctx, f"m{m}", ModelConfigInput(family=Family.OPENAI, model="gpt", context_limit=1000)
+                ctx, TEST_CALLER, f"m{m}", ModelConfigInput(family=Family.OPENAI, model="gpt", context_limit=1000)
             )
         store = SnapshotStore(ctx)
         ctx.on_commit.append(store.committed)
@@ -70,13 +75,15 @@ def main() -> None:
             rows = []
             for n in range(stored, target):
                 user, provider = f"user-{n}", f"p{n % PROVIDERS}"
-                sealed = keyring.seal(f"uk-{n}", user_key_binding(user, provider))
-                rows.append({"u": user, "p": provider, "c": sealed.ciphertext, "k": sealed.key_id})
+                sealed = seal_bound(keyring, f"uk-{n}", partial(user_key_binding, user, provider))
+                rows.append(
+                    {"u": user, "p": provider, "c": sealed.ciphertext, "k": sealed.key_id, "i": sealed.incarnation}
+                )
             with engine.begin() as conn:
                 conn.execute(
                     sa.text(
                         "INSERT INTO user_provider_keys (user_id, provider_config_id, api_key_ciphertext, "
-                        "api_key_key_id) VALUES (:u, :p, :c, :k)"
+                        "api_key_key_id, key_incarnation) VALUES (:u, :p, :c, :k, :i)"
                     ),
                     rows,
                 )
@@ -89,7 +96,7 @@ def main() -> None:
             seconds = median_seconds(reload, 5)
             patches = []
             for attempt in range(5):
-                user_keys.set_user_provider_key(ctx, "bench-user", "p0", f"uk-bench-{attempt}")
+                user_keys.set_user_provider_key(ctx, TEST_CALLER, "bench-user", "p0", f"uk-bench-{attempt}")
                 started = time.perf_counter()
                 store.current()
                 patches.append(time.perf_counter() - started)

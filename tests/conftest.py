@@ -17,12 +17,23 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from modelroute.credentials import authenticated
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
-from modelroute_server.entrypoints.server import Application, create_server, mark_not_serving, watch_health
+from modelroute_server.domain.access import Role
+from modelroute_server.entrypoints.server import (
+    Application,
+    create_server,
+    mark_not_serving,
+    watch_health,
+    wire_application,
+)
+from modelroute_server.entrypoints.transport import CertificateFiles
+from modelroute_server.service_layer import access_tokens
 from modelroute_server.service_layer.context import ServiceContext
-from modelroute_server.service_layer.resolution import SnapshotStore
 from modelroute_server.settings import Settings
+
+from .helpers import TEST_CALLER
 
 TEST_DATABASE_URL_ENV = "MODELROUTE_TEST_DATABASE_URL"
 
@@ -81,19 +92,43 @@ def migrated_url(postgres: PostgresForTests) -> str:
     return url
 
 
-class RunningServer:
-    """The real aio server, on its own event loop thread, bound to 127.0.0.1:0."""
+ALL_ROLES_TOKEN = "tests-all-roles"
+_all_roles_secrets: dict[str, str] = {}
 
-    def __init__(self, app: Application) -> None:
+
+def all_roles_token(app: Application) -> str:
+    """A token holding every role, created once per database, so every existing test runs authenticated."""
+    secret = _all_roles_secrets.get(app.database_url)
+    if secret is None:
+        created = access_tokens.create_access_token(
+            app.ctx, TEST_CALLER, ALL_ROLES_TOKEN, access_tokens.AccessTokenInput(roles=tuple(Role))
+        )
+        secret = _all_roles_secrets[app.database_url] = created.secret
+    app.tokens.reload_all()  # a replica built before the token existed learns of it now
+    return secret
+
+
+class RunningServer:
+    """The real aio server, on its own event loop thread, bound to 127.0.0.1:0.
+
+    `channel` carries `token` (when given); `plain_channel` carries no credentials.
+    """
+
+    def __init__(
+        self, app: Application, token: str | None = None, certificates: CertificateFiles | None = None
+    ) -> None:
         self.app = app
+        self._certificates = certificates
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.server, self.port = self._call(self._start())
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.address = f"127.0.0.1:{self.port}"
+        self.plain_channel = grpc.insecure_channel(self.address)
+        self.channel = authenticated(self.plain_channel, token)
 
     async def _start(self) -> tuple[grpc.aio.Server, int]:
-        server, port = create_server(self.app, "127.0.0.1:0")
+        server, port = create_server(self.app, "127.0.0.1:0", self._certificates)
         await mark_not_serving(self.app)
         await server.start()
         self._health_task = asyncio.ensure_future(watch_health(self.app))
@@ -103,7 +138,7 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
 
     def stop(self) -> None:
-        self.channel.close()
+        self.plain_channel.close()
 
         async def _stop() -> None:
             self._health_task.cancel()
@@ -114,24 +149,24 @@ class RunningServer:
         self._thread.join(timeout=5)
 
 
-def build_app(url: str, keyring: Keyring) -> Application:
+def build_app(url: str, keyring: Keyring, settings: Settings | None = None) -> Application:
+    """An application on `url` without a change listener (tests that need one start it)."""
     engine = database.create_engine(url)
     ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys={})
-    snapshots = SnapshotStore(ctx)
-    ctx.on_commit.append(snapshots.committed)
-    return Application(Settings(database_url=url), ctx, snapshots, url)
+    return wire_application(settings or Settings(database_url=url), ctx, url, listen=False)
 
 
 @pytest.fixture(scope="session")
 def running_server(migrated_url: str, keyring: Keyring) -> Iterator[RunningServer]:
     app = build_app(migrated_url, keyring)
-    server = RunningServer(app)
+    server = RunningServer(app, all_roles_token(app))
     yield server
     server.stop()
     app.close()
 
 
-TABLES = ("user_provider_keys", "model_attachments", "model_configs", "provider_configs")
+# Access tokens survive: the session's all-roles token is one of them.
+TABLES = ("user_provider_keys", "model_attachments", "model_configs", "provider_configs", "audit_events")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from modelroute.v1 import (
     resolver_pb2_grpc,
     user_key_pb2_grpc,
 )
+from modelroute_server.domain.audit import Caller
 
 
 @dataclass
@@ -36,6 +37,9 @@ def stubs(channel: grpc.Channel) -> Stubs:
         resolver_pb2_grpc.ResolverServiceStub(channel),
     )
 
+
+# The actor of use cases that tests call directly (no RPC, so no token).
+TEST_CALLER = Caller("cli:tests", "Test")
 
 # The client distribution's decoder is the one under test here too.
 RichError = ModelrouteError

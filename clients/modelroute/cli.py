@@ -3,6 +3,10 @@
 Keys are never taken on the command line (it leaks into process lists and
 shell history): pass `--api-key-env VAR` or `--api-key-stdin`. Secrets in
 ResolveModel answers are redacted unless `--show-secrets` is given.
+
+Credentials: MODELROUTE_TOKEN, else the file MODELROUTE_TOKEN_FILE names, else
+the embedded server's token file of the role the command needs
+(`<MODELROUTE_DATA_DIR, default .modelroute>/<role>.token`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,29 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .client import ModelMutation, ModelrouteClient, ModelrouteError, family_from_name
+from .credentials import TLS, CredentialsError, read_token_file, token_from_env
 from .v1 import common_pb2, model_config_pb2, provider_config_pb2
+
+# The role each command needs, for finding an embedded token file when no token is configured.
+COMMAND_ROLES = {
+    ("providers", "create"): "admin",
+    ("providers", "delete"): "admin",
+    ("models", "create"): "admin",
+    ("models", "delete"): "admin",
+    ("models", "undelete"): "admin",
+    ("tokens", "create"): "admin",
+    ("tokens", "list"): "admin",
+    ("tokens", "revoke"): "admin",
+    ("resolve", None): "resolver",
+}
+DEFAULT_ROLE = "reader"
 
 POLICIES = {
     "central-only": (True, False, False),
@@ -68,7 +89,22 @@ def _family(text: str) -> common_pb2.Family.ValueType:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelroute-admin", description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default=os.environ.get("MODELROUTE_TARGET", "127.0.0.1:50051"))
+    parser.add_argument(
+        "--target", default=os.environ.get("MODELROUTE_TARGET", "127.0.0.1:50051"), help="host:port of the service"
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("MODELROUTE_SERVER_CA_FILE"),
+        help="verify the server's TLS certificate with this CA (env MODELROUTE_SERVER_CA_FILE); implies TLS",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's trusted roots")
+    parser.add_argument(
+        "--cert-file", default=os.environ.get("MODELROUTE_CLIENT_CERT_FILE"), help="client certificate (mutual TLS)"
+    )
+    parser.add_argument(
+        "--key-file", default=os.environ.get("MODELROUTE_CLIENT_KEY_FILE"), help="client key (mutual TLS)"
+    )
+    parser.add_argument("--server-name", help="the name to check the server's certificate against")
     groups = parser.add_subparsers(dest="group", required=True)
 
     providers = groups.add_parser("providers").add_subparsers(dest="verb", required=True)
@@ -109,7 +145,40 @@ def build_parser() -> argparse.ArgumentParser:
     available.add_argument("--user", default="")
     user_keys = groups.add_parser("user-keys").add_subparsers(dest="verb", required=True)
     user_keys.add_parser("list").add_argument("user")
+
+    tokens = groups.add_parser("tokens", help="access tokens (admin)").add_subparsers(dest="verb", required=True)
+    tcreate = tokens.add_parser("create", help="create a token; its secret is printed once")
+    tcreate.add_argument("id", help="the token's name: a lower-case slug")
+    tcreate.add_argument("--role", action="append", required=True, help="admin, reader, resolver or user-keys")
+    tcreate.add_argument("--ttl-seconds", type=int, help="lifetime in seconds (default: none)")
+    tokens.add_parser("list", help="every token, revoked and expired ones included")
+    tokens.add_parser("revoke", help="revoke a token on every replica").add_argument("id")
+    audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="verb", required=True)
+    audit.add_parser("list", help="newest first").add_argument(
+        "--filter", default="", help='for example: resource = "providerConfigs/openai-main"'
+    )
     return parser
+
+
+def token_file_for(role: str, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("MODELROUTE_DATA_DIR", ".modelroute")) / f"{role}.token"
+
+
+def command_token(options: argparse.Namespace) -> str | None:
+    """MODELROUTE_TOKEN, else MODELROUTE_TOKEN_FILE, else the embedded token file of the role needed."""
+    token = token_from_env()
+    if token is not None:
+        return token
+    role = COMMAND_ROLES.get((options.group, getattr(options, "verb", None)), DEFAULT_ROLE)
+    path = token_file_for(role)
+    return read_token_file(path) if path.exists() else None
+
+
+def _tls(options: argparse.Namespace) -> TLS | None:
+    if not (options.tls or options.ca_file or options.cert_file):
+        return None
+    return TLS.from_files(options.ca_file, options.cert_file, options.key_file, options.server_name)
 
 
 def run(options: argparse.Namespace, client: ModelrouteClient) -> None:
@@ -162,11 +231,26 @@ def run(options: argparse.Namespace, client: ModelrouteClient) -> None:
         _print_all(client.available_models(options.user))
     elif group == "user-keys":
         _print_all(client.user_provider_configs(options.user))
+    elif group == "tokens" and verb == "create":
+        created = client.create_access_token(options.id, options.role, options.ttl_seconds)
+        print("the token's secret follows, shown this once:", file=sys.stderr)
+        _print(created)
+    elif group == "tokens" and verb == "list":
+        _print_all(client.list_access_tokens())
+    elif group == "tokens" and verb == "revoke":
+        _print(client.revoke_access_token(options.id))
+    elif group == "audit":
+        _print_all(client.list_audit_events(options.filter))
 
 
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
-    with ModelrouteClient(options.target) as client:
+    try:
+        token, tls = command_token(options), _tls(options)
+    except (CredentialsError, OSError) as exc:
+        print(f"modelroute-admin: {exc}", file=sys.stderr)
+        return 2
+    with ModelrouteClient(options.target, token=token or "", tls=tls) as client:
         try:
             run(options, client)
         except ModelrouteError as error:
@@ -175,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {field_path}: {description}", file=sys.stderr)
             for kind, subject, description in error.precondition_violations:
                 print(f"  {subject} [{kind}]: {description}", file=sys.stderr)
+            if error.code is grpc.StatusCode.UNAUTHENTICATED and not token:
+                print(
+                    "  no token: set MODELROUTE_TOKEN or MODELROUTE_TOKEN_FILE (an embedded server writes "
+                    "its tokens to .modelroute/<role>.token)",
+                    file=sys.stderr,
+                )
             return 1
     return 0
 

@@ -11,7 +11,12 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from .credentials import TLS, authenticated, token_from_env
 from .v1 import (
+    access_token_pb2,
+    access_token_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     common_pb2,
     model_config_pb2,
     model_config_pb2_grpc,
@@ -122,20 +127,43 @@ def model_config_name(model_config_id: str) -> str:
 
 
 class ModelrouteClient:
-    """Every method takes ids or resource names and raises ModelrouteError on failure."""
+    """Every method takes ids or resource names and raises ModelrouteError on failure.
 
-    def __init__(self, target: str | grpc.Channel = "127.0.0.1:50051", timeout: float | None = 10.0) -> None:
+    `token`: the bearer token; when the client opens the channel itself and none is given, it takes
+    MODELROUTE_TOKEN, else the file MODELROUTE_TOKEN_FILE names. `tls`: verify the server (and, with a
+    certificate and key, authenticate this client by mutual TLS); without it the channel is plaintext.
+    """
+
+    def __init__(
+        self,
+        target: str | grpc.Channel = "127.0.0.1:50051",
+        timeout: float | None = 10.0,
+        *,
+        token: str | None = None,
+        tls: TLS | None = None,
+    ) -> None:
         self._owns_channel = isinstance(target, str)
-        self.channel: grpc.Channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        if isinstance(target, str):
+            if tls is not None:
+                base = grpc.secure_channel(target, tls.channel_credentials(), options=tls.channel_options())
+            else:
+                base = grpc.insecure_channel(target)
+            token = token if token is not None else token_from_env()
+        else:
+            base = target
+        self._base_channel = base
+        self.channel: grpc.Channel = authenticated(base, token)
         self.timeout = timeout
         self.providers = provider_config_pb2_grpc.ProviderConfigServiceStub(self.channel)
         self.models = model_config_pb2_grpc.ModelConfigServiceStub(self.channel)
         self.user_keys = user_key_pb2_grpc.UserKeyServiceStub(self.channel)
         self.resolver = resolver_pb2_grpc.ResolverServiceStub(self.channel)
+        self.access_tokens = access_token_pb2_grpc.AccessTokenServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     def close(self) -> None:
         if self._owns_channel:
-            self.channel.close()
+            self._base_channel.close()
 
     def __enter__(self) -> ModelrouteClient:
         return self
@@ -285,6 +313,50 @@ class ModelrouteClient:
                 self.timeout,
             )
         )
+
+    # ------------------------------------------------------------ access tokens and the audit log
+
+    def create_access_token(
+        self, access_token_id: str, roles: Sequence[str], ttl_seconds: int | None = None
+    ) -> access_token_pb2.CreateAccessTokenResponse:
+        """The response carries the secret (`token`) this once."""
+        token = access_token_pb2.AccessToken(roles=[role_from_name(r) for r in roles])
+        if ttl_seconds is not None:
+            token.ttl.seconds = ttl_seconds
+        request = access_token_pb2.CreateAccessTokenRequest(access_token_id=access_token_id, access_token=token)
+        return _call(self.access_tokens.CreateAccessToken, request, self.timeout)
+
+    def list_access_tokens(self, page_size: int = 0) -> Iterator[access_token_pb2.AccessToken]:
+        return _paged(
+            self.access_tokens.ListAccessTokens,
+            lambda token: access_token_pb2.ListAccessTokensRequest(page_size=page_size, page_token=token),
+            lambda page: page.access_tokens,
+            self.timeout,
+        )
+
+    def revoke_access_token(self, access_token_id: str) -> access_token_pb2.AccessToken:
+        name = access_token_id if "/" in access_token_id else f"accessTokens/{access_token_id}"
+        return _call(
+            self.access_tokens.RevokeAccessToken, access_token_pb2.RevokeAccessTokenRequest(name=name), self.timeout
+        )
+
+    def list_audit_events(self, filter: str = "", page_size: int = 0) -> Iterator[audit_pb2.AuditEvent]:
+        """Newest first."""
+        return _paged(
+            self.audit.ListAuditEvents,
+            lambda token: audit_pb2.ListAuditEventsRequest(filter=filter, page_size=page_size, page_token=token),
+            lambda page: page.audit_events,
+            self.timeout,
+        )
+
+
+def role_from_name(text: str) -> access_token_pb2.Role.ValueType:
+    """Case-insensitive: `user-keys`, `USER_KEYS` or `ROLE_USER_KEYS`."""
+    cleaned = text.strip().upper().replace("-", "_").removeprefix("ROLE_")
+    valid = [v.name.removeprefix("ROLE_") for v in access_token_pb2.Role.DESCRIPTOR.values if v.number != 0]
+    if cleaned not in valid:
+        raise ValueError(f"unknown role {text!r}; valid roles: {', '.join(v.lower().replace('_', '-') for v in valid)}")
+    return access_token_pb2.Role.Value("ROLE_" + cleaned)
 
 
 def family_from_name(text: str) -> common_pb2.Family.ValueType:

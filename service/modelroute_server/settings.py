@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .domain import rules
+from .domain.access import ROLE_NAMES, Role, role_from_name
 from .domain.families import Family
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -29,10 +30,22 @@ class Settings:
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
     migrate: bool = False
     log_level: str = "INFO"
+    # TLS: a certificate and its key; a client CA turns on mutual TLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # A verified client certificate's identity (`spiffe://...`, `dns:NAME`, `cn:NAME`) -> its roles.
+    client_identity_roles: Mapping[str, frozenset[Role]] = field(default_factory=dict)
+    # Plaintext beyond loopback, for a mesh that provides TLS itself.
+    allow_plaintext: bool = False
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 def deployment_key_variable(family: Family) -> str:
@@ -60,14 +73,75 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 URL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
+def private_file_problem(path: Path) -> str | None:
+    """Why a file holding secrets is too open (as ssh judges private keys); None when only its owner can read it.
+
+    The mode is that of the file a symbolic link leads to, as Kubernetes secret volumes use links.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        return f"cannot read {path} ({exc.strerror})"
+    if mode & 0o044:
+        return (
+            f"{path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path.resolve()}` "
+            "(for a Kubernetes secret volume, set defaultMode: 0400)"
+        )
+    return None
+
+
 def _read_keyring_file(path: str | None) -> str | None:
     """The keyring from a file (a mounted secret), so it never sits in the environment or argv."""
     if not path:
         return None
+    problem = private_file_problem(Path(path))
+    if problem:
+        raise SettingsError(f"MODELROUTE_KEYRING_FILE: {problem}")
     try:
         return Path(path).read_text().strip() or None
     except OSError as exc:
         raise SettingsError(f"MODELROUTE_KEYRING_FILE: cannot read {path} ({exc.strerror})") from None
+
+
+TRUE_VALUES = ("1", "true", "yes")
+
+
+def parse_identity_roles(text: str, variable: str = "MODELROUTE_TLS_CLIENT_ROLES") -> dict[str, frozenset[Role]]:
+    """`IDENTITY=ROLE[,ROLE...]` entries separated by `;` or new lines, for example
+    `spiffe://example.org/ns/prod/sa/api=resolver; dns:ops.internal=admin,reader; cn:break-glass=admin`."""
+    mapping: dict[str, frozenset[Role]] = {}
+    for entry in (e.strip() for e in text.replace("\n", ";").split(";")):
+        if not entry:
+            continue
+        identity, sep, names = entry.rpartition("=")
+        identity = identity.strip()
+        roles = [role_from_name(n) for n in names.split(",") if n.strip()]
+        if not sep or not identity or not roles or None in roles:
+            raise SettingsError(
+                f"{variable}: expected IDENTITY=ROLE[,ROLE...] entries separated by ';' "
+                f"(roles: {', '.join(ROLE_NAMES)}), got an entry for {identity or '(nothing)'!r}"
+            )
+        if not identity.startswith(("dns:", "cn:")) and "://" not in identity:
+            raise SettingsError(
+                f"{variable}: {identity!r} is no certificate identity; use a SAN URI (spiffe://...), "
+                "dns:NAME or cn:NAME"
+            )
+        mapping[identity] = frozenset(r for r in roles if r is not None)
+    return mapping
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _check_transport(settings: Settings) -> Settings:
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise SettingsError("MODELROUTE_TLS_CERT_FILE and MODELROUTE_TLS_KEY_FILE must be set together")
+    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
+        raise SettingsError("MODELROUTE_TLS_CLIENT_CA_FILE (mutual TLS) needs MODELROUTE_TLS_CERT_FILE and _KEY_FILE")
+    if settings.client_identity_roles and settings.tls_client_ca_file is None:
+        raise SettingsError("MODELROUTE_TLS_CLIENT_ROLES needs mutual TLS: set MODELROUTE_TLS_CLIENT_CA_FILE")
+    return settings
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,12 +152,19 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     level = env.get("MODELROUTE_LOG_LEVEL", "INFO").upper()
     if level not in LOG_LEVELS:
         raise SettingsError(f"MODELROUTE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-    return Settings(
-        listen=env.get("MODELROUTE_LISTEN", DEFAULT_LISTEN),
-        database_url=url,
-        data_dir=Path(env.get("MODELROUTE_DATA_DIR", DEFAULT_DATA_DIR)),
-        keyring=env.get("MODELROUTE_KEYRING") or _read_keyring_file(env.get("MODELROUTE_KEYRING_FILE")),
-        deployment_keys=deployment_keys_from_env(env),
-        migrate=env.get("MODELROUTE_MIGRATE", "").lower() in ("1", "true", "yes"),
-        log_level=level,
+    return _check_transport(
+        Settings(
+            listen=env.get("MODELROUTE_LISTEN", DEFAULT_LISTEN),
+            database_url=url,
+            data_dir=Path(env.get("MODELROUTE_DATA_DIR", DEFAULT_DATA_DIR)),
+            keyring=env.get("MODELROUTE_KEYRING") or _read_keyring_file(env.get("MODELROUTE_KEYRING_FILE")),
+            deployment_keys=deployment_keys_from_env(env),
+            migrate=env.get("MODELROUTE_MIGRATE", "").lower() in TRUE_VALUES,
+            log_level=level,
+            tls_cert_file=_optional_path(env.get("MODELROUTE_TLS_CERT_FILE")),
+            tls_key_file=_optional_path(env.get("MODELROUTE_TLS_KEY_FILE")),
+            tls_client_ca_file=_optional_path(env.get("MODELROUTE_TLS_CLIENT_CA_FILE")),
+            client_identity_roles=parse_identity_roles(env.get("MODELROUTE_TLS_CLIENT_ROLES", "")),
+            allow_plaintext=env.get("MODELROUTE_ALLOW_PLAINTEXT", "").lower() in TRUE_VALUES,
+        )
     )

@@ -14,7 +14,7 @@ from modelroute import ModelrouteClient, ModelrouteError
 from modelroute.cli import main as admin_main
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2
 
-from ..conftest import RunningServer, repo_root
+from ..conftest import RunningServer, all_roles_token, repo_root
 
 
 def test_typed_client_round_trip_and_rich_errors(channel: grpc.Channel) -> None:
@@ -36,6 +36,7 @@ def test_admin_cli_creates_resolves_and_redacts(
 ) -> None:
     target = ["--target", f"127.0.0.1:{running_server.port}"]
     monkeypatch.setenv("CLI_TEST_KEY", "sk-from-env-not-argv")
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
     assert (
         admin_main(
             [
@@ -86,8 +87,9 @@ def test_admin_cli_creates_resolves_and_redacts(
 
 
 def test_admin_cli_reports_errors_without_a_traceback(
-    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str]
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
     code = admin_main(["--target", f"127.0.0.1:{running_server.port}", "providers", "get", "missing"])
     assert code == 1
     assert "NOT_FOUND PROVIDER_CONFIG_NOT_FOUND" in capsys.readouterr().err

@@ -14,9 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelroute.v1 import provider_config_pb2, resolver_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
-from modelroute_server.adapters.notifications import ChangeListener
 
-from ..conftest import RunningServer, build_app
+from ..conftest import RunningServer, all_roles_token, build_app
 from ..helpers import call_error, create_model, create_provider, provider_request, stubs
 
 
@@ -53,9 +52,8 @@ def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
 
 def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> None:
     app = build_app(own_postgres.url, keyring)
-    app.listener = ChangeListener(own_postgres.url, app.snapshots.announced, retry_seconds=0.2)
-    app.listener.start()
-    server = RunningServer(app)
+    app.start_listener(retry_seconds=0.2)
+    server = RunningServer(app, all_roles_token(app))
     try:
         s = stubs(server.channel)
         health = health_pb2_grpc.HealthStub(server.channel)

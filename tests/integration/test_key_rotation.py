@@ -16,6 +16,8 @@ from modelroute_server.service_layer import provider_configs, user_keys
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ProviderConfigInput
 
+from ..helpers import TEST_CALLER
+
 
 def _key_ids(engine: sa.Engine) -> dict[str, str | None]:
     with engine.connect() as conn:
@@ -34,10 +36,12 @@ def test_rotation_reseals_everything_it_can_and_reports_the_rest(fresh_database_
     old_spec, new_spec = generate_keyring_spec("old"), generate_keyring_spec("new")
     old_ctx = ServiceContext(engine=engine, keyring=Keyring.parse(old_spec))
     byok = ProviderConfigInput(family=Family.OPENAI, api_key="sk-one", allow_user_api_key=True)
-    provider_configs.create_provider_config(old_ctx, "one", byok)
-    provider_configs.create_provider_config(old_ctx, "two", ProviderConfigInput(family=Family.OPENAI, api_key="sk-two"))
-    provider_configs.create_provider_config(old_ctx, "ambient", ProviderConfigInput(family=Family.BEDROCK))
-    user_keys.set_user_provider_key(old_ctx, "alice", "one", "uk-alice")
+    provider_configs.create_provider_config(old_ctx, TEST_CALLER, "one", byok)
+    provider_configs.create_provider_config(
+        old_ctx, TEST_CALLER, "two", ProviderConfigInput(family=Family.OPENAI, api_key="sk-two")
+    )
+    provider_configs.create_provider_config(old_ctx, TEST_CALLER, "ambient", ProviderConfigInput(family=Family.BEDROCK))
+    user_keys.set_user_provider_key(old_ctx, TEST_CALLER, "alice", "one", "uk-alice")
     with engine.begin() as conn:  # a ciphertext moved to another row: no key opens it any more
         conn.execute(
             sa.text(

@@ -832,7 +832,9 @@ def test_trap7_white_space_key_never_counts_as_present(
     assert [(a.provider_config, a.has_api_key) for a in model.attachments] == [("providerConfigs/p", False)]
 
     # A white-space key written straight into the table (by an older version) is no key either.
-    sealed = keyring.seal("   ", provider_key_binding("p"))
+    with app.ctx.engine.connect() as conn:
+        incarnation = conn.execute(sa.text("SELECT key_incarnation FROM provider_configs WHERE id = 'p'")).scalar()
+    sealed = keyring.seal("   ", provider_key_binding("p", incarnation))
     with app.ctx.engine.begin() as conn:
         conn.execute(
             sa.text(

@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from modelroute import ModelrouteClient
+from modelroute import ModelrouteClient, ModelrouteError
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
@@ -295,9 +295,15 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
         assert Keyring.parse(keyring_file.read_text().strip()).primary_key_id
         assert (data_dir / "pgdata").is_dir()
         assert list_services(channel) >= MODELROUTE_SERVICES
+        # One token per role, readable by the owner only.
+        tokens = {role: data_dir / f"{role}.token" for role in ("admin", "reader", "resolver", "user-keys")}
+        for path in tokens.values():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert path.read_text().startswith("mrt_")
+        admin_token, resolver_token = tokens["admin"].read_text().strip(), tokens["resolver"].read_text().strip()
 
         # The README's example: create and read a provider config through the client package.
-        with ModelrouteClient(channel) as client:
+        with ModelrouteClient(channel, token=admin_token) as client:
             created = client.create_provider_config(
                 "openai-main",
                 provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI, api_key="sk-embedded"),
@@ -306,8 +312,20 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
         assert (got.name, got.has_api_key, got.api_key) == ("providerConfigs/openai-main", True, "")
         assert got == created
 
+        # The admin CLI finds the token of the role each command needs in the data directory.
+        listed = subprocess.run(
+            [str(SERVER_BINARY.parent / "modelroute-admin"), "--target", f"127.0.0.1:{port}", "providers", "list"],
+            cwd=tmp_path,
+            env=clean_env(MODELROUTE_DATA_DIR=str(data_dir)),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stderr.decode()[-2000:]
+        assert "providerConfigs/openai-main" in listed.stdout.decode()
+
         # The deployment key from the environment serves a keyless config of its family.
-        with ModelrouteClient(channel) as client:
+        with ModelrouteClient(channel, token=admin_token) as client:
             keyless = client.create_provider_config(
                 "openai-env", provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI)
             )
@@ -318,6 +336,11 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
                     family=common_pb2.FAMILY_OPENAI, model="gpt", context_limit=10, provider_configs=[keyless.name]
                 ),
             )
+            # Only the resolver role is ever handed a secret.
+            with pytest.raises(ModelrouteError) as denied:
+                client.resolve("env-model")
+            assert (denied.value.code, denied.value.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_REQUIRED")
+        with ModelrouteClient(channel, token=resolver_token) as client:
             answer = client.resolve("env-model")
         assert answer.selected.key_source == common_pb2.KEY_SOURCE_DEPLOYMENT
         if answer.selected.api_key != "dk-from-the-environment":
@@ -335,6 +358,9 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
     assert returncode == 0, stderr[-2000:]
     assert time.monotonic() - started < 15
     assert "shutting down" in stderr
+    assert f"wrote access tokens (one per role) to {data_dir}/" in stderr
+    # No token secret reaches the log.
+    assert admin_token not in stderr and resolver_token not in stderr
     # The embedded PostgreSQL was stopped with it.
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()
     # The logs are structured and never carry the key.

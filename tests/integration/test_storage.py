@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import os
-import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,15 +21,7 @@ from sqlalchemy.engine import make_url
 
 from modelroute.v1 import provider_config_pb2, user_key_pb2
 from modelroute_server.adapters import database
-from modelroute_server.adapters.crypto import (
-    Keyring,
-    KeyringError,
-    SealedKey,
-    generate_keyring_spec,
-    load_or_create_keyring_file,
-    provider_key_binding,
-    user_key_binding,
-)
+from modelroute_server.adapters.crypto import Keyring, provider_key_binding
 from modelroute_server.domain.families import Family
 from modelroute_server.entrypoints.server import Application
 from modelroute_server.service_layer import model_configs, provider_configs
@@ -38,7 +29,7 @@ from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
 
 from ..conftest import TEST_DATABASE_URL_ENV
-from ..helpers import create_provider, policy, stubs
+from ..helpers import TEST_CALLER, create_provider, policy, stubs
 
 PROVIDER_COLUMNS = (
     "id",
@@ -106,7 +97,37 @@ SEEDED = {
 
 def seed(ctx: ServiceContext) -> None:
     for provider_id, (request, _) in SEEDED.items():
-        provider_configs.create_provider_config(ctx, provider_id, request)
+        provider_configs.create_provider_config(ctx, TEST_CALLER, provider_id, request)
+
+
+def seed_as_0002_did(engine: sa.Engine, keyring: Keyring) -> None:
+    """The seeded providers as the build before 0003 wrote them: keys under the row-only binding."""
+    with engine.begin() as conn:
+        for revision, (provider_id, (request, key)) in enumerate(SEEDED.items(), start=1):
+            assert request.family is not None
+            sealed = keyring.seal(key, provider_key_binding(provider_id, None)) if key else None
+            conn.execute(
+                sa.text(
+                    "INSERT INTO provider_configs (id, family, display_name, base_url, enabled, "
+                    "central_api_key_enabled, allow_user_api_key, allow_central_api_key_fallback, "
+                    "api_key_ciphertext, api_key_key_id, revision) VALUES (:id, :family, :name, :url, :enabled, "
+                    ":c, :u, :f, :ciphertext, :key_id, :revision)"
+                ),
+                {
+                    "id": provider_id,
+                    "family": request.family.value,
+                    "name": request.display_name or request.family.default_display_name,
+                    "url": request.base_url or None,
+                    "enabled": request.enabled is not False,
+                    "c": request.central_api_key_enabled is not False,
+                    "u": bool(request.allow_user_api_key),
+                    "f": bool(request.allow_central_api_key_fallback),
+                    "ciphertext": sealed.ciphertext if sealed else None,
+                    "key_id": sealed.key_id if sealed else None,
+                    "revision": revision,
+                },
+            )
+        conn.execute(sa.text("UPDATE config_revision SET revision = :r"), {"r": len(SEEDED)})
 
 
 def check_seeded_keys(ctx: ServiceContext) -> None:
@@ -122,13 +143,17 @@ def check_seeded_keys(ctx: ServiceContext) -> None:
 
 def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine: sa.Engine, keyring: Keyring) -> None:
     assert database.current_revision(fresh_engine) is None
+    database.upgrade(fresh_engine, "0002")
+    seed_as_0002_did(fresh_engine, keyring)
+    providers_before = rows(fresh_engine, "provider_configs")
+    revision_before = rows(fresh_engine, "config_revision")
     database.upgrade(fresh_engine)
     assert database.current_revision(fresh_engine) == database.head_revision()
     assert database.schema_is_current(fresh_engine)
+    # 0003 only adds key_incarnation (the last column), NULL for rows written before it.
+    assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
     ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
-    seed(ctx)
-    providers_before = rows(fresh_engine, "provider_configs")
-    revision_before = rows(fresh_engine, "config_revision")
+    check_seeded_keys(ctx)
     assert len(providers_before) == len(SEEDED)
     assert revision_before == [(True, len(SEEDED))]
 
@@ -142,17 +167,17 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
 
     database.upgrade(fresh_engine)
     assert database.current_revision(fresh_engine) == database.head_revision()
-    assert rows(fresh_engine, "provider_configs") == providers_before
+    assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
     assert rows(fresh_engine, "config_revision") == revision_before
     check_seeded_keys(ctx)
     # The upgraded schema is fully usable: a model can be attached to the surviving configs.
     model = model_configs.create_model_config(
-        ctx, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
+        ctx, TEST_CALLER, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
     )
     assert [a.provider.id for a in model.attachments] == ["openai-main"]
     # Upgrading an up-to-date schema is a no-op.
     database.upgrade(fresh_engine)
-    assert rows(fresh_engine, "provider_configs") == providers_before
+    assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
 
 
 def test_a_downgrade_that_would_drop_rows_is_refused_unless_allowed(fresh_engine: sa.Engine, keyring: Keyring) -> None:
@@ -160,12 +185,26 @@ def test_a_downgrade_that_would_drop_rows_is_refused_unless_allowed(fresh_engine
     ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
     seed(ctx)
     model_configs.create_model_config(
-        ctx, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
+        ctx, TEST_CALLER, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
     )
     models_before = rows(fresh_engine, "model_configs")
-    with pytest.raises(RuntimeError, match="model_configs"):
+    events_before = rows(fresh_engine, "audit_events")
+    assert len(events_before) == len(SEEDED) + 1
+    with pytest.raises(RuntimeError, match="audit_events"):
         database.downgrade(fresh_engine, "0001")
     assert database.current_revision(fresh_engine) == database.head_revision()
+    assert rows(fresh_engine, "model_configs") == models_before
+    assert rows(fresh_engine, "audit_events") == events_before
+    with fresh_engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE audit_events"))
+    # Keys sealed to their row's incarnation would not open under 0002's binding: refused too.
+    with pytest.raises(RuntimeError, match=r"would make 3 key\(s\) in provider_configs undecryptable"):
+        database.downgrade(fresh_engine, "0002")
+    assert database.current_revision(fresh_engine) == database.head_revision()
+    check_seeded_keys(ctx)
+    database.downgrade(fresh_engine, "0002", allow_data_loss=True)
+    with pytest.raises(RuntimeError, match="model_configs"):
+        database.downgrade(fresh_engine, "0001")
     assert rows(fresh_engine, "model_configs") == models_before
 
     database.downgrade(fresh_engine, "0001", allow_data_loss=True)
@@ -357,125 +396,3 @@ def test_a_pg_dump_holds_no_plaintext_key(app: Application, channel: grpc.Channe
         sealed += conn.execute(sa.text("SELECT api_key_ciphertext, api_key_key_id FROM user_provider_keys")).all()
     assert len(sealed) == 4
     assert all(ciphertext is not None and key_id == app.ctx.keyring.primary_key_id for ciphertext, key_id in sealed)
-
-
-# ---------------------------------------------------------------- the keyring
-
-
-def test_a_ciphertext_is_bound_to_its_row(keyring: Keyring) -> None:
-    secret = "sk-bound-to-row"
-    sealed = keyring.seal(secret, provider_key_binding("row-a"))
-    assert sealed.key_id == keyring.primary_key_id
-    assert secret.encode() not in sealed.ciphertext
-    assert keyring.open(sealed, provider_key_binding("row-a")) == secret
-    for other in (
-        provider_key_binding("row-b"),
-        provider_key_binding("row-a-"),
-        user_key_binding("u", "row-a"),
-        b"",
-    ):
-        assert keyring.open(sealed, other) is None
-    user_sealed = keyring.seal(secret, user_key_binding("alice", "p"))
-    assert keyring.open(user_sealed, user_key_binding("alice", "p")) == secret
-    assert keyring.open(user_sealed, user_key_binding("bob", "p")) is None
-    assert keyring.open(user_sealed, user_key_binding("alice", "q")) is None
-    assert keyring.open(user_sealed, provider_key_binding("p")) is None
-
-
-def test_unknown_key_ids_and_damaged_ciphertexts_do_not_open(keyring: Keyring) -> None:
-    binding = provider_key_binding("p")
-    sealed = keyring.seal("sk-x", binding)
-    assert keyring.open(SealedKey("no-such-key", sealed.ciphertext), binding) is None
-    flipped = bytearray(sealed.ciphertext)
-    flipped[-1] ^= 0x01
-    assert keyring.open(SealedKey(sealed.key_id, bytes(flipped)), binding) is None
-    assert keyring.open(SealedKey(sealed.key_id, sealed.ciphertext[:12]), binding) is None
-    assert keyring.open(SealedKey(sealed.key_id, b""), binding) is None
-    other = Keyring.parse(generate_keyring_spec(keyring.primary_key_id))  # same id, other material
-    assert other.open(sealed, binding) is None
-
-
-def test_sealing_twice_uses_fresh_nonces(keyring: Keyring) -> None:
-    binding = provider_key_binding("p")
-    first, second = keyring.seal("sk-same", binding), keyring.seal("sk-same", binding)
-    assert first.ciphertext != second.ciphertext
-    assert keyring.open(first, binding) == keyring.open(second, binding) == "sk-same"
-
-
-def test_rotation_new_primary_still_opens_old_ciphertexts() -> None:
-    old_spec, new_spec = generate_keyring_spec("old"), generate_keyring_spec("new")
-    old = Keyring.parse(old_spec)
-    rotated = Keyring.parse(f"{new_spec},{old_spec}")
-    assert (rotated.primary_key_id, set(rotated.key_ids)) == ("new", {"new", "old"})
-    binding = provider_key_binding("p")
-    sealed_old = old.seal("sk-before-rotation", binding)
-    assert rotated.open(sealed_old, binding) == "sk-before-rotation"
-    sealed_new = rotated.seal("sk-after-rotation", binding)
-    assert sealed_new.key_id == "new"
-    assert old.open(sealed_new, binding) is None
-    assert Keyring.parse(new_spec).open(sealed_old, binding) is None
-
-
-def test_repository_reads_a_moved_ciphertext_as_undecryptable(app: Application, channel: grpc.Channel) -> None:
-    s = stubs(channel)
-    create_provider(s, "a", api_key="sk-a-row")
-    create_provider(s, "b", api_key="sk-b-row")
-    with app.ctx.engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "UPDATE provider_configs SET (api_key_ciphertext, api_key_key_id) = "
-                "(SELECT api_key_ciphertext, api_key_key_id FROM provider_configs WHERE id = 'a') WHERE id = 'b'"
-            )
-        )
-    assert stored_secret(app.ctx, "a") == "sk-a-row"
-    with app.ctx.read() as uow:
-        moved = uow.providers.get("b")
-    assert moved is not None and moved.api_key is not None
-    assert moved.api_key.undecryptable
-    # An undecryptable key still counts as stored for the admin, but is not a usable credential.
-    assert moved.has_api_key
-    got = s.providers.GetProviderConfig(provider_config_pb2.GetProviderConfigRequest(name="providerConfigs/b"))
-    assert (got.has_api_key, got.central_credential_usable, got.api_key) == (True, False, "")
-
-
-def test_repository_reads_old_keys_after_rotation_and_writes_under_the_new_primary(engine: sa.Engine) -> None:
-    old_spec = generate_keyring_spec("rotated-1")
-    old_ctx = ServiceContext(engine=engine, keyring=Keyring.parse(old_spec))
-    provider_configs.create_provider_config(
-        old_ctx, "before", ProviderConfigInput(family=Family.OPENAI, api_key="sk-before")
-    )
-    rotated = Keyring.parse(f"{generate_keyring_spec('rotated-2')},{old_spec}")
-    new_ctx = ServiceContext(engine=engine, keyring=rotated)
-    assert stored_secret(new_ctx, "before") == "sk-before"
-    provider_configs.create_provider_config(
-        new_ctx, "after", ProviderConfigInput(family=Family.OPENAI, api_key="sk-after")
-    )
-    assert stored_secret(new_ctx, "after") == "sk-after"
-    with engine.connect() as conn:
-        key_ids = dict(conn.execute(sa.text("SELECT id, api_key_key_id FROM provider_configs")).all())
-    assert key_ids == {"before": "rotated-1", "after": "rotated-2"}
-    # The old keyring alone cannot read what the new primary sealed.
-    assert stored_secret(old_ctx, "after") is None
-
-
-@pytest.mark.parametrize(
-    "spec",
-    ["", " , ", "k1", "k1:not-base64!", "k1:" + base64.b64encode(b"short").decode(), "bad id:" + "A" * 44],
-)
-def test_bad_keyrings_are_refused_with_what_to_set(spec: str) -> None:
-    with pytest.raises(KeyringError) as caught:
-        Keyring.parse(spec)
-    assert "MODELROUTE_KEYRING" in str(caught.value)
-
-
-def test_a_keyring_with_a_repeated_key_id_is_refused() -> None:
-    with pytest.raises(KeyringError, match="twice"):
-        Keyring.parse(f"{generate_keyring_spec('k')},{generate_keyring_spec('k')}")
-
-
-def test_the_embedded_keyring_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
-    path = tmp_path / "data" / "keyring"
-    spec = load_or_create_keyring_file(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_or_create_keyring_file(path) == spec
-    assert Keyring.parse(spec).primary_key_id

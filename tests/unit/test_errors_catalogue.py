@@ -21,13 +21,15 @@ from modelroute_server.domain.errors import (
 )
 from modelroute_server.entrypoints.errors import GRPC_CODES, RPC_CODES, internal_error, to_status
 
-SERVER_SIDE = {Reason.INTERNAL_ERROR, Reason.DATABASE_UNAVAILABLE}
+SERVER_SIDE = {Reason.INTERNAL_ERROR, Reason.DATABASE_UNAVAILABLE, Reason.CREDENTIALS_NOT_LOADED}
 CLIENT_CODES = {
     ErrorCode.INVALID_ARGUMENT,
     ErrorCode.NOT_FOUND,
     ErrorCode.ALREADY_EXISTS,
     ErrorCode.FAILED_PRECONDITION,
     ErrorCode.ABORTED,
+    ErrorCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED,
 }
 DETAILS_KEY = "grpc-status-details-bin"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf import field_mask_pb2
 
-from modelroute_server.adapters.repositories import UserKeyChange, change_payload, parse_change_payload
+from modelroute_server.adapters.notifications import change_payload, parse_change_payload
+from modelroute_server.domain.changes import AccessTokenChange, Change, UserKeyChange
 from modelroute_server.domain.errors import DomainError, Reason
 from modelroute_server.domain.families import Family
 from modelroute_server.entrypoints.convert import model_filter, provider_filter, resolve_mask
@@ -104,14 +105,18 @@ def test_bad_filters_are_rejected(bad: str) -> None:
 
 @pytest.mark.parametrize(
     ("revision", "change"),
-    [(7, None), (8, UserKeyChange(user="alice@example.com", provider_config_id="openai-main"))],
+    [
+        (7, None),
+        (8, UserKeyChange(user="alice@example.com", provider_config_id="openai-main")),
+        (None, AccessTokenChange("ci-deployer")),
+    ],
 )
-def test_change_payloads_round_trip(revision: int, change: UserKeyChange | None) -> None:
+def test_change_payloads_round_trip(revision: int | None, change: Change | None) -> None:
     payload = change_payload(revision, change)
     assert len(payload.encode()) < 8000  # NOTIFY's limit
     assert parse_change_payload(payload) == (revision, change)
 
 
-@pytest.mark.parametrize("payload", ["", "x", "7 user-key only-two", "7 something else entirely"])
+@pytest.mark.parametrize("payload", ["", "x", "7 user-key only-two", "7 something else entirely", "token", "token a b"])
 def test_unexpected_payloads_mean_a_full_reload(payload: str) -> None:
     assert parse_change_payload(payload)[1] is None

@@ -411,6 +411,7 @@ def test_the_keyring_can_come_from_a_file(tmp_path: Path) -> None:
     spec = generate_keyring_spec("from-file")
     keyring_file = tmp_path / "keyring"
     keyring_file.write_text(spec + "\n")
+    keyring_file.chmod(0o600)
     assert settings_from_env({"MODELROUTE_KEYRING_FILE": str(keyring_file)}).keyring == spec
     # The variable itself wins over the file.
     other = generate_keyring_spec("from-env")

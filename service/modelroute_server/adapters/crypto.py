@@ -1,8 +1,13 @@
 """AES-GCM encryption of API keys under a keyring of named keys.
 
 Each ciphertext is stored beside the id of the key that sealed it, and is
-bound to its row through associated data, so a ciphertext copied into
-another row does not decrypt (SPEC section 8).
+bound through associated data to its row and to the row's incarnation: a
+random id drawn when the row is created and again at every key write, stored
+beside the key. So a ciphertext copied into another row does not decrypt, nor
+one written back onto a row that was deleted and created again under the same
+id (or onto the same row after its key changed). Rows written before
+incarnations existed (incarnation NULL) keep their old binding until
+`rotate-keys` reseals them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +36,15 @@ class KeyringError(ValueError):
     """The configured key material is unusable; the message says how to fix it."""
 
 
+INCARNATION_BYTES = 16
+
+
 @dataclass(frozen=True)
 class SealedKey:
     key_id: str
     ciphertext: bytes = field(repr=False)
+    # The incarnation the ciphertext is bound to; None: sealed before incarnations existed.
+    incarnation: bytes | None = None
 
 
 class Keyring:
@@ -94,13 +105,32 @@ class Keyring:
             return None
 
 
-def provider_key_binding(provider_config_id: str) -> bytes:
-    return b"modelroute/provider_config/" + provider_config_id.encode()
+def _bound(base: bytes, incarnation: bytes | None) -> bytes:
+    return base if incarnation is None else base + b"#" + incarnation.hex().encode()
 
 
-def user_key_binding(user: str, provider_config_id: str) -> bytes:
-    # The provider id is a slug (no '/'), so this split is unambiguous.
-    return b"modelroute/user_key/" + provider_config_id.encode() + b"/" + user.encode()
+def provider_key_binding(provider_config_id: str, incarnation: bytes | None) -> bytes:
+    return _bound(b"modelroute/provider_config/" + provider_config_id.encode(), incarnation)
+
+
+def user_key_binding(user: str, provider_config_id: str, incarnation: bytes | None) -> bytes:
+    # The provider id is a slug (no '/' or '#'), so this split is unambiguous.
+    return _bound(b"modelroute/user_key/" + provider_config_id.encode() + b"/" + user.encode(), incarnation)
+
+
+def new_incarnation() -> bytes:
+    return secrets.token_bytes(INCARNATION_BYTES)
+
+
+def seal_bound(keyring: Keyring, plaintext: str, binding: Callable[[bytes | None], bytes]) -> SealedKey:
+    """Seals under the primary key, bound to `binding(incarnation)` for a freshly drawn incarnation."""
+    incarnation = new_incarnation()
+    sealed = keyring.seal(plaintext, binding(incarnation))
+    return SealedKey(sealed.key_id, sealed.ciphertext, incarnation)
+
+
+def open_bound(keyring: Keyring, sealed: SealedKey, binding: Callable[[bytes | None], bytes]) -> str | None:
+    return keyring.open(sealed, binding(sealed.incarnation))
 
 
 def generate_keyring_spec(key_id: str = "k1") -> str:

@@ -1,4 +1,8 @@
-"""Re-seals every stored API key under the keyring's primary key (SPEC section 8).
+"""Re-seals every stored API key under the keyring's primary key, bound to a fresh row incarnation.
+
+Rows sealed before incarnations existed (key_incarnation NULL) are rewritten
+too, even when they already use the primary key: afterwards no key is left
+under the old row-only binding.
 
 Runs beside live replicas: each batch is its own short transaction over rows
 locked with SKIP LOCKED, the plaintext never leaves this process, and a
@@ -10,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
-from .crypto import Keyring, SealedKey, provider_key_binding, user_key_binding
+from .crypto import Keyring, open_bound, provider_key_binding, seal_bound, user_key_binding
+from .repositories import sealed_from_row
 from .schema import provider_configs, user_provider_keys
 
 
@@ -29,7 +35,8 @@ class RotationReport:
 class _KeyTable:
     table: sa.Table
     key_columns: tuple[sa.Column[Any], ...]
-    binding: Callable[[sa.Row[Any]], bytes]
+    # The binding of a row's key, for a given incarnation.
+    binding: Callable[[sa.Row[Any]], Callable[[bytes | None], bytes]]
     label: Callable[[sa.Row[Any]], str]
 
 
@@ -37,13 +44,13 @@ _TABLES = (
     _KeyTable(
         provider_configs,
         (provider_configs.c.id,),
-        lambda row: provider_key_binding(row.id),
+        lambda row: partial(provider_key_binding, row.id),
         lambda row: f"providerConfigs/{row.id}",
     ),
     _KeyTable(
         user_provider_keys,
         (user_provider_keys.c.user_id, user_provider_keys.c.provider_config_id),
-        lambda row: user_key_binding(row.user_id, row.provider_config_id),
+        lambda row: partial(user_key_binding, row.user_id, row.provider_config_id),
         lambda row: f"user key of providerConfigs/{row.provider_config_id}",
     ),
 )
@@ -67,7 +74,9 @@ def _reseal_batch(
     report: RotationReport,
 ) -> bool:
     table = key_table.table
-    stale = table.c.api_key_ciphertext.is_not(None) & (table.c.api_key_key_id != keyring.primary_key_id)
+    stale = table.c.api_key_ciphertext.is_not(None) & (
+        (table.c.api_key_key_id != keyring.primary_key_id) | table.c.key_incarnation.is_(None)
+    )
     if skipped:
         stale &= sa.not_(sa.tuple_(*key_table.key_columns).in_(list(skipped)))
     with engine.begin() as connection:
@@ -77,16 +86,20 @@ def _reseal_batch(
         for row in rows:
             key = tuple(getattr(row, c.name) for c in key_table.key_columns)
             binding = key_table.binding(row)
-            plaintext = keyring.open(SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext)), binding)
+            plaintext = open_bound(keyring, sealed_from_row(row), binding)
             if plaintext is None:
                 skipped.add(key)
                 report.undecryptable.append(key_table.label(row))
                 continue
-            sealed = keyring.seal(plaintext, binding)
+            sealed = seal_bound(keyring, plaintext, binding)
             connection.execute(
                 sa.update(table)
                 .where(*(c == v for c, v in zip(key_table.key_columns, key, strict=True)))
-                .values(api_key_ciphertext=sealed.ciphertext, api_key_key_id=sealed.key_id)
+                .values(
+                    api_key_ciphertext=sealed.ciphertext,
+                    api_key_key_id=sealed.key_id,
+                    key_incarnation=sealed.incarnation,
+                )
             )
             report.resealed += 1
     return bool(rows)

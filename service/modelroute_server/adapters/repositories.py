@@ -9,48 +9,39 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
+from ..domain.access import AccessToken, Role
+from ..domain.audit import AuditEntry, AuditEvent, AuditFilter, Caller, FieldChange
+from ..domain.changes import Change
 from ..domain.families import Family
 from ..domain.models import CallOptions, ModelConfig
 from ..domain.providers import CredentialPolicy, ProviderConfig, StoredKey
-from .crypto import Keyring, SealedKey, provider_key_binding, user_key_binding
-from .schema import config_revision, model_attachments, model_configs, provider_configs, user_provider_keys
-
-CHANGE_CHANNEL = "modelroute_config_changed"
-
-
-@dataclass(frozen=True)
-class UserKeyChange:
-    """A write that changed exactly one user key: replicas may patch their snapshot instead of reloading."""
-
-    user: str
-    provider_config_id: str
-
-
-def change_payload(revision: int, change: UserKeyChange | None) -> str:
-    # User ids hold no white space and provider ids are slugs, so spaces separate the parts.
-    if change is None:
-        return str(revision)
-    return f"{revision} user-key {change.provider_config_id} {change.user}"
-
-
-def parse_change_payload(payload: str) -> tuple[int | None, UserKeyChange | None]:
-    """(revision, change); (None, None) for anything unexpected (the reader then reloads in full)."""
-    parts = payload.split(" ")
-    try:
-        revision = int(parts[0])
-    except ValueError:
-        return None, None
-    if len(parts) == 4 and parts[1] == "user-key":
-        return revision, UserKeyChange(user=parts[3], provider_config_id=parts[2])
-    return revision, None
-
+from .crypto import (
+    Keyring,
+    SealedKey,
+    new_incarnation,
+    open_bound,
+    provider_key_binding,
+    seal_bound,
+    user_key_binding,
+)
+from .notifications import CHANGE_CHANNEL, change_payload
+from .schema import (
+    access_tokens,
+    audit_events,
+    config_revision,
+    model_attachments,
+    model_configs,
+    provider_configs,
+    user_provider_keys,
+)
 
 OPTION_COLUMNS = tuple(f.name for f in fields(CallOptions))
 
@@ -145,9 +136,14 @@ class ProviderConfigRepository:
 
     def _sealed_columns(self, config: ProviderConfig) -> dict[str, Any]:
         if config.api_key is None or config.api_key.secret is None:
-            return {"api_key_ciphertext": None, "api_key_key_id": None}
-        sealed = self._keyring.seal(config.api_key.secret, provider_key_binding(config.id))
-        return {"api_key_ciphertext": sealed.ciphertext, "api_key_key_id": sealed.key_id}
+            # A keyless row is a new incarnation too: no earlier ciphertext may be written back onto it.
+            return {"api_key_ciphertext": None, "api_key_key_id": None, "key_incarnation": new_incarnation()}
+        sealed = seal_bound(self._keyring, config.api_key.secret, partial(provider_key_binding, config.id))
+        return {
+            "api_key_ciphertext": sealed.ciphertext,
+            "api_key_key_id": sealed.key_id,
+            "key_incarnation": sealed.incarnation,
+        }
 
     def _to_domain(self, row: sa.Row[Any]) -> ProviderConfig:
         return provider_from_row(row, self._keyring)
@@ -170,21 +166,24 @@ def provider_from_row(row: sa.Row[Any], keyring: Keyring) -> ProviderConfig:
     )
 
 
+def sealed_from_row(row: sa.Row[Any]) -> SealedKey:
+    incarnation = bytes(row.key_incarnation) if row.key_incarnation is not None else None
+    return SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext), incarnation)
+
+
 def _open_provider_key(row: sa.Row[Any], keyring: Keyring) -> StoredKey | None:
     if row.api_key_ciphertext is None:
         return None
-    sealed = SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
-    return StoredKey(keyring.open(sealed, provider_key_binding(row.id)))
+    return StoredKey(open_bound(keyring, sealed_from_row(row), partial(provider_key_binding, row.id)))
 
 
 def _open_user_key(row: sa.Row[Any], keyring: Keyring) -> StoredKey:
-    sealed = SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
-    return open_user_key(keyring, row.user_id, row.provider_config_id, sealed)
+    return open_user_key(keyring, row.user_id, row.provider_config_id, sealed_from_row(row))
 
 
 def open_user_key(keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey) -> StoredKey:
     """The one way a user key is decrypted (also used on keys held sealed in the snapshot)."""
-    return StoredKey(keyring.open(sealed, user_key_binding(user, provider_config_id)))
+    return StoredKey(open_bound(keyring, sealed, partial(user_key_binding, user, provider_config_id)))
 
 
 class ModelConfigRepository:
@@ -336,10 +335,15 @@ class UserKeyRepository:
     def all_sealed(self) -> dict[tuple[str, str], SealedKey]:
         """Every user key, still sealed: the snapshot opens one only when a resolution needs it."""
         rows = self._connection.execute(sa.select(user_provider_keys))
-        return {
-            (row.user_id, row.provider_config_id): SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
-            for row in rows
-        }
+        return {(row.user_id, row.provider_config_id): sealed_from_row(row) for row in rows}
+
+    def get(self, user: str, provider_config_id: str) -> StoredKey | None:
+        row = self._connection.execute(
+            sa.select(user_provider_keys).where(
+                user_provider_keys.c.user_id == user, user_provider_keys.c.provider_config_id == provider_config_id
+            )
+        ).one_or_none()
+        return _open_user_key(row, self._keyring) if row is not None else None
 
     def sealed(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], SealedKey]:
         """The named (user, provider config) keys that exist, still sealed."""
@@ -351,18 +355,16 @@ class UserKeyRepository:
                 sa.tuple_(user_provider_keys.c.user_id, user_provider_keys.c.provider_config_id).in_(wanted)
             )
         )
-        return {
-            (row.user_id, row.provider_config_id): SealedKey(row.api_key_key_id, bytes(row.api_key_ciphertext))
-            for row in rows
-        }
+        return {(row.user_id, row.provider_config_id): sealed_from_row(row) for row in rows}
 
     def put(self, user: str, provider_config_id: str, api_key: str) -> None:
-        sealed = self._keyring.seal(api_key, user_key_binding(user, provider_config_id))
+        sealed = seal_bound(self._keyring, api_key, partial(user_key_binding, user, provider_config_id))
         statement = insert(user_provider_keys).values(
             user_id=user,
             provider_config_id=provider_config_id,
             api_key_ciphertext=sealed.ciphertext,
             api_key_key_id=sealed.key_id,
+            key_incarnation=sealed.incarnation,
             create_time=sa.func.now(),
             update_time=sa.func.now(),
         )
@@ -372,6 +374,7 @@ class UserKeyRepository:
                 set_={
                     "api_key_ciphertext": statement.excluded.api_key_ciphertext,
                     "api_key_key_id": statement.excluded.api_key_key_id,
+                    "key_incarnation": statement.excluded.key_incarnation,
                     "update_time": sa.func.now(),
                 },
             )
@@ -391,6 +394,126 @@ class UserKeyRepository:
             sa.delete(user_provider_keys).where(user_provider_keys.c.provider_config_id == provider_config_id)
         )
         return int(result.rowcount)
+
+
+class AccessTokenRepository:
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def get(self, access_token_id: str) -> AccessToken | None:
+        row = self._connection.execute(
+            sa.select(access_tokens).where(access_tokens.c.id == access_token_id)
+        ).one_or_none()
+        return access_token_from_row(row) if row is not None else None
+
+    def list(self, *, after_id: str | None = None, limit: int | None = None) -> builtins.list[AccessToken]:
+        query = sa.select(access_tokens).order_by(access_tokens.c.id)
+        if after_id is not None:
+            query = query.where(access_tokens.c.id > after_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return [access_token_from_row(row) for row in self._connection.execute(query)]
+
+    def add(self, token: AccessToken) -> None:
+        self._connection.execute(
+            sa.insert(access_tokens).values(
+                id=token.id,
+                token_sha256=token.token_hash,
+                roles=sorted(r.value for r in token.roles),
+                create_time=token.create_time or sa.func.now(),
+                expire_time=token.expire_time,
+                creator=token.creator,
+            )
+        )
+
+    def set_hash(self, access_token_id: str, token_hash: bytes) -> None:
+        """A new secret for a token (the embedded bootstrap re-issuing a lost token file)."""
+        self._connection.execute(
+            sa.update(access_tokens).where(access_tokens.c.id == access_token_id).values(token_sha256=token_hash)
+        )
+
+    def revoke(self, access_token_id: str) -> None:
+        self._connection.execute(
+            sa.update(access_tokens)
+            .where(access_tokens.c.id == access_token_id, access_tokens.c.revoke_time.is_(None))
+            .values(revoke_time=sa.func.now())
+        )
+
+
+def access_token_from_row(row: sa.Row[Any]) -> AccessToken:
+    return AccessToken(
+        id=row.id,
+        roles=frozenset(Role(r) for r in row.roles),
+        token_hash=bytes(row.token_sha256),
+        create_time=row.create_time,
+        expire_time=row.expire_time,
+        revoke_time=row.revoke_time,
+        creator=row.creator,
+    )
+
+
+_TIME_OPERATORS = {
+    ">=": lambda column, value: column >= value,
+    ">": lambda column, value: column > value,
+    "<": lambda column, value: column < value,
+    "<=": lambda column, value: column <= value,
+}
+
+
+class AuditRepository:
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def add(self, caller: Caller, entry: AuditEntry, revision: int | None) -> None:
+        self._connection.execute(
+            sa.insert(audit_events).values(
+                event_time=sa.func.now(),
+                actor=caller.actor,
+                method=caller.method,
+                resource=entry.resource,
+                revision=revision,
+                user_id=entry.user,
+                changes=[{"field": c.field, "before": c.before, "after": c.after} for c in entry.changes],
+            )
+        )
+
+    def list(
+        self, query: AuditFilter, *, before_id: int | None = None, limit: int | None = None
+    ) -> builtins.list[AuditEvent]:
+        """Newest first."""
+        statement = sa.select(audit_events).order_by(audit_events.c.id.desc())
+        for column, value in (
+            (audit_events.c.resource, query.resource),
+            (audit_events.c.actor, query.actor),
+            (audit_events.c.method, query.method),
+            (audit_events.c.user_id, query.user),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        for operator, moment in query.time_terms:
+            statement = statement.where(_TIME_OPERATORS[operator](audit_events.c.event_time, moment))
+        if before_id is not None:
+            statement = statement.where(audit_events.c.id < before_id)
+        if limit is not None:
+            statement = statement.limit(limit)
+        return [audit_event_from_row(row) for row in self._connection.execute(statement)]
+
+    def prune(self, before: datetime) -> int:
+        result = self._connection.execute(sa.delete(audit_events).where(audit_events.c.event_time < before))
+        return int(result.rowcount)
+
+
+def audit_event_from_row(row: sa.Row[Any]) -> AuditEvent:
+    return AuditEvent(
+        id=row.id,
+        event_time=row.event_time,
+        actor=row.actor,
+        method=row.method,
+        resource=row.resource,
+        revision=row.revision,
+        changes=tuple(FieldChange(c["field"], c.get("before"), c.get("after")) for c in row.changes),
+        user=row.user_id,
+    )
 
 
 class DatabaseUnreachable(Exception):
@@ -420,6 +543,8 @@ class UnitOfWork:
         self.providers = ProviderConfigRepository(self._connection, self._keyring)
         self.models = ModelConfigRepository(self._connection)
         self.user_keys = UserKeyRepository(self._connection, self._keyring)
+        self.access_tokens = AccessTokenRepository(self._connection)
+        self.audit = AuditRepository(self._connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -432,7 +557,7 @@ class UnitOfWork:
     def commit(self) -> None:
         self._transaction.commit()
 
-    def notify_change(self, revision: int, change: UserKeyChange | None = None) -> None:
+    def notify_change(self, revision: int | None, change: Change | None = None) -> None:
         """Tell every replica (delivered only if and when this transaction commits)."""
         self._connection.execute(sa.select(sa.func.pg_notify(CHANGE_CHANNEL, change_payload(revision, change))))
 

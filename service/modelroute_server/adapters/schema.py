@@ -7,6 +7,7 @@ Alembic revisions under migrations/versions; these mirror the columns.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 SLUG_REGEX = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 metadata = sa.MetaData()
@@ -31,6 +32,8 @@ provider_configs = sa.Table(
     sa.Column("allow_central_api_key_fallback", sa.Boolean, nullable=False),
     sa.Column("api_key_ciphertext", sa.LargeBinary),
     sa.Column("api_key_key_id", sa.Text),
+    # Drawn anew at every key write and bound into the ciphertext; NULL: sealed before 0003.
+    sa.Column("key_incarnation", sa.LargeBinary),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revision", sa.BigInteger, nullable=False),
@@ -79,6 +82,32 @@ user_provider_keys = sa.Table(
     sa.Column("provider_config_id", sa.Text, primary_key=True),
     sa.Column("api_key_ciphertext", sa.LargeBinary, nullable=False),
     sa.Column("api_key_key_id", sa.Text, nullable=False),
+    sa.Column("key_incarnation", sa.LargeBinary),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+)
+
+access_tokens = sa.Table(
+    "access_tokens",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("token_sha256", sa.LargeBinary, nullable=False),
+    sa.Column("roles", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expire_time", sa.DateTime(timezone=True)),
+    sa.Column("revoke_time", sa.DateTime(timezone=True)),
+    sa.Column("creator", sa.Text, nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("revision", sa.BigInteger),
+    sa.Column("user_id", sa.Text),
+    sa.Column("changes", postgresql.JSONB, nullable=False),
 )

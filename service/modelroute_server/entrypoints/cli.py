@@ -1,17 +1,27 @@
-"""`modelroute-server`: run the service or migrate its database."""
+"""`modelroute-server`: run the service, migrate its database, and the commands that talk to the database
+directly (bootstrap tokens, audit pruning, key rotation), also while a server runs on the same data."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..adapters import database
 from ..adapters.crypto import KeyringError, generate_keyring_spec
 from ..adapters.key_rotation import rotate_keys
+from ..domain.access import ROLE_NAMES
+from ..domain.audit import AuditEntry, Caller, FieldChange
+from ..domain.errors import DomainError
+from ..service_layer import access_tokens, audit
+from ..service_layer.context import ServiceContext
 from ..settings import URL_SCHEMES, Settings, SettingsError, settings_from_env
 from .logs import configure_logging
 from .server import load_keyring, serve
@@ -46,7 +56,43 @@ def _parser() -> argparse.ArgumentParser:
         parents=[database_options],
         help="re-encrypt every stored key under the keyring's primary (first) key; safe while serving",
     )
+    tokens = commands.add_parser("tokens", help="bootstrap access tokens (the database directly)").add_subparsers(
+        dest="verb", required=True
+    )
+    create = tokens.add_parser(
+        "create", parents=[database_options], help="create a token and print its secret (shown this once)"
+    )
+    create.add_argument("--name", required=True, help="the token's id: a lower-case slug")
+    create.add_argument(
+        "--role", action="append", required=True, choices=ROLE_NAMES, help="a role it holds; repeat for several"
+    )
+    create.add_argument("--expires-in", type=_duration, help="lifetime such as 90d, 12h or 30m (default: none)")
+    tokens.add_parser("list", parents=[database_options], help="every token, with its roles and state")
+    revoke = tokens.add_parser("revoke", parents=[database_options], help="revoke a token on every replica")
+    revoke.add_argument("name", help="the token's id (or accessTokens/ID)")
+    audit_log = commands.add_parser("audit", help="the audit log").add_subparsers(dest="verb", required=True)
+    prune = audit_log.add_parser("prune", parents=[database_options], help="remove events older than a date")
+    prune.add_argument("--before", required=True, type=_moment, help="an ISO date or time (UTC unless it says)")
     return parser
+
+
+_DURATION = re.compile(r"^(\d+)([dhms])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90d, 12h, 30m or 45s")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time such as 2026-11-01") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _apply_flags(settings: Settings, options: argparse.Namespace) -> Settings:
@@ -80,12 +126,21 @@ def main(argv: list[str] | None = None) -> int:
             _migrate(settings, options.to, options.downgrade, options.allow_data_loss)
         elif command == "rotate-keys":
             return _rotate_keys(settings)
+        elif command == "tokens":
+            return _tokens(settings, options)
+        elif command == "audit":
+            return _prune_audit(settings, options.before)
         else:
             asyncio.run(serve(settings))
     except (SettingsError, KeyringError, RuntimeError) as exc:
-        log.error("cannot start: %s", exc)
+        # One line, and nothing else: the operator reads it before any log.
         print(f"modelroute-server: {exc}", file=sys.stderr)
         return 2
+    except DomainError as error:
+        print(f"modelroute-server: {error.message}", file=sys.stderr)
+        for violation in error.field_violations:
+            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -98,10 +153,88 @@ def _migrate(settings: Settings, target: str, downgrade: bool, allow_data_loss: 
         log.info("schema migrated", extra={"revision": database.current_revision(engine)})
 
 
-def _rotate_keys(settings: Settings) -> int:
+@contextmanager
+def _service_context(settings: Settings) -> Iterator[ServiceContext]:
+    """The use cases on the configured (or embedded) database, for a one-off command."""
     keyring = load_keyring(settings)
     with database.engine_for(settings.database_url, settings.data_dir) as engine:
-        report = rotate_keys(engine, keyring)
+        if settings.embedded:
+            database.upgrade(engine)  # as `serve` does: embedded mode manages its own schema
+        elif not database.schema_is_current(engine):
+            raise SettingsError("the database schema is not current; run `modelroute-server migrate` first")
+        yield ServiceContext(engine=engine, keyring=keyring, deployment_keys=dict(settings.deployment_keys))
+
+
+def _tokens(settings: Settings, options: argparse.Namespace) -> int:
+    caller = Caller(f"cli:tokens {options.verb}", "")
+    with _service_context(settings) as ctx:
+        if options.verb == "create":
+            request = access_tokens.AccessTokenInput(
+                roles=access_tokens.parse_roles(options.role), ttl=options.expires_in
+            )
+            created = access_tokens.create_access_token(
+                ctx, replace(caller, method="CreateAccessToken"), options.name, request
+            )
+            print(
+                f"created {created.token.name} ({', '.join(access_tokens.roles_of(created.token))}); "
+                "its secret follows, shown this once:",
+                file=sys.stderr,
+            )
+            print(created.secret)
+        elif options.verb == "revoke":
+            token_id = options.name.removeprefix("accessTokens/")
+            revoked = access_tokens.revoke_access_token(ctx, replace(caller, method="RevokeAccessToken"), token_id)
+            print(f"revoked {revoked.name}")
+        else:
+            now = datetime.now(UTC)
+            rows = [("NAME", "ROLES", "STATE", "CREATED", "EXPIRES")]
+            token = ""
+            while True:
+                page = access_tokens.list_access_tokens(ctx, 200, token)
+                for t in page.items:
+                    state = "revoked" if t.revoke_time else ("active" if t.active(now) else "expired")
+                    rows.append(
+                        (
+                            t.id,
+                            ",".join(access_tokens.roles_of(t)),
+                            state,
+                            _short_time(t.create_time),
+                            _short_time(t.expire_time) or "never",
+                        )
+                    )
+                token = page.next_page_token
+                if not token:
+                    break
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _short_time(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else ""
+
+
+def _prune_audit(settings: Settings, before: datetime) -> int:
+    with _service_context(settings) as ctx:
+        removed = audit.prune_audit_events(ctx, Caller("cli:audit prune", "PruneAuditEvents"), before)
+    print(f"removed {removed} audit event(s) older than {before.isoformat()}")
+    return 0
+
+
+def _rotate_keys(settings: Settings) -> int:
+    keyring = load_keyring(settings)
+    with _service_context(settings) as ctx:
+        report = rotate_keys(ctx.engine, keyring)
+        with ctx.write(Caller("cli:rotate-keys", "RotateKeys"), takes_revision=False) as write:
+            changes: tuple[FieldChange, ...] = (
+                FieldChange("primary_key_id", None, keyring.primary_key_id),
+                FieldChange("resealed", None, report.resealed),
+            )
+            if report.undecryptable:
+                changes += (FieldChange("undecryptable", None, len(report.undecryptable)),)
+            if report.resealed:  # a rotation that rewrote nothing changed nothing: no event
+                write.record(AuditEntry("keyring", changes))
     log.info(
         "keys re-encrypted",
         extra={

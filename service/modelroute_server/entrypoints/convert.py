@@ -97,7 +97,7 @@ def family_from_proto(value: int) -> Family | None:
     return PROTO_TO_FAMILY.get(common_pb2.Family.ValueType(value))
 
 
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()
@@ -210,8 +210,8 @@ def provider_to_proto(view: ProviderConfigView) -> provider_config_pb2.ProviderC
         has_api_key=facts.has_api_key,
         central_credential_usable=facts.central_credential_usable,
         central_credential_source=_key_source(facts.central_credential_source),
-        create_time=_timestamp(config.create_time),
-        update_time=_timestamp(config.update_time),
+        create_time=to_timestamp(config.create_time),
+        update_time=to_timestamp(config.update_time),
         etag=etag_of(config.revision),
     )
 
@@ -376,9 +376,9 @@ def model_to_proto(view: ModelConfigView) -> model_config_pb2.ModelConfig:
         options=options,
         provider_configs=[provider_config_name(pid) for pid in model.attachments],
         attachments=[_attachment_to_proto(a) for a in view.attachments],
-        create_time=_timestamp(model.create_time),
-        update_time=_timestamp(model.update_time),
-        delete_time=_timestamp(model.delete_time),
+        create_time=to_timestamp(model.create_time),
+        update_time=to_timestamp(model.update_time),
+        delete_time=to_timestamp(model.delete_time),
         etag=etag_of(model.revision),
     )
 

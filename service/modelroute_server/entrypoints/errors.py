@@ -25,6 +25,8 @@ GRPC_CODES: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.ABORTED: grpc.StatusCode.ABORTED,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 RPC_CODES: dict[ErrorCode, int] = {
@@ -34,6 +36,8 @@ RPC_CODES: dict[ErrorCode, int] = {
     ErrorCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
     ErrorCode.ABORTED: code_pb2.ABORTED,
     ErrorCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    ErrorCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
     ErrorCode.INTERNAL: code_pb2.INTERNAL,
 }
 

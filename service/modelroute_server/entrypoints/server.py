@@ -1,11 +1,13 @@
-"""Server wiring: database, keyring, servicers, health, reflection, shutdown."""
+"""Server wiring: database, keyring, access tokens, servicers, authorization, transport, health, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import sqlalchemy as sa
@@ -13,6 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelroute.v1 import (
+    access_token_pb2,
+    access_token_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     model_config_pb2,
     model_config_pb2_grpc,
     provider_config_pb2,
@@ -26,11 +32,22 @@ from modelroute.v1 import (
 from ..adapters import database
 from ..adapters.crypto import KEYRING_ENV, KEYRING_FORMAT, Keyring, load_or_create_keyring_file
 from ..adapters.notifications import ChangeListener
+from ..service_layer.access_tokens import AccessTokenCache
 from ..service_layer.context import ServiceContext
 from ..service_layer.resolution import SnapshotStore
-from ..settings import Settings, SettingsError
+from ..settings import Settings, SettingsError, private_file_problem
+from . import transport
+from .authorization import Authenticator, Authorization
+from .bootstrap import ensure_role_tokens
 from .decoding import RequestDecoding
-from .servicers import ModelConfigServicer, ProviderConfigServicer, ResolverServicer, UserKeyServicer
+from .servicers import (
+    AccessTokenServicer,
+    AuditServicer,
+    ModelConfigServicer,
+    ProviderConfigServicer,
+    ResolverServicer,
+    UserKeyServicer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +56,8 @@ SERVICE_NAMES = (
     model_config_pb2.DESCRIPTOR.services_by_name["ModelConfigService"].full_name,
     user_key_pb2.DESCRIPTOR.services_by_name["UserKeyService"].full_name,
     resolver_pb2.DESCRIPTOR.services_by_name["ResolverService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    access_token_pb2.DESCRIPTOR.services_by_name["AccessTokenService"].full_name,
 )
 HEALTH_INTERVAL_SECONDS = 2.0
 
@@ -50,12 +69,22 @@ class Application:
     settings: Settings
     ctx: ServiceContext
     snapshots: SnapshotStore
+    tokens: AccessTokenCache
     database_url: str
     embedded: database.EmbeddedPostgres | None = None
     listener: ChangeListener | None = None
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
 
+    def start_listener(self, retry_seconds: float = 1.0) -> ChangeListener:
+        """Every replica's announcements, into the snapshot and the token set."""
+        self.listener = ChangeListener(
+            self.database_url, self.snapshots.announced, self.tokens.changed, retry_seconds=retry_seconds
+        )
+        self.listener.start()
+        return self.listener
+
     def close(self) -> None:
+        self.tokens.close()
         if self.listener is not None:
             self.listener.stop()
         self.ctx.engine.dispose()
@@ -74,11 +103,36 @@ def load_keyring(settings: Settings) -> Keyring:
                 f"{keyring_file} is missing but {settings.data_dir / 'pgdata'} holds data encrypted under it; "
                 f"restore the file or set {KEYRING_ENV}"
             )
+        if keyring_file.exists():
+            problem = private_file_problem(keyring_file)
+            if problem:
+                raise SettingsError(f"the keyring file {problem}")
         return Keyring.parse(load_or_create_keyring_file(keyring_file))
     raise SettingsError(
         f"no encryption key: set {KEYRING_ENV} to {KEYRING_FORMAT}, for example "
         f"{KEYRING_ENV}=k1:$(python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')"
     )
+
+
+def wire_application(
+    settings: Settings,
+    ctx: ServiceContext,
+    url: str,
+    embedded: database.EmbeddedPostgres | None = None,
+    *,
+    listen: bool = True,
+) -> Application:
+    """The caches every call reads, kept current by this replica's commits and every replica's announcements."""
+    snapshots = SnapshotStore(ctx)
+    ctx.on_commit.append(snapshots.committed)
+    tokens = AccessTokenCache(ctx)
+    ctx.on_token_commit.append(tokens.changed)
+    app = Application(settings, ctx, snapshots, tokens, url, embedded)
+    # A failed first load is retried in the background; calls meanwhile get UNAVAILABLE.
+    tokens.changed(None)
+    if listen:
+        app.start_listener()
+    return app
 
 
 def build_application(settings: Settings) -> Application:
@@ -88,29 +142,49 @@ def build_application(settings: Settings) -> Application:
     if settings.embedded or settings.migrate:
         database.upgrade(engine)
     ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys=dict(settings.deployment_keys))
-    snapshots = SnapshotStore(ctx)
-    ctx.on_commit.append(snapshots.committed)
-    app = Application(settings, ctx, snapshots, url, embedded)
-    app.listener = ChangeListener(url, snapshots.announced)
-    app.listener.start()
-    return app
+    if settings.embedded:
+        announce_token_files(settings, ensure_role_tokens(ctx, settings.data_dir))
+    return wire_application(settings, ctx, url, embedded)
 
 
-def create_server(app: Application, address: str) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(interceptors=[RequestDecoding()])
+def announce_token_files(settings: Settings, written: list[Path]) -> None:
+    """Says on the terminal where the embedded tokens are, so the quick start needs no other step."""
+    files = sorted(str(p) for p in settings.data_dir.glob("*.token"))
+    log.info("embedded access tokens", extra={"token_files": files, "written": [str(p) for p in written]})
+    if written:
+        print(
+            f"modelroute: wrote access tokens (one per role) to {settings.data_dir}/"
+            "{admin,reader,resolver,user-keys}.token; modelroute-admin finds them there",
+            file=sys.stderr,
+        )
+
+
+def create_server(
+    app: Application,
+    address: str,
+    certificates: transport.CertificateFiles | None = None,
+    *,
+    authorization: bool = True,
+) -> tuple[grpc.aio.Server, int]:
+    """The server with every service; `authorization=False` exists for the benchmark that measures its cost."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if authorization:
+        authenticator = Authenticator(app.tokens, app.settings.client_identity_roles)
+        interceptors.append(Authorization(authenticator))
+    interceptors.append(RequestDecoding())
+    server = grpc.aio.server(interceptors=interceptors, options=transport.SERVER_OPTIONS)
     provider_config_pb2_grpc.add_ProviderConfigServiceServicer_to_server(ProviderConfigServicer(app.ctx), server)
     model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx), server)
     user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx), server)
     resolver_pb2_grpc.add_ResolverServiceServicer_to_server(ResolverServicer(app.ctx, app.snapshots), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.ctx), server)
+    access_token_pb2_grpc.add_AccessTokenServiceServicer_to_server(AccessTokenServicer(app.ctx), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise SettingsError(f"cannot listen on {address}")
-    return server, port
+    return server, transport.bind(server, address, certificates)
 
 
 def database_ready(engine: sa.Engine) -> bool:
@@ -142,15 +216,35 @@ async def watch_health(app: Application) -> None:
         await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
 
 
+def check_before_start(settings: Settings) -> transport.CertificateFiles | None:
+    """Everything that can refuse a start, checked before anything is started: one clear line each."""
+    transport.check_plaintext_allowed(settings)
+    certificates = transport.certificate_files(settings)
+    if certificates is not None:
+        transport.ReloadingCertificates(certificates)  # reads and checks them
+    transport.check_port_free(settings.listen)
+    return certificates
+
+
 async def serve(settings: Settings) -> None:
+    certificates = check_before_start(settings)
     app = await asyncio.to_thread(build_application, settings)
-    server, port = create_server(app, settings.listen)
+    try:
+        server, port = create_server(app, settings.listen, certificates)
+    except SettingsError:
+        await asyncio.to_thread(app.close)
+        raise
     await mark_not_serving(app)
     await server.start()
     watcher = asyncio.create_task(watch_health(app))
     log.info(
         "modelroute listening",
-        extra={"address": settings.listen, "port": port, "embedded_database": settings.embedded},
+        extra={
+            "address": settings.listen,
+            "port": port,
+            "embedded_database": settings.embedded,
+            "tls": "mutual" if settings.tls_client_ca_file else ("server" if settings.tls else "off"),
+        },
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +18,10 @@ from google.protobuf import empty_pb2
 
 from modelroute.client import DEFAULT_MODEL_METADATA_KEY
 from modelroute.v1 import (
+    access_token_pb2,
+    access_token_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     model_config_pb2,
     model_config_pb2_grpc,
     provider_config_pb2,
@@ -30,12 +35,13 @@ from modelroute.v1 import (
 from ..domain.errors import DomainError, invalid_field
 from ..domain.models import model_config_name
 from ..domain.resolver import WhatIf
-from ..service_layer import model_configs, provider_configs, resolution, user_keys
+from ..service_layer import access_tokens, audit, model_configs, provider_configs, resolution, user_keys
 from ..service_layer.context import ServiceContext
 from ..service_layer.default_model import DefaultChange
 from ..service_layer.resolution import ConfigSnapshot, SnapshotStore
 from ..service_layer.views import ModelConfigView
-from . import convert
+from . import convert, convert_security
+from .authorization import current_caller
 from .errors import abort, internal_error
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,7 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         view = await asyncio.to_thread(
             provider_configs.create_provider_config,
             self._ctx,
+            current_caller(),
             request.provider_config_id,
             convert.provider_input(request.provider_config),
         )
@@ -122,6 +129,7 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         view = await asyncio.to_thread(
             provider_configs.update_provider_config,
             self._ctx,
+            current_caller(),
             provider_id,
             convert.provider_input(request.provider_config, mask),
         )
@@ -133,7 +141,12 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
     ) -> provider_config_pb2.DeleteProviderConfigResponse:
         provider_id = convert.provider_id_from_name(request.name, "name")
         outcome = await asyncio.to_thread(
-            provider_configs.delete_provider_config, self._ctx, provider_id, request.etag, request.force
+            provider_configs.delete_provider_config,
+            self._ctx,
+            current_caller(),
+            provider_id,
+            request.etag,
+            request.force,
         )
         _report_default_change(context, outcome.default_change)
         return provider_config_pb2.DeleteProviderConfigResponse(
@@ -160,6 +173,7 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         view = await asyncio.to_thread(
             model_configs.create_model_config,
             self._ctx,
+            current_caller(),
             request.model_config_id,
             convert.model_input(request.model_config),
         )
@@ -194,7 +208,11 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         model_id = convert.model_id_from_name(request.model_config.name, "model_config.name")
         mask = request.update_mask if request.HasField("update_mask") else None
         view = await asyncio.to_thread(
-            model_configs.update_model_config, self._ctx, model_id, convert.model_input(request.model_config, mask)
+            model_configs.update_model_config,
+            self._ctx,
+            current_caller(),
+            model_id,
+            convert.model_input(request.model_config, mask),
         )
         return self._respond(context, view)
 
@@ -203,7 +221,9 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         self, request: model_config_pb2.DeleteModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        view = await asyncio.to_thread(model_configs.delete_model_config, self._ctx, model_id, request.etag)
+        view = await asyncio.to_thread(
+            model_configs.delete_model_config, self._ctx, current_caller(), model_id, request.etag
+        )
         return self._respond(context, view)
 
     @rpc
@@ -211,7 +231,9 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         self, request: model_config_pb2.UndeleteModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        view = await asyncio.to_thread(model_configs.undelete_model_config, self._ctx, model_id, request.etag)
+        view = await asyncio.to_thread(
+            model_configs.undelete_model_config, self._ctx, current_caller(), model_id, request.etag
+        )
         return self._respond(context, view)
 
 
@@ -225,7 +247,7 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
     ) -> user_key_pb2.UserProviderConfig:
         provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
         view = await asyncio.to_thread(
-            user_keys.set_user_provider_key, self._ctx, request.user, provider_id, request.api_key
+            user_keys.set_user_provider_key, self._ctx, current_caller(), request.user, provider_id, request.api_key
         )
         return convert.user_provider_to_proto(view)
 
@@ -234,7 +256,9 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
         self, request: user_key_pb2.DeleteUserProviderKeyRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
-        await asyncio.to_thread(user_keys.delete_user_provider_key, self._ctx, request.user, provider_id)
+        await asyncio.to_thread(
+            user_keys.delete_user_provider_key, self._ctx, current_caller(), request.user, provider_id
+        )
         return empty_pb2.Empty()
 
     @rpc
@@ -330,3 +354,66 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         snapshot = await self._snapshot()
         outcome = resolution.explain_resolution(self._ctx, snapshot, model_id, request.user, what_if)
         return convert.explain_response(outcome, snapshot.revision)
+
+
+class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    @rpc
+    async def CreateAccessToken(
+        self, request: access_token_pb2.CreateAccessTokenRequest, context: grpc.aio.ServicerContext
+    ) -> access_token_pb2.CreateAccessTokenResponse:
+        created = await asyncio.to_thread(
+            access_tokens.create_access_token,
+            self._ctx,
+            current_caller(),
+            request.access_token_id,
+            convert_security.access_token_input(request.access_token),
+        )
+        return access_token_pb2.CreateAccessTokenResponse(
+            access_token=convert_security.access_token_to_proto(created.token, datetime.now(UTC)),
+            token=created.secret,
+        )
+
+    @rpc
+    async def ListAccessTokens(
+        self, request: access_token_pb2.ListAccessTokensRequest, context: grpc.aio.ServicerContext
+    ) -> access_token_pb2.ListAccessTokensResponse:
+        page = await asyncio.to_thread(
+            access_tokens.list_access_tokens, self._ctx, request.page_size, request.page_token
+        )
+        now = datetime.now(UTC)
+        return access_token_pb2.ListAccessTokensResponse(
+            access_tokens=[convert_security.access_token_to_proto(t, now) for t in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    @rpc
+    async def RevokeAccessToken(
+        self, request: access_token_pb2.RevokeAccessTokenRequest, context: grpc.aio.ServicerContext
+    ) -> access_token_pb2.AccessToken:
+        token_id = convert_security.access_token_id_from_name(request.name, "name")
+        token = await asyncio.to_thread(access_tokens.revoke_access_token, self._ctx, current_caller(), token_id)
+        return convert_security.access_token_to_proto(token, datetime.now(UTC))
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    @rpc
+    async def ListAuditEvents(
+        self, request: audit_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.ListAuditEventsResponse:
+        page = await asyncio.to_thread(
+            audit.list_audit_events,
+            self._ctx,
+            convert_security.audit_filter(request.filter),
+            request.page_size,
+            request.page_token,
+        )
+        return audit_pb2.ListAuditEventsResponse(
+            audit_events=[convert_security.audit_event_to_proto(e) for e in page.items],
+            next_page_token=page.next_page_token,
+        )

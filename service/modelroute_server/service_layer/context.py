@@ -1,4 +1,4 @@
-"""What every use case needs: the database, the keyring and deployment keys."""
+"""What every use case needs: the database, the keyring, deployment keys, and the write protocol."""
 
 from __future__ import annotations
 
@@ -10,12 +10,39 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..adapters.crypto import Keyring
-from ..adapters.repositories import DatabaseUnreachable, UnitOfWork, UserKeyChange
+from ..adapters.repositories import DatabaseUnreachable, UnitOfWork
+from ..domain.audit import AuditEntry, Caller
+from ..domain.changes import AccessTokenChange, Change, UserKeyChange
 from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from .paging import PageTokens
 
 log = logging.getLogger(__name__)
+
+
+class Write:
+    """One write transaction: its unit of work, the config revision it holds (None for a change that
+    takes none), and the one audit event that says what it changed.
+
+    The event is the commit's ticket: a write that records none changed nothing and is rolled back,
+    so it takes no revision and announces nothing (a no-op update, a delete that found nothing).
+    """
+
+    def __init__(self, uow: UnitOfWork, revision: int | None) -> None:
+        self.uow = uow
+        self.revision = revision
+        self.entry: AuditEntry | None = None
+
+    @property
+    def config_revision(self) -> int:
+        if self.revision is None:
+            raise AssertionError("this write takes no config revision")
+        return self.revision
+
+    def record(self, entry: AuditEntry) -> None:
+        if self.entry is not None:
+            raise AssertionError(f"a call records one audit event; {self.entry.resource} was recorded already")
+        self.entry = entry
 
 
 @dataclass
@@ -25,6 +52,8 @@ class ServiceContext:
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
     # Called with the new revision (and what it changed, when that is one user key) after every commit.
     on_commit: list[Callable[[int, UserKeyChange | None], None]] = field(default_factory=list)
+    # Called with every committed access token change.
+    on_token_commit: list[Callable[[AccessTokenChange], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.page_tokens = PageTokens(self.keyring.derive("page-token"))
@@ -33,18 +62,29 @@ class ServiceContext:
         return UnitOfWork(self.engine, self.keyring, read_only=read_only)
 
     @contextmanager
-    def write(self, change: UserKeyChange | None = None) -> Iterator[tuple[UnitOfWork, int]]:
-        """A write transaction holding the next config revision; commits when the block succeeds.
+    def write(self, caller: Caller, change: Change | None = None, *, takes_revision: bool = True) -> Iterator[Write]:
+        """A write transaction; commits, with its audit event, when the block succeeds and recorded one.
 
-        `change` says the write touches exactly that one user key (and nothing else).
+        `takes_revision`: the change is to the configuration replicas resolve from, so it holds the
+        next config revision (which also serialises such writers). `change` narrows what replicas
+        re-read: exactly that one user key, or that one access token.
         """
         with translate_database_errors(), self.unit_of_work() as uow:
-            revision = uow.revisions.bump()
-            yield uow, revision
-            uow.notify_change(revision, change)
+            write = Write(uow, uow.revisions.bump() if takes_revision else None)
+            yield write
+            if write.entry is None:
+                return  # nothing changed: the transaction rolls back
+            uow.audit.add(caller, write.entry, write.revision)
+            if write.revision is not None or change is not None:
+                uow.notify_change(write.revision, change)
             uow.commit()
-        for callback in self.on_commit:
-            callback(revision, change)
+        if write.revision is not None:
+            user_key_change = change if isinstance(change, UserKeyChange) else None
+            for callback in self.on_commit:
+                callback(write.revision, user_key_change)
+        if isinstance(change, AccessTokenChange):
+            for token_callback in self.on_token_commit:
+                token_callback(change)
 
     @contextmanager
     def read(self) -> Iterator[UnitOfWork]:

@@ -15,6 +15,7 @@ class DefaultChange:
 
     changed: bool = False
     model_config_id: str | None = None
+    previous_model_config_id: str | None = None
 
 
 UNCHANGED = DefaultChange()
@@ -53,4 +54,4 @@ def settle_default(
         if promoted is not None:
             holder_id = promoted.id
             uow.models.set_default_flag(promoted.id, True, revision)
-    return DefaultChange(holder_id != before, holder_id)
+    return DefaultChange(holder_id != before, holder_id, before)

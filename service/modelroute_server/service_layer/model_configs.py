@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..adapters.repositories import UnitOfWork
 from ..domain import rules
+from ..domain.audit import AuditEntry, Caller, diff, model_record
 from ..domain.errors import (
     DomainError,
     FieldViolation,
@@ -23,7 +24,8 @@ from ..domain.models import (
     validate_attachments,
     validate_model_fields,
 )
-from .context import ServiceContext
+from .audit import default_move
+from .context import ServiceContext, Write
 from .default_model import UNCHANGED, DefaultChange, settle_default
 from .inputs import ModelConfigInput
 from .paging import page_size
@@ -66,7 +68,22 @@ def _reload(uow: UnitOfWork, model_config_id: str) -> ModelConfig:
     return model
 
 
-def create_model_config(ctx: ServiceContext, model_config_id: str, request: ModelConfigInput) -> ModelConfigView:
+def _finish(
+    ctx: ServiceContext, write: Write, before: ModelConfig | None, model_config_id: str, change: DefaultChange
+) -> ModelConfigView:
+    """The written model's view; records what the call changed (nothing: the write is rolled back)."""
+    after = _reload(write.uow, model_config_id)
+    changes = diff(model_record(before) if before else None, model_record(after)) + default_move(change)
+    if not changes:
+        assert before is not None
+        return _view(ctx, write.uow, before, change)  # as it was: the write is rolled back
+    write.record(AuditEntry(after.name, changes))
+    return _view(ctx, write.uow, after, change)
+
+
+def create_model_config(
+    ctx: ServiceContext, caller: Caller, model_config_id: str, request: ModelConfigInput
+) -> ModelConfigView:
     violations = ViolationCollector()
     id_problem = rules.slug_problem(model_config_id)
     if id_problem:
@@ -92,7 +109,8 @@ def create_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
     validate_model_fields(model, PREFIX)
     if model.is_default and not model.enabled:
         raise _disabled_default(model)
-    with ctx.write() as (uow, revision):
+    with ctx.write(caller) as write:
+        uow, revision = write.uow, write.config_revision
         if uow.models.get(model_config_id) is not None:
             raise DomainError(
                 Reason.MODEL_CONFIG_ALREADY_EXISTS,
@@ -114,7 +132,7 @@ def create_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
             claimant=model.id if model.is_default else None,
             filler=model.id if model.enabled else None,
         )
-        return _view(ctx, uow, _reload(uow, model_config_id), change)
+        return _finish(ctx, write, None, model_config_id, change)
 
 
 def _auto_attachments_or_fail(uow: UnitOfWork, family: Family) -> tuple[str, ...]:
@@ -170,14 +188,17 @@ def list_model_configs(
     return ModelConfigPage([model_view(m, providers, ctx.deployment_keys) for m in models], next_token)
 
 
-def update_model_config(ctx: ServiceContext, model_config_id: str, request: ModelConfigInput) -> ModelConfigView:
+def update_model_config(
+    ctx: ServiceContext, caller: Caller, model_config_id: str, request: ModelConfigInput
+) -> ModelConfigView:
     paths = request.paths
     if not paths:
         # Nothing to change: answer like a read (still honouring the etag); no revision is taken.
         view = get_model_config(ctx, model_config_id)
         check_etag(request.etag, view.model.revision, model_resource(model_config_id))
         return view
-    with ctx.write() as (uow, revision):
+    with ctx.write(caller) as write:
+        uow, revision = write.uow, write.config_revision
         current = uow.models.get(model_config_id)
         if current is None:
             raise model_not_found(model_config_id)
@@ -223,7 +244,7 @@ def update_model_config(ctx: ServiceContext, model_config_id: str, request: Mode
             filler=updated.id if updated.enabled and not current.enabled and not declines_default else None,
             leaving=[updated.id] if gives_up else [],
         )
-        return _view(ctx, uow, _reload(uow, model_config_id), change)
+        return _finish(ctx, write, current, model_config_id, change)
 
 
 def _apply(current: ModelConfig, request: ModelConfigInput) -> ModelConfig:
@@ -275,8 +296,9 @@ def _disabled_default(model: ModelConfig) -> DomainError:
     )
 
 
-def delete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) -> ModelConfigView:
-    with ctx.write() as (uow, revision):
+def delete_model_config(ctx: ServiceContext, caller: Caller, model_config_id: str, etag: str) -> ModelConfigView:
+    with ctx.write(caller) as write:
+        uow, revision = write.uow, write.config_revision
         current = uow.models.get(model_config_id)
         if current is None or current.deleted:
             # AIP-164: deleting a soft-deleted resource is NOT_FOUND.
@@ -285,11 +307,12 @@ def delete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) ->
         before = _default_id(uow)
         uow.models.update(replace(current, delete_time=uow.now, is_default=False), revision, attachments_changed=False)
         change = settle_default(uow, revision, before, leaving=[current.id])
-        return _view(ctx, uow, _reload(uow, model_config_id), change)
+        return _finish(ctx, write, current, model_config_id, change)
 
 
-def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) -> ModelConfigView:
-    with ctx.write() as (uow, revision):
+def undelete_model_config(ctx: ServiceContext, caller: Caller, model_config_id: str, etag: str) -> ModelConfigView:
+    with ctx.write(caller) as write:
+        uow, revision = write.uow, write.config_revision
         current = uow.models.get(model_config_id)
         if current is None:
             raise model_not_found(model_config_id)
@@ -307,4 +330,4 @@ def undelete_model_config(ctx: ServiceContext, model_config_id: str, etag: str) 
         uow.models.update(restored, revision, attachments_changed=attachments != current.attachments)
         # Back while there is no default: it fills the slot, as a model created now would.
         change = settle_default(uow, revision, before, filler=current.id if current.enabled else None)
-        return _view(ctx, uow, _reload(uow, model_config_id), change)
+        return _finish(ctx, write, current, model_config_id, change)

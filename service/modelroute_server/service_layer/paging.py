@@ -22,7 +22,7 @@ from ..domain.errors import DomainError, Reason, invalid_field
 
 class _Identified(Protocol):
     @property
-    def id(self) -> str: ...
+    def id(self) -> object: ...
 
 
 T = TypeVar("T", bound=_Identified)
@@ -43,10 +43,10 @@ class PageTokens:
         return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
 
     def cut(self, items: Sequence[T], size: int, query: str) -> tuple[Sequence[T], str]:
-        """The first `size` of `items` (ordered by id, fetched with one extra) and the token for the rest."""
+        """The first `size` of `items` (in id order, fetched with one extra) and the token for the rest."""
         if len(items) <= size:
             return items, ""
-        return items[:size], self.encode(items[size - 1].id, query)
+        return items[:size], self.encode(str(items[size - 1].id), query)
 
     def decode(self, token: str, query: str) -> str | None:
         """The id to continue after; None for the first page."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..domain import rules
+from ..domain.audit import AuditEntry, Caller, FieldChange, diff, provider_record, provider_secret, secret_change
 from ..domain.errors import (
     DomainError,
     FieldViolation,
@@ -19,6 +20,7 @@ from ..domain.providers import (
     StoredKey,
     validate_provider_config,
 )
+from .audit import default_move
 from .context import ServiceContext
 from .default_model import DefaultChange, settle_default
 from .inputs import ProviderConfigInput
@@ -61,8 +63,14 @@ def _check_new_key(api_key: str) -> None:
         collector.raise_if_any()
 
 
+def _changes(before: ProviderConfig | None, after: ProviderConfig | None) -> tuple[FieldChange, ...]:
+    return diff(provider_record(before) if before else None, provider_record(after) if after else None) + secret_change(
+        "api_key", provider_secret(before), provider_secret(after)
+    )
+
+
 def create_provider_config(
-    ctx: ServiceContext, provider_config_id: str, request: ProviderConfigInput
+    ctx: ServiceContext, caller: Caller, provider_config_id: str, request: ProviderConfigInput
 ) -> ProviderConfigView:
     violations = ViolationCollector()
     id_problem = rules.slug_problem(provider_config_id)
@@ -90,15 +98,17 @@ def create_provider_config(
         api_key=StoredKey(request.api_key) if request.api_key else None,
     )
     validate_provider_config(config, ctx.deployment_keys, PREFIX)
-    with ctx.write() as (uow, revision):
+    with ctx.write(caller) as write:
+        uow = write.uow
         if uow.providers.get(provider_config_id) is not None:
             raise DomainError(
                 Reason.PROVIDER_CONFIG_ALREADY_EXISTS,
                 f"{config.name} already exists",
                 resource=provider_resource(config.id),
             )
-        uow.providers.add(config, revision)
+        uow.providers.add(config, write.config_revision)
         stored = uow.providers.get(provider_config_id)
+        write.record(AuditEntry(config.name, _changes(None, config)))
     assert stored is not None
     return provider_view(stored, ctx.deployment_keys)
 
@@ -125,7 +135,7 @@ def list_provider_configs(
 
 
 def update_provider_config(
-    ctx: ServiceContext, provider_config_id: str, request: ProviderConfigInput
+    ctx: ServiceContext, caller: Caller, provider_config_id: str, request: ProviderConfigInput
 ) -> ProviderConfigView:
     paths = request.paths
     if not paths:
@@ -135,7 +145,8 @@ def update_provider_config(
         return view
     if "api_key" in paths and request.api_key:
         _check_new_key(request.api_key)
-    with ctx.write() as (uow, revision):
+    with ctx.write(caller) as write:
+        uow = write.uow
         current = uow.providers.get(provider_config_id)
         if current is None:
             raise provider_not_found(provider_config_id)
@@ -150,9 +161,14 @@ def update_provider_config(
         updated = _apply(current, request)
         touches_credentials = any(p == "api_key" or p.startswith("credential_policy.") for p in paths)
         validate_provider_config(updated, ctx.deployment_keys, PREFIX, check_central_key=touches_credentials)
-        key_changed = "api_key" in paths
-        uow.providers.update(updated, revision, key_changed=key_changed)
+        changes = _changes(current, updated)
+        if not changes:
+            # The same values (the same key included, compared here): no revision, no event, no write.
+            return provider_view(current, ctx.deployment_keys)
+        key_changed = any(c.field == "api_key" for c in changes)
+        uow.providers.update(updated, write.config_revision, key_changed=key_changed)
         stored = uow.providers.get(provider_config_id)
+        write.record(AuditEntry(current.name, changes))
     assert stored is not None
     return provider_view(stored, ctx.deployment_keys)
 
@@ -180,8 +196,11 @@ def _apply(current: ProviderConfig, request: ProviderConfigInput) -> ProviderCon
     return replace(current, **changes)  # type: ignore[arg-type]
 
 
-def delete_provider_config(ctx: ServiceContext, provider_config_id: str, etag: str, force: bool) -> ProviderDeletion:
-    with ctx.write() as (uow, revision):
+def delete_provider_config(
+    ctx: ServiceContext, caller: Caller, provider_config_id: str, etag: str, force: bool
+) -> ProviderDeletion:
+    with ctx.write(caller) as write:
+        uow, revision = write.uow, write.config_revision
         current = uow.providers.get(provider_config_id)
         if current is None:
             raise provider_not_found(provider_config_id)
@@ -214,6 +233,15 @@ def delete_provider_config(ctx: ServiceContext, provider_config_id: str, etag: s
             # The same list replacement an update does: the rest keep their order, renumbered from 0.
             uow.models.update(replace(model, attachments=remaining), revision, attachments_changed=True)
         change = settle_default(uow, revision, before, leaving=emptied)
-        uow.user_keys.delete_for_provider(provider_config_id)
+        user_keys_deleted = uow.user_keys.delete_for_provider(provider_config_id)
         uow.providers.delete(provider_config_id)
+        cascade = diff(
+            None,
+            {
+                "touched_model_configs": [m.name for m in attached] or None,
+                "deleted_model_configs": [f"modelConfigs/{i}" for i in emptied] or None,
+                "user_keys_deleted": user_keys_deleted or None,
+            },
+        )
+        write.record(AuditEntry(current.name, _changes(current, None) + cascade + default_move(change)))
     return ProviderDeletion([m.id for m in attached], emptied, change, revision)

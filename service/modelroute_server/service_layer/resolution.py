@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..adapters.crypto import SealedKey
-from ..adapters.repositories import UserKeyChange, open_user_key
+from ..adapters.repositories import open_user_key
+from ..domain.changes import UserKeyChange
 from ..domain.errors import DomainError, PreconditionViolation, Reason
 from ..domain.models import ModelConfig
 from ..domain.providers import ProviderConfig, StoredKey, provider_config_name

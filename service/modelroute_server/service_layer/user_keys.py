@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..adapters.repositories import UserKeyChange
 from ..domain import rules
+from ..domain.audit import AuditEntry, Caller, comparable_secret, secret_change
+from ..domain.changes import UserKeyChange
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from ..domain.families import Family
-from ..domain.providers import ProviderConfig
+from ..domain.providers import ProviderConfig, provider_config_name
 from ..domain.resolver import provider_outcome
 from .context import ServiceContext
 from .paging import page_size
@@ -41,7 +42,13 @@ def _user_view(provider: ProviderConfig, has_key: bool, deployment_keys: Mapping
     return UserProviderView(provider, has_key, fallback)
 
 
-def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: str, api_key: str) -> UserProviderView:
+def _key_entry(provider: str, user: str, before: str | None, after: str | None) -> AuditEntry:
+    return AuditEntry(provider, secret_change("api_key", before, after), user=user)
+
+
+def set_user_provider_key(
+    ctx: ServiceContext, caller: Caller, user: str, provider_config_id: str, api_key: str
+) -> UserProviderView:
     collector = ViolationCollector()
     user_problem = rules.user_id_problem(user)
     if user_problem:
@@ -50,7 +57,8 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
     if key_problem:
         collector.add("api_key", key_problem)
     collector.raise_if_any()
-    with ctx.write(UserKeyChange(user, provider_config_id)) as (uow, _revision):
+    with ctx.write(caller, UserKeyChange(user, provider_config_id)) as write:
+        uow = write.uow
         provider = uow.providers.get(provider_config_id)
         if provider is None:
             raise provider_not_found(provider_config_id)
@@ -66,19 +74,24 @@ def set_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: st
                 f"{provider.name} does not allow user keys (its credential policy)",
                 resource=provider_resource(provider.id),
             )
-        uow.user_keys.put(user, provider_config_id, api_key)
+        before = comparable_secret(uow.user_keys.get(user, provider_config_id))
+        if before != api_key:  # the same key again changes nothing (compared here, never logged)
+            uow.user_keys.put(user, provider_config_id, api_key)
+            write.record(_key_entry(provider.name, user, before, api_key))
     return _user_view(provider, True, ctx.deployment_keys)
 
 
-def delete_user_provider_key(ctx: ServiceContext, user: str, provider_config_id: str) -> None:
+def delete_user_provider_key(ctx: ServiceContext, caller: Caller, user: str, provider_config_id: str) -> None:
     check_user(user)
     # Idempotent: deleting a key that is not there (or of a provider that is gone) succeeds, and
     # takes no revision, so a retried delete does not make every replica reload.
     with ctx.read() as uow:
         if not uow.user_keys.sealed([(user, provider_config_id)]):
             return
-    with ctx.write(UserKeyChange(user, provider_config_id)) as (uow, _revision):
-        uow.user_keys.delete(user, provider_config_id)
+    with ctx.write(caller, UserKeyChange(user, provider_config_id)) as write:
+        stored = comparable_secret(write.uow.user_keys.get(user, provider_config_id))
+        if write.uow.user_keys.delete(user, provider_config_id):
+            write.record(_key_entry(provider_config_name(provider_config_id), user, stored, None))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,248 @@
+"""Access tokens: create (the secret shown once), list, revoke; and the in-memory set every call is checked
+against, kept current through the same change announcements as the configuration snapshot."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from ..domain import rules
+from ..domain.access import (
+    AccessToken,
+    Principal,
+    Role,
+    access_token_name,
+    authenticate_token,
+    new_token_secret,
+    role_from_name,
+    roles_problem,
+    token_hash,
+)
+from ..domain.audit import AuditEntry, Caller, FieldChange, access_token_record, diff
+from ..domain.changes import AccessTokenChange
+from ..domain.errors import DomainError, Reason, ResourceRef, ViolationCollector
+from .context import ServiceContext
+from .paging import page_size
+
+log = logging.getLogger(__name__)
+
+ACCESS_TOKEN_TYPE = "modelroute.internal/AccessToken"
+PREFIX = "access_token."
+MAX_TTL = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class AccessTokenInput:
+    roles: tuple[Role | None, ...] = ()
+    expire_time: datetime | None = None
+    ttl: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class CreatedAccessToken:
+    token: AccessToken
+    # Shown once: the caller hands it on and it is never readable again.
+    secret: str
+
+
+@dataclass(frozen=True)
+class AccessTokenPage:
+    items: list[AccessToken]
+    next_page_token: str
+
+
+def access_token_resource(access_token_id: str) -> ResourceRef:
+    return ResourceRef(ACCESS_TOKEN_TYPE, access_token_name(access_token_id))
+
+
+def access_token_not_found(access_token_id: str) -> DomainError:
+    resource = access_token_resource(access_token_id)
+    return DomainError(Reason.ACCESS_TOKEN_NOT_FOUND, f"{resource.resource_name} does not exist", resource=resource)
+
+
+def _token_changes(before: AccessToken | None, after: AccessToken) -> tuple[FieldChange, ...]:
+    changes = diff(access_token_record(before) if before else None, access_token_record(after))
+    if before is None or before.token_hash != after.token_hash:
+        # The secret itself never appears: only that one was issued.
+        changes += (FieldChange("token", "set" if before else None, "replaced" if before else "set"),)
+    return changes
+
+
+def create_access_token(
+    ctx: ServiceContext, caller: Caller, access_token_id: str, request: AccessTokenInput
+) -> CreatedAccessToken:
+    violations = ViolationCollector()
+    id_problem = rules.slug_problem(access_token_id)
+    if id_problem:
+        violations.add("access_token_id", id_problem)
+    problem = roles_problem(request.roles)
+    if problem:
+        violations.add(f"{PREFIX}roles", problem)
+    now = datetime.now(UTC)
+    expire_time = request.expire_time
+    if request.ttl is not None:
+        if request.ttl <= timedelta(0) or request.ttl > MAX_TTL:
+            violations.add(f"{PREFIX}ttl", "must be positive and at most 10 years")
+        else:
+            expire_time = now + request.ttl
+    elif expire_time is not None and expire_time <= now:
+        violations.add(f"{PREFIX}expire_time", "must be in the future")
+    violations.raise_if_any()
+    secret = new_token_secret()
+    token = AccessToken(
+        id=access_token_id,
+        roles=frozenset(r for r in request.roles if r is not None),
+        token_hash=token_hash(secret),
+        create_time=now,
+        expire_time=expire_time,
+        creator=caller.actor,
+    )
+    with ctx.write(caller, AccessTokenChange(access_token_id), takes_revision=False) as write:
+        if write.uow.access_tokens.get(access_token_id) is not None:
+            raise DomainError(
+                Reason.ACCESS_TOKEN_ALREADY_EXISTS,
+                f"{token.name} already exists (names of revoked tokens stay reserved)",
+                resource=access_token_resource(access_token_id),
+            )
+        write.uow.access_tokens.add(token)
+        write.record(AuditEntry(token.name, _token_changes(None, token)))
+    return CreatedAccessToken(token, secret)
+
+
+def reissue_access_token(ctx: ServiceContext, caller: Caller, access_token_id: str) -> CreatedAccessToken:
+    """A new secret for an existing live token (the old one stops working); for the embedded bootstrap."""
+    secret = new_token_secret()
+    with ctx.write(caller, AccessTokenChange(access_token_id), takes_revision=False) as write:
+        current = write.uow.access_tokens.get(access_token_id)
+        if current is None:
+            raise access_token_not_found(access_token_id)
+        write.uow.access_tokens.set_hash(access_token_id, token_hash(secret))
+        reissued = replace(current, token_hash=token_hash(secret))
+        write.record(AuditEntry(current.name, _token_changes(current, reissued)))
+    return CreatedAccessToken(reissued, secret)
+
+
+def get_access_token(ctx: ServiceContext, access_token_id: str) -> AccessToken | None:
+    with ctx.read() as uow:
+        return uow.access_tokens.get(access_token_id)
+
+
+def list_access_tokens(ctx: ServiceContext, requested_page_size: int = 0, page_token: str = "") -> AccessTokenPage:
+    size = page_size(requested_page_size)
+    query = "accessTokens"
+    after = ctx.page_tokens.decode(page_token, query)
+    with ctx.read() as uow:
+        tokens = uow.access_tokens.list(after_id=after, limit=size + 1)
+    page, next_token = ctx.page_tokens.cut(tokens, size, query)
+    return AccessTokenPage(list(page), next_token)
+
+
+def revoke_access_token(ctx: ServiceContext, caller: Caller, access_token_id: str) -> AccessToken:
+    """Idempotent: revoking a revoked token returns it unchanged (no event)."""
+    with ctx.write(caller, AccessTokenChange(access_token_id), takes_revision=False) as write:
+        current = write.uow.access_tokens.get(access_token_id)
+        if current is None:
+            raise access_token_not_found(access_token_id)
+        if current.revoke_time is not None:
+            return current
+        write.uow.access_tokens.revoke(access_token_id)
+        revoked = write.uow.access_tokens.get(access_token_id)
+        assert revoked is not None
+        write.record(AuditEntry(current.name, _token_changes(current, revoked)))
+    return revoked
+
+
+class AccessTokenCache:
+    """Every access token, by the hash of its secret, in memory: checking a caller costs no round trip.
+
+    Loaded in full at start and after every reconnect of the change listener
+    (announcements may have been lost meanwhile); a single token's change,
+    committed here or announced by another replica, re-reads that one row.
+    The maps are replaced whole, never mutated, so readers need no lock.
+    """
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._lock = threading.Lock()  # one load at a time
+        self._by_hash: dict[bytes, AccessToken] = {}
+        self._by_id: dict[str, AccessToken] = {}
+        self._loaded = False
+        self._retrying = False
+        self._closed = threading.Event()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def authenticate(self, secret: str) -> Principal:
+        if not self._loaded:
+            raise DomainError(
+                Reason.CREDENTIALS_NOT_LOADED, "this replica has not loaded its access tokens yet; retry shortly"
+            )
+        return authenticate_token(secret, self._by_hash, datetime.now(UTC))
+
+    def changed(self, change: AccessTokenChange | None) -> None:
+        """A token changed (None: any may have, after a reconnect); never raises, retries in the background."""
+        try:
+            if change is None or not self._loaded:
+                self.reload_all()
+            else:
+                self._reload_one(change.access_token_id)
+        except Exception:
+            log.warning("access token reload failed; retrying in the background", exc_info=True)
+            self._retry_in_background()
+
+    def reload_all(self) -> None:
+        with self._lock, self._ctx.read() as uow:
+            tokens = uow.access_tokens.list()
+            self._publish({t.id: t for t in tokens})
+            self._loaded = True
+
+    def _reload_one(self, access_token_id: str) -> None:
+        with self._lock:
+            with self._ctx.read() as uow:
+                token = uow.access_tokens.get(access_token_id)
+            by_id = dict(self._by_id)
+            if token is None:
+                by_id.pop(access_token_id, None)
+            else:
+                by_id[access_token_id] = token
+            self._publish(by_id)
+
+    def _publish(self, by_id: dict[str, AccessToken]) -> None:
+        self._by_hash = {t.token_hash: t for t in by_id.values()}
+        self._by_id = by_id
+
+    def _retry_in_background(self) -> None:
+        if self._retrying:
+            return
+        self._retrying = True
+
+        def retry() -> None:
+            try:
+                while not self._closed.wait(self.RETRY_SECONDS):
+                    try:
+                        self.reload_all()
+                        return
+                    except Exception:
+                        log.debug("access token reload failed again", exc_info=True)
+            finally:
+                self._retrying = False
+
+        threading.Thread(target=retry, name="modelroute-token-reload", daemon=True).start()
+
+
+def roles_of(token: AccessToken) -> list[str]:
+    return sorted(r.value for r in token.roles)
+
+
+def parse_roles(names: Sequence[str]) -> tuple[Role | None, ...]:
+    return tuple(role_from_name(n) for n in names)
