@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -189,6 +191,21 @@ def channel(app: Application, running_server: RunningServer) -> grpc.Channel:
 @pytest.fixture
 def engine(app: Application) -> sa.Engine:
     return app.ctx.engine
+
+
+@pytest.fixture
+def server_process() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Collects the server processes a test starts and makes sure none outlives it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelroute import ModelrouteError
 from modelroute.v1 import (
@@ -115,3 +121,47 @@ def create_model(
     s: Stubs, model_id: str, family: str = "openai", providers: tuple[str, ...] | None = None, **kw: Any
 ) -> Any:
     return s.models.CreateModelConfig(model_request(model_id, family, providers, **kw))
+
+
+# ---------------------------------------------------------------- server processes
+
+SERVER_BINARY = Path(sys.executable).parent / "modelroute-server"
+ADMIN_BINARY = Path(sys.executable).parent / "modelroute-admin"
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> int | None:
+    """The reported status, or None while the server does not answer yet."""
+    try:
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        )
+    except grpc.RpcError as error:
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return None
+        raise
+
+
+def wait_for_health(channel: grpc.Channel, wanted: int, timeout: float, service: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = health_status(channel, service)
+        if last == wanted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"health of {service!r} stayed {last}, wanted {wanted}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    assert port != 50051
+    return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any modelroute setting, plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MODELROUTE_")}
+    env.update(extra)
+    return env

@@ -79,7 +79,9 @@ class _CallDetails(NamedTuple):
 
 
 def _with_token(details: grpc.ClientCallDetails, header: str) -> grpc.ClientCallDetails:
-    metadata = [m for m in (details.metadata or ()) if m[0] != AUTHORIZATION_METADATA]
+    metadata = list(details.metadata or ())
+    if any(key == AUTHORIZATION_METADATA for key, _ in metadata):
+        return details  # credentials given with the call itself win
     metadata.append((AUTHORIZATION_METADATA, header))
     return _CallDetails(  # type: ignore[return-value]
         details.method,

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,7 +21,7 @@ from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.settings import settings_from_env
 
 from ..conftest import PostgresForTests, RunningServer, build_app
-from ..helpers import decode
+from ..helpers import ADMIN_BINARY, SERVER_BINARY, clean_env, decode, free_port, health_status, wait_for_health
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -35,69 +31,15 @@ MODELROUTE_SERVICES = {
     "modelroute.v1.UserKeyService",
     "modelroute.v1.ResolverService",
 }
-SERVER_BINARY = Path(sys.executable).parent / "modelroute-server"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def health_status(channel: grpc.Channel, service: str = "") -> int | None:
-    """The reported status, or None while the server does not answer yet."""
-    try:
-        return (
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
-        )
-    except grpc.RpcError as error:
-        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return None
-        raise
-
-
-def wait_for_health(channel: grpc.Channel, wanted: int, timeout: float, service: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = health_status(channel, service)
-        if last == wanted:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"health of {service!r} stayed {last}, wanted {wanted}")
 
 
 def list_services(channel: grpc.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
     return {service.name for response in responses for service in response.list_services_response.service}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    assert port != 50051
-    return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any modelroute setting, plus `extra`."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MODELROUTE_")}
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def server_process() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Collects the server processes a test starts and makes sure none outlives it."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- reflection and health (in-process server)
@@ -314,7 +256,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(
 
         # The admin CLI finds the token of the role each command needs in the data directory.
         listed = subprocess.run(
-            [str(SERVER_BINARY.parent / "modelroute-admin"), "--target", f"127.0.0.1:{port}", "providers", "list"],
+            [str(ADMIN_BINARY), "--target", f"127.0.0.1:{port}", "providers", "list"],
             cwd=tmp_path,
             env=clean_env(MODELROUTE_DATA_DIR=str(data_dir)),
             capture_output=True,
