@@ -37,8 +37,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def seed(target: str) -> None:
-    with ModelrouteClient(target) as client:
+def seed(target: str, admin_token: str, user_keys_token: str) -> None:
+    with ModelrouteClient(target, token=admin_token) as client:
         for i in range(PROVIDERS):
             policy = common_pb2.CredentialPolicy(
                 central_api_key_enabled=True, allow_user_api_key=True, allow_central_api_key_fallback=True
@@ -57,6 +57,7 @@ def seed(target: str) -> None:
                     family=common_pb2.FAMILY_OPENAI, model="gpt", context_limit=1000, provider_configs=names
                 ),
             )
+    with ModelrouteClient(target, token=user_keys_token) as client:
         for u in range(USERS):
             client.set_user_key(f"user-{u}", f"p{u % PROVIDERS}", f"uk-{u}")
 
@@ -79,18 +80,21 @@ async def series(call: Callable[[int], Awaitable[object]], calls: int, concurren
     return calls / (time.perf_counter() - started), latencies
 
 
-async def measure(target: str, calls: int, concurrency: int) -> None:
+async def measure(target: str, calls: int, concurrency: int, resolver_token: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         resolver = resolver_pb2_grpc.ResolverServiceStub(channel)
         check = health_pb2.HealthCheckRequest()
+        credentials = (("authorization", f"Bearer {resolver_token}"),)
         requests = [
             resolver_pb2.ResolveModelRequest(model=f"m{i % MODELS}", user=f"user-{i % USERS}") for i in range(calls)
         ]
-        await resolver.ResolveModel(requests[0])  # warm the snapshot and the channel
+        await resolver.ResolveModel(requests[0], metadata=credentials)  # warm the snapshot and the channel
         await series(lambda i: health.Check(check), min(calls, 500), concurrency)
         health_rate, health_latency = await series(lambda i: health.Check(check), calls, concurrency)
-        resolve_rate, resolve_latency = await series(lambda i: resolver.ResolveModel(requests[i]), calls, concurrency)
+        resolve_rate, resolve_latency = await series(
+            lambda i: resolver.ResolveModel(requests[i], metadata=credentials), calls, concurrency
+        )
 
     def p99(samples: list[float]) -> float:
         return sorted(samples)[int(len(samples) * 0.99)]
@@ -115,9 +119,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELROUTE_")}
         env["MODELROUTE_LOG_LEVEL"] = "WARNING"
-        server = subprocess.Popen(
-            [str(SERVER), "serve", "--data-dir", str(Path(scratch) / "data"), "--listen", target], env=env
-        )
+        data_dir = Path(scratch) / "data"
+        server = subprocess.Popen([str(SERVER), "serve", "--data-dir", str(data_dir), "--listen", target], env=env)
         try:
             channel = grpc.insecure_channel(target)
             health = health_pb2_grpc.HealthStub(channel)
@@ -132,8 +135,14 @@ def main() -> None:
                     raise SystemExit("the server never became SERVING")
                 time.sleep(0.2)
             channel.close()
-            seed(target)
-            asyncio.run(measure(target, options.calls, options.concurrency))
+            # Embedded mode wrote one token per role.
+            seed(
+                target,
+                (data_dir / "admin.token").read_text().strip(),
+                (data_dir / "user-keys.token").read_text().strip(),
+            )
+            resolver_token = (data_dir / "resolver.token").read_text().strip()
+            asyncio.run(measure(target, options.calls, options.concurrency, resolver_token))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)

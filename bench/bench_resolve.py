@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
 from modelroute_server.service_layer import resolution
-from tests.conftest import RunningServer, build_app
+from tests.conftest import RunningServer, all_roles_token, build_app
 from tests.helpers import create_model, create_provider, policy, stubs
 from tests.integration.test_resolution_cache import is_health_check
 
@@ -54,7 +54,7 @@ def main() -> None:
         url = pg.start()
         database.upgrade(database.create_engine(url))
         app = build_app(url, Keyring.parse(generate_keyring_spec()))
-        server = RunningServer(app)
+        server = RunningServer(app, all_roles_token(app))
         try:
             s = stubs(server.channel)
             for i in range(PROVIDERS):

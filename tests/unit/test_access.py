@@ -75,10 +75,10 @@ def _token(**fields: object) -> tuple[str, dict[bytes, AccessToken]]:
 def test_authenticating_a_token(fields: dict[str, object], reason: Reason | None) -> None:
     secret, tokens = _token(**fields)
     if reason is None:
-        assert authenticate_token(secret, tokens, NOW) == Principal("ci", frozenset({Role.READER}))
+        assert authenticate_token(secret, tokens, lambda: NOW) == Principal("ci", frozenset({Role.READER}))
         return
     with pytest.raises(DomainError) as caught:
-        authenticate_token(secret, tokens, NOW)
+        authenticate_token(secret, tokens, lambda: NOW)
     assert (caught.value.reason, caught.value.code) == (reason, ErrorCode.UNAUTHENTICATED)
     assert secret not in caught.value.message
 
@@ -90,7 +90,7 @@ def test_authenticating_a_token(fields: dict[str, object], reason: Reason | None
 def test_malformed_and_unknown_tokens(secret: str, reason: Reason) -> None:
     _, tokens = _token()
     with pytest.raises(DomainError) as caught:
-        authenticate_token(secret, tokens, NOW)
+        authenticate_token(secret, tokens, lambda: NOW)
     assert caught.value.reason is reason
     assert secret not in caught.value.message
 

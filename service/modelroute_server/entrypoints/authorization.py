@@ -129,25 +129,26 @@ class Authorization(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return guarded
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler, roles: frozenset[Role]) -> grpc.RpcMethodHandler:
-        name = short_method(method)
-        authenticator = self._authenticator
-
-        async def check(context: grpc.aio.ServicerContext) -> Caller:
-            try:
-                principal = authenticator.principal(context)
-                authorize(principal, roles, name)
-            except DomainError as error:
-                await abort(context, error)
-                raise AssertionError("unreachable: abort raises") from error
-            return Caller(principal.name, name)
-
         if handler.unary_unary is None:
             # Every modelroute method is unary; a streaming one would need its own guard. Fail closed.
             raise AssertionError(f"{method} is not unary: no guard for it")
+        name = short_method(method)
+        authenticator = self._authenticator
         behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+        # One Caller per principal for this method: nothing is built per call on the way in.
+        callers: dict[Principal, Caller] = {}
 
         async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = _CALLER.set(await check(context))
+            try:
+                principal = authenticator.principal(context)
+                caller = callers.get(principal)
+                if caller is None:
+                    authorize(principal, roles, name)
+                    caller = callers.setdefault(principal, Caller(principal.name, name))
+            except DomainError as error:
+                await abort(context, error)
+                raise AssertionError("unreachable: abort raises") from error
+            token = _CALLER.set(caller)
             try:
                 return await behavior(request, context)
             finally:

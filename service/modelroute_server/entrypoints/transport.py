@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ..settings import Settings, SettingsError
@@ -106,8 +107,11 @@ def _load(files: CertificateFiles) -> grpc.ServerCertificateConfiguration:
     try:
         certificate = x509.load_pem_x509_certificates(chain)[0]
         private_key = serialization.load_pem_private_key(key, password=None)
-    except ValueError as exc:
-        raise SettingsError(f"{files.cert_file} / {files.key_file}: not a PEM certificate and key ({exc})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # TypeError: an encrypted key (no passphrase can be given); UnsupportedAlgorithm: a key type TLS cannot use.
+        raise SettingsError(
+            f"{files.cert_file} / {files.key_file}: not a PEM certificate and an unencrypted PEM key ({exc})"
+        ) from None
     public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if certificate.public_key().public_bytes(*public) != private_key.public_key().public_bytes(*public):
         raise SettingsError(f"{files.key_file} is not the key of the certificate in {files.cert_file}")

@@ -187,7 +187,7 @@ class AccessTokenCache:
             raise DomainError(
                 Reason.CREDENTIALS_NOT_LOADED, "this replica has not loaded its access tokens yet; retry shortly"
             )
-        return authenticate_token(secret, self._by_hash, datetime.now(UTC))
+        return authenticate_token(secret, self._by_hash, _now)
 
     def changed(self, change: AccessTokenChange | None) -> None:
         """A token changed (None: any may have, after a reconnect); never raises, retries in the background."""
@@ -238,6 +238,10 @@ class AccessTokenCache:
                 self._retrying = False
 
         threading.Thread(target=retry, name="modelroute-token-reload", daemon=True).start()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def roles_of(token: AccessToken) -> list[str]:
