@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
 from modelroute.credentials import authenticated
@@ -35,7 +37,7 @@ from modelroute_server.service_layer import access_tokens
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.settings import Settings
 
-from .helpers import TEST_CALLER
+from .helpers import SERVER_BINARY, TEST_CALLER, clean_env, health_status
 
 TEST_DATABASE_URL_ENV = "MODELROUTE_TEST_DATABASE_URL"
 
@@ -193,19 +195,46 @@ def engine(app: Application) -> sa.Engine:
     return app.ctx.engine
 
 
+class ServerProcesses:
+    """`modelroute-server serve` processes a test starts; none outlives the test."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cwd: Path, listen: str, data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+        """Starts an embedded-mode server and returns once its health service says SERVING."""
+        process = subprocess.Popen(
+            [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", listen],
+            cwd=cwd,
+            env=clean_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.started.append(process)
+        with grpc.insecure_channel(f"127.0.0.1:{listen.rsplit(':', 1)[1]}") as channel:
+            deadline = time.monotonic() + 120
+            while health_status(channel) != health_pb2.HealthCheckResponse.SERVING:
+                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+                assert time.monotonic() < deadline, "the embedded service never became SERVING"
+                time.sleep(0.2)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+
+
 @pytest.fixture
-def server_process() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Collects the server processes a test starts and makes sure none outlives it."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+def server_process() -> Iterator[ServerProcesses]:
+    processes = ServerProcesses()
+    yield processes
+    processes.stop_all()
 
 
 @pytest.fixture

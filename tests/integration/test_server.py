@@ -20,7 +20,7 @@ from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.settings import settings_from_env
 
-from ..conftest import PostgresForTests, RunningServer, build_app
+from ..conftest import PostgresForTests, RunningServer, ServerProcesses, build_app
 from ..helpers import ADMIN_BINARY, SERVER_BINARY, clean_env, decode, free_port, health_status, wait_for_health
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -210,27 +210,14 @@ def test_the_migrate_command_upgrades_and_downgrades(fresh_database_url: str, tm
 # ---------------------------------------------------------------- embedded mode end to end
 
 
-def test_embedded_mode_end_to_end_with_graceful_shutdown(
-    tmp_path: Path, server_process: list[subprocess.Popen[bytes]]
-) -> None:
+def test_embedded_mode_end_to_end_with_graceful_shutdown(tmp_path: Path, server_process: ServerProcesses) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
-    process = subprocess.Popen(
-        [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-        cwd=tmp_path,
-        env=clean_env(MODELROUTE_DEPLOYMENT_KEY_OPENAI="dk-from-the-environment"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    process = server_process.start(
+        tmp_path, f"127.0.0.1:{port}", data_dir, MODELROUTE_DEPLOYMENT_KEY_OPENAI="dk-from-the-environment"
     )
-    server_process.append(process)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 120
-        while health_status(channel) != SERVING:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "the embedded service never became SERVING"
-            time.sleep(0.2)
-
         keyring_file = data_dir / "keyring"
         assert keyring_file.is_file()
         assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o600

@@ -17,7 +17,8 @@ from modelroute import ModelrouteClient, ModelrouteError
 from modelroute.v1 import common_pb2, provider_config_pb2
 from modelroute_server.adapters.crypto import generate_keyring_spec
 
-from ..helpers import SERVER_BINARY, clean_env, free_port, health_status
+from ..conftest import ServerProcesses
+from ..helpers import SERVER_BINARY, clean_env, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -61,25 +62,12 @@ def test_a_keyring_readable_by_others_is_refused_with_one_clear_line(tmp_path: P
 
 
 def test_the_bootstrap_commands_work_beside_a_running_server_and_the_port_is_its_own(
-    tmp_path: Path, server_process: list[subprocess.Popen[bytes]]
+    tmp_path: Path, server_process: ServerProcesses
 ) -> None:
     data_dir, port = tmp_path / "data", free_port()
-    process = subprocess.Popen(
-        [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", f"0.0.0.0:{port}"],
-        cwd=tmp_path,
-        env=clean_env(MODELROUTE_ALLOW_PLAINTEXT="true"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    server_process.append(process)
+    process = server_process.start(tmp_path, f"0.0.0.0:{port}", data_dir, MODELROUTE_ALLOW_PLAINTEXT="true")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 120
-        while health_status(channel) != SERVING:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "the embedded service never became SERVING"
-            time.sleep(0.2)
-
         # A second server on the same port is refused before it starts anything.
         other_dir = tmp_path / "other"
         line = refusal(["--listen", f"127.0.0.1:{port}", "--data-dir", str(other_dir)], tmp_path)

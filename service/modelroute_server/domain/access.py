@@ -116,9 +116,7 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate_token(
-    secret: str, tokens: Mapping[bytes, AccessToken], clock: Callable[[], datetime]
-) -> Principal:
+def authenticate_token(secret: str, tokens: Mapping[bytes, AccessToken], clock: Callable[[], datetime]) -> Principal:
     """The principal a bearer token stands for; UNAUTHENTICATED for anything but a live token.
 
     The lookup comes first (every stored token is well formed), so a live token costs one hash and one

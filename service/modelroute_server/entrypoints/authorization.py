@@ -20,6 +20,7 @@ from ..domain.audit import Caller
 from ..domain.errors import DomainError
 from ..service_layer.access_tokens import AccessTokenCache
 from .errors import abort
+from .interceptors import WrappingInterceptor
 
 ADMIN, READER, RESOLVER, USER_KEYS = Role.ADMIN, Role.READER, Role.RESOLVER, Role.USER_KEYS
 _P = "/modelroute.v1.ProviderConfigService/"
@@ -104,29 +105,18 @@ class Authenticator:
         raise no_credentials()
 
 
-class Authorization(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class Authorization(WrappingInterceptor):
     """Checks every call against METHOD_ROLES before it reaches a servicer (or even its request's decoding)."""
 
     def __init__(self, authenticator: Authenticator) -> None:
+        super().__init__()
         self._authenticator = authenticator
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(OPEN_SERVICES):
-            return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        if method.startswith(OPEN_SERVICES):
+            return None
         # A method without a row is refused to everyone: a new method is closed until it is given roles.
-        guarded = self._guard(method, handler, METHOD_ROLES.get(method, frozenset()))
-        self._handlers[method] = guarded  # only methods that exist: the cache stays bounded
-        return guarded
+        return self._guard(method, handler, METHOD_ROLES.get(method, frozenset()))
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler, roles: frozenset[Role]) -> grpc.RpcMethodHandler:
         if handler.unary_unary is None:
