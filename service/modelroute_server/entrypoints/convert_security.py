@@ -106,6 +106,8 @@ def audit_filter(text: str) -> AuditFilter:
             raise _bad_filter(f"cannot parse {quoted(text[position:])}")
         name, operator, raw = match.groups()
         value = _unquoted(raw)
+        if any(not c.isprintable() for c in value):
+            raise _bad_filter(f"the value for {name} holds a control character")
         if name in _EQUALITY_FIELDS:
             if operator != "=" or name in equal:
                 raise _bad_filter(f"{name} takes one `=` term")
@@ -131,11 +133,17 @@ def audit_filter(text: str) -> AuditFilter:
     )
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE)
+
+
 def _time(value: str) -> datetime:
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise _bad_filter(f"{quoted(value)} is not an RFC 3339 time with a zone, such as 2026-12-01T09:00:00Z")
+    date, clock, fraction, zone = match.groups()
+    # Python keeps microseconds: a longer fraction is cut, never rounded up past the time given.
+    text = f"{date}T{clock}" + (f".{fraction[:6].ljust(6, '0')}" if fraction else "")
     try:
-        moment = datetime.fromisoformat(value)
+        return datetime.fromisoformat(text + ("+00:00" if zone.upper() == "Z" else zone))
     except ValueError:
-        raise _bad_filter(f"{quoted(value)} is not an RFC 3339 time") from None
-    if moment.tzinfo is None:
-        raise _bad_filter(f"{quoted(value)} needs a time zone (for example Z)")
-    return moment
+        raise _bad_filter(f"{quoted(value)} is not a valid time") from None

@@ -42,9 +42,11 @@ def list_audit_events(
 
 
 def prune_audit_events(ctx: ServiceContext, caller: Caller, before: datetime) -> int:
-    """Removes the events older than `before`; the pruning is itself an event (kept, being new)."""
+    """Removes the events older than `before`; a pruning that removed any is itself an event (kept, being new)."""
     with ctx.write(caller, takes_revision=False) as write:
         removed = write.uow.audit.prune(before)
+        if not removed:
+            return 0  # nothing changed, nothing to record
         write.record(
             AuditEntry(
                 AUDIT_EVENTS,
