@@ -11,7 +11,17 @@ from google.protobuf import field_mask_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
+from modelroute.v1 import (
+    access_token_pb2,
+    access_token_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    common_pb2,
+    model_config_pb2,
+    provider_config_pb2,
+    resolver_pb2,
+    user_key_pb2,
+)
 
 from ..helpers import Stubs, create_model, create_provider, decode, policy, stubs
 
@@ -272,6 +282,63 @@ def test_other_requests(
         (
             s.providers.DeleteProviderConfig,
             provider_config_pb2.DeleteProviderConfigRequest(name=name, etag=token, force=force),
+        ),
+    ]
+    for method, request in calls:
+        expect_client_outcome(method, request)
+
+
+roles = st.lists(st.integers(min_value=-2, max_value=6), max_size=4)
+token_names = ids.map(lambda i: f"accessTokens/{i}") | text
+timestamps = st.integers(min_value=-62_135_596_800, max_value=253_402_300_799)
+durations = st.integers(min_value=-(10**11), max_value=10**11)
+audit_filters = text | st.builds(
+    lambda field, op, value: f"{field} {op} {value}",
+    st.sampled_from(["resource", "actor", "method", "user", "event_time", "nope"]),
+    st.sampled_from(["=", ">=", ">", "<", "<=", "!="]),
+    text.map(lambda t: f'"{t}"') | text,
+)
+
+
+@FUZZ
+@given(
+    token_id=ids,
+    name=token_names,
+    role_values=roles,
+    expire_seconds=st.none() | timestamps,
+    ttl_seconds=st.none() | durations,
+    page_size=int32,
+    page_token=text,
+    filter_text=audit_filters,
+)
+def test_access_token_and_audit_requests(
+    channel: grpc.Channel,
+    token_id: str,
+    name: str,
+    role_values: list[int],
+    expire_seconds: int | None,
+    ttl_seconds: int | None,
+    page_size: int,
+    page_token: str,
+    filter_text: str,
+) -> None:
+    tokens = access_token_pb2_grpc.AccessTokenServiceStub(channel)
+    audit = audit_pb2_grpc.AuditServiceStub(channel)
+    token = access_token_pb2.AccessToken(roles=role_values)  # type: ignore[arg-type]
+    if expire_seconds is not None:
+        token.expire_time.seconds = expire_seconds
+    elif ttl_seconds is not None:
+        token.ttl.seconds = ttl_seconds
+    calls: list[tuple[Callable[..., Any], Any]] = [
+        (
+            tokens.CreateAccessToken,
+            access_token_pb2.CreateAccessTokenRequest(access_token_id=token_id, access_token=token),
+        ),
+        (tokens.ListAccessTokens, access_token_pb2.ListAccessTokensRequest(page_size=page_size, page_token=page_token)),
+        (tokens.RevokeAccessToken, access_token_pb2.RevokeAccessTokenRequest(name=name)),
+        (
+            audit.ListAuditEvents,
+            audit_pb2.ListAuditEventsRequest(filter=filter_text, page_size=page_size, page_token=page_token),
         ),
     ]
     for method, request in calls:
