@@ -10,17 +10,25 @@ Checks read memory only: no database round trip per call.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Mapping
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
-from ..domain.access import Principal, Role, authenticate_certificate, authorize, bearer_token, no_credentials
+from ..domain.access import (
+    TOKEN_PREFIX,
+    Principal,
+    Role,
+    authenticate_certificate,
+    authorize,
+    bearer_token,
+    no_credentials,
+)
 from ..domain.audit import Caller
 from ..domain.errors import DomainError
 from ..service_layer.access_tokens import AccessTokenCache
 from .errors import abort
-from .interceptors import WrappingInterceptor
 
 ADMIN, READER, RESOLVER, USER_KEYS = Role.ADMIN, Role.READER, Role.RESOLVER, Role.USER_KEYS
 _P = "/modelroute.v1.ProviderConfigService/"
@@ -56,6 +64,7 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
 }
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 AUTHORIZATION_METADATA = "authorization"
+_BEARER_TOKEN = "Bearer " + TOKEN_PREFIX
 
 # The caller of the call being served, for the audit log (set only around an authorized call).
 _CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("modelroute_caller")
@@ -88,64 +97,115 @@ class Authenticator:
         self._tokens = tokens
         self._identity_roles = dict(identity_roles or {})
 
-    def principal(self, context: grpc.aio.ServicerContext) -> Principal:
+    def from_metadata(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal | None:
+        """The bearer token's principal; None when the call carries no `authorization` metadata."""
         header = None
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata or ():
             if key == AUTHORIZATION_METADATA:
-                header = value if isinstance(value, str) else None
+                header = value if isinstance(value, str) else ""
                 break
-        secret = bearer_token(header)
-        if secret is not None:
-            return self._tokens.authenticate(secret)
-        # Only a handshake that verified the certificate against the client CA yields these properties.
-        identities = certificate_identities(context.auth_context())
-        if identities:
-            # A verified certificate with no mapped identity is authenticated but holds no role.
-            return authenticate_certificate(identities, self._identity_roles) or Principal(identities[0], frozenset())
-        raise no_credentials()
-
-
-class Authorization(WrappingInterceptor):
-    """Checks every call against METHOD_ROLES before it reaches a servicer (or even its request's decoding)."""
-
-    def __init__(self, authenticator: Authenticator) -> None:
-        super().__init__()
-        self._authenticator = authenticator
-
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
-        if method.startswith(OPEN_SERVICES):
+        if header is None:
             return None
-        # A method without a row is refused to everyone: a new method is closed until it is given roles.
-        return self._guard(method, handler, METHOD_ROLES.get(method, frozenset()))
+        if header.startswith(_BEARER_TOKEN):
+            # What every client sends, for a token that is live whatever the time: one hash, one lookup.
+            known = self._tokens.unconditional.get(hashlib.sha256(header[7:].encode()).digest())
+            if known is not None:
+                return known
+        # Anything else (a token that may expire or was revoked, an unknown or malformed one): the full rules.
+        secret = bearer_token(header)
+        return None if secret is None else self._tokens.authenticate(secret)
 
-    def _guard(self, method: str, handler: grpc.RpcMethodHandler, roles: frozenset[Role]) -> grpc.RpcMethodHandler:
+    def from_certificate(self, auth_context: Mapping[str, list[bytes]]) -> Principal:
+        # Only a handshake that verified the certificate against the client CA yields these properties.
+        identities = certificate_identities(auth_context)
+        if not identities:
+            raise no_credentials()
+        # A verified certificate with no mapped identity is authenticated but holds no role.
+        return authenticate_certificate(identities, self._identity_roles) or Principal(identities[0], frozenset())
+
+
+class _Guard:
+    """One method's door: its roles, its handler, and the callers already let through."""
+
+    def __init__(self, method: str, handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> None:
         if handler.unary_unary is None:
             # Every modelroute method is unary; a streaming one would need its own guard. Fail closed.
             raise AssertionError(f"{method} is not unary: no guard for it")
-        name = short_method(method)
-        authenticator = self._authenticator
-        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
-        # One Caller per principal for this method: nothing is built per call on the way in.
-        callers: dict[Principal, Caller] = {}
+        self.name = short_method(method)
+        # A method without a row is refused to everyone: a new method is closed until it is given roles.
+        self.roles = METHOD_ROLES.get(method, frozenset())
+        self.handler = handler
+        self._authenticator = authenticator
+        # One Caller per principal that passed the role check: nothing is built per call. Keyed by name: a
+        # token's roles never change, names are never reused, and token names (slugs) and certificate
+        # identities (`spiffe://`, `dns:`, `cn:`) cannot collide.
+        self._callers: dict[str, Caller] = {}
+        self.by_certificate = self._certificate_handler()
 
-        async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def caller(self, principal: Principal) -> Caller:
+        caller = self._callers.get(principal.name)
+        if caller is None:
+            authorize(principal, self.roles, self.name)
+            caller = self._callers.setdefault(principal.name, Caller(principal.name, self.name))
+        return caller
+
+    def refusal(self, error: DomainError) -> grpc.RpcMethodHandler:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await abort(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(refuse, response_serializer=self.handler.response_serializer)
+
+    def _certificate_handler(self) -> grpc.RpcMethodHandler:
+        """For calls without a token: the client certificate is known only once the call runs."""
+        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]] = self.handler.unary_unary  # type: ignore[assignment]
+
+        async def by_certificate(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                principal = authenticator.principal(context)
-                caller = callers.get(principal)
-                if caller is None:
-                    authorize(principal, roles, name)
-                    caller = callers.setdefault(principal, Caller(principal.name, name))
+                caller = self.caller(self._authenticator.from_certificate(context.auth_context()))
             except DomainError as error:
                 await abort(context, error)
                 raise AssertionError("unreachable: abort raises") from error
-            token = _CALLER.set(caller)
-            try:
-                return await behavior(request, context)
-            finally:
-                _CALLER.reset(token)
+            _CALLER.set(caller)
+            return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            authorized,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            by_certificate,
+            request_deserializer=self.handler.request_deserializer,
+            response_serializer=self.handler.response_serializer,
         )
+
+
+class Authorization(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks every call against METHOD_ROLES before it reaches a servicer (or even its request's decoding).
+
+    A bearer token is checked here, on the metadata grpc has already read for this call, and the caller is
+    put in a context variable of the call's own task; the method's handler then runs as it is, unwrapped.
+    Only a call without a token waits for its handler, where the client certificate can be read.
+    """
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+        self._guards: dict[str, _Guard] = {}  # only methods that exist: bounded
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        guard = self._guards.get(method)
+        if guard is None:
+            handler = await continuation(handler_call_details)
+            if handler is None or method.startswith(OPEN_SERVICES):
+                return handler
+            guard = self._guards.setdefault(method, _Guard(method, handler, self._authenticator))
+        try:
+            principal = self._authenticator.from_metadata(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+            if principal is None:
+                return guard.by_certificate
+            caller = guard.caller(principal)
+        except DomainError as error:
+            return guard.refusal(error)
+        # The call's task runs its handler next, in this same context.
+        _CALLER.set(caller)
+        return guard.handler

@@ -14,16 +14,29 @@ from google.protobuf.message import DecodeError
 
 from ..domain.errors import DomainError, FieldViolation, Reason
 from .errors import abort
-from .interceptors import WrappingInterceptor
 
 
-class RequestDecoding(WrappingInterceptor):
+class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Decodes unary requests itself so that a decoding failure gets a catalogued status."""
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
-        if handler.unary_unary is None or handler.request_deserializer is None:
-            return None
-        return _decoding(method, handler)
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        wrapped = _decoding(method, handler)
+        self._handlers[method] = wrapped  # only methods that exist: the cache stays bounded
+        return wrapped
 
 
 def _decoding(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -171,6 +171,9 @@ class AccessTokenCache:
         self._lock = threading.Lock()  # one load at a time
         self._by_hash: dict[bytes, AccessToken] = {}
         self._by_id: dict[str, AccessToken] = {}
+        # The tokens that are live whatever the time (not revoked, no expiry), by hash: a caller holding one
+        # is known with one hash and one lookup. Everything else takes `authenticate`.
+        self.unconditional: Mapping[bytes, Principal] = {}
         self._loaded = False
         self._retrying = False
         self._closed = threading.Event()
@@ -183,7 +186,7 @@ class AccessTokenCache:
         self._closed.set()
 
     def authenticate(self, secret: str) -> Principal:
-        if not self._loaded:
+        if not self._loaded:  # checked first: an empty set before the first load would say TOKEN_UNKNOWN
             raise DomainError(
                 Reason.CREDENTIALS_NOT_LOADED, "this replica has not loaded its access tokens yet; retry shortly"
             )
@@ -219,6 +222,9 @@ class AccessTokenCache:
 
     def _publish(self, by_id: dict[str, AccessToken]) -> None:
         self._by_hash = {t.token_hash: t for t in by_id.values()}
+        self.unconditional = {
+            t.token_hash: t.principal for t in by_id.values() if t.revoke_time is None and t.expire_time is None
+        }
         self._by_id = by_id
 
     def _retry_in_background(self) -> None:
