@@ -37,6 +37,7 @@ from modelroute_server.service_layer import access_tokens
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.settings import Settings
 
+from .audit_support import Api, make_api
 from .helpers import SERVER_BINARY, TEST_CALLER, clean_env, health_status
 
 TEST_DATABASE_URL_ENV = "MODELROUTE_TEST_DATABASE_URL"
@@ -235,6 +236,24 @@ def server_process() -> Iterator[ServerProcesses]:
     processes = ServerProcesses()
     yield processes
     processes.stop_all()
+
+
+@pytest.fixture
+def second_replica(app: Application, keyring: Keyring) -> Iterator[RunningServer]:
+    """Another replica on the session's database, listening for the first one's announcements."""
+    replica = build_app(app.database_url, keyring)
+    listener = replica.start_listener()
+    assert listener.connected.wait(10), "the change listener never connected"
+    server = RunningServer(replica, all_roles_token(replica))
+    yield server
+    server.stop()
+    replica.close()
+
+
+@pytest.fixture
+def api(channel: grpc.Channel, engine: sa.Engine) -> Api:
+    """The audit tests' stubs on the all-roles channel, and the database behind them."""
+    return make_api(channel, engine)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -43,7 +42,6 @@ from ..audit_support import (
     event_time,
     fresh_token_id,
     list_events,
-    make_api,
     mc,
     names,
     pc,
@@ -57,12 +55,6 @@ from ..audit_support import (
 )
 from ..conftest import ALL_ROLES_TOKEN, RunningServer
 from ..helpers import SERVER_BINARY, call_error, clean_env, stubs
-
-
-@pytest.fixture
-def api(channel: grpc.Channel, engine: sa.Engine) -> Api:
-    return make_api(channel, engine)
-
 
 # ---------------------------------------------------------------- 4. listing: filters and pages
 

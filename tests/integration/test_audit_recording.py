@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-import sqlalchemy as sa
 
 from modelroute.v1 import (
     access_token_pb2,
@@ -46,7 +45,6 @@ from ..audit_support import (
     everything_attached,
     fresh_token_id,
     list_events,
-    make_api,
     mc,
     names,
     new_token,
@@ -67,12 +65,6 @@ from ..audit_support import (
 )
 from ..conftest import ALL_ROLES_TOKEN
 from ..helpers import call_error, create_model, policy
-
-
-@pytest.fixture
-def api(channel: grpc.Channel, engine: sa.Engine) -> Api:
-    return make_api(channel, engine)
-
 
 # ---------------------------------------------------------------- 1. one event per state-changing call
 

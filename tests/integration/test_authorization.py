@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,7 +22,7 @@ from modelroute_server.entrypoints.server import Application
 from modelroute_server.service_layer import access_tokens
 from modelroute_server.service_layer.access_tokens import AccessTokenInput
 
-from ..conftest import RunningServer, all_roles_token, build_app
+from ..conftest import RunningServer
 from ..helpers import TEST_CALLER, create_provider, decode, stubs
 
 AUTH_FAILURES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -279,17 +278,6 @@ def test_a_token_with_a_short_lifetime_expires(
             break
         assert time.monotonic() < deadline, "a token with a one-second lifetime kept working"
         time.sleep(0.1)
-
-
-@pytest.fixture
-def second_replica(app: Application, keyring: object) -> Iterator[RunningServer]:
-    replica = build_app(app.database_url, keyring)  # type: ignore[arg-type]
-    listener = replica.start_listener()
-    assert listener.connected.wait(10), "the change listener never connected"
-    server = RunningServer(replica, all_roles_token(replica))
-    yield server
-    server.stop()
-    replica.close()
 
 
 def wait_for_refusal(channel: grpc.Channel, token: str, timeout: float) -> str:

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
-import pytest
 
 from modelroute.v1 import common_pb2, model_config_pb2, resolver_pb2, user_key_pb2
-from modelroute_server.adapters.crypto import Keyring
-from modelroute_server.entrypoints.server import Application
 
-from ..conftest import RunningServer, all_roles_token, build_app
+from ..conftest import RunningServer
 from ..helpers import call_error, create_model, create_provider, policy, stubs
-
-
-@pytest.fixture
-def second_replica(app: Application, keyring: Keyring) -> Iterator[RunningServer]:
-    replica = build_app(app.database_url, keyring)
-    listener = replica.start_listener()
-    assert listener.connected.wait(10), "the change listener never connected"
-    server = RunningServer(replica, all_roles_token(replica))
-    yield server
-    server.stop()
-    replica.close()
 
 
 def test_a_deleted_model_stops_resolving_on_the_other_replica(
