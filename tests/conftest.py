@@ -266,8 +266,9 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-# Test keys follow these shapes (sk-..., uk-..., dk-..., az-...); a failure report never shows one.
-_KEY_LIKE = re.compile(r"\b(?:sk|uk|dk|az)-[A-Za-z0-9_.-]+")
+# Test keys follow these shapes (sk-..., uk-..., dk-..., az-...), access tokens start mrt_; a failure report
+# never shows one.
+_KEY_LIKE = re.compile(r"\b(?:(?:sk|uk|dk|az)-[A-Za-z0-9_.-]+|mrt_[A-Za-z0-9]+)")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from .client import ModelMutation, ModelrouteClient, ModelrouteError, family_from_name
+from .client import ModelMutation, ModelrouteClient, ModelrouteError, family_from_name, role_from_name
 from .credentials import TLS, CredentialsError, read_token_file, token_from_env
 from .v1 import common_pb2, model_config_pb2, provider_config_pb2
 
@@ -87,6 +87,14 @@ def _family(text: str) -> common_pb2.Family.ValueType:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _role(text: str) -> str:
+    try:
+        role_from_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelroute-admin", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -149,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = groups.add_parser("tokens", help="access tokens (admin)").add_subparsers(dest="verb", required=True)
     tcreate = tokens.add_parser("create", help="create a token; its secret is printed once")
     tcreate.add_argument("id", help="the token's name: a lower-case slug")
-    tcreate.add_argument("--role", action="append", required=True, help="admin, reader, resolver or user-keys")
+    tcreate.add_argument(
+        "--role", action="append", required=True, type=_role, help="admin, reader, resolver or user-keys; repeatable"
+    )
     tcreate.add_argument("--ttl-seconds", type=int, help="lifetime in seconds (default: none)")
     tokens.add_parser("list", help="every token, revoked and expired ones included")
     tokens.add_parser("revoke", help="revoke a token on every replica").add_argument("id")

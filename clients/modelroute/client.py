@@ -350,20 +350,21 @@ class ModelrouteClient:
         )
 
 
+def _enum_value(enum: Any, prefix: str, kind: tuple[str, str], text: str) -> int:
+    """An enum value from its name, case-insensitively, with or without the prefix, `-` or `_` alike."""
+    cleaned = text.strip().upper().replace("-", "_").removeprefix(prefix)
+    valid = [v.name.removeprefix(prefix) for v in enum.DESCRIPTOR.values if v.number != 0]
+    if cleaned not in valid:
+        names = ", ".join(v.lower().replace("_", "-") for v in valid)
+        raise ValueError(f"unknown {kind[0]} {text!r}; valid {kind[1]}: {names}")
+    return int(enum.Value(prefix + cleaned))
+
+
 def role_from_name(text: str) -> access_token_pb2.Role.ValueType:
     """Case-insensitive: `user-keys`, `USER_KEYS` or `ROLE_USER_KEYS`."""
-    cleaned = text.strip().upper().replace("-", "_").removeprefix("ROLE_")
-    valid = [v.name.removeprefix("ROLE_") for v in access_token_pb2.Role.DESCRIPTOR.values if v.number != 0]
-    if cleaned not in valid:
-        raise ValueError(f"unknown role {text!r}; valid roles: {', '.join(v.lower().replace('_', '-') for v in valid)}")
-    return access_token_pb2.Role.Value("ROLE_" + cleaned)
+    return access_token_pb2.Role.ValueType(_enum_value(access_token_pb2.Role, "ROLE_", ("role", "roles"), text))
 
 
 def family_from_name(text: str) -> common_pb2.Family.ValueType:
     """Case-insensitive: `openai-compat`, `OPENAI_COMPAT` or `FAMILY_OPENAI_COMPAT`."""
-    cleaned = text.strip().upper().replace("-", "_").removeprefix("FAMILY_")
-    valid = [v.name.removeprefix("FAMILY_") for v in common_pb2.Family.DESCRIPTOR.values if v.number != 0]
-    if cleaned not in valid:
-        names = ", ".join(v.lower().replace("_", "-") for v in valid)
-        raise ValueError(f"unknown family {text!r}; valid families: {names}")
-    return common_pb2.Family.Value("FAMILY_" + cleaned)
+    return common_pb2.Family.ValueType(_enum_value(common_pb2.Family, "FAMILY_", ("family", "families"), text))

@@ -133,3 +133,26 @@ def test_typed_client_reports_default_model_moves(channel: grpc.Channel, capsys:
     assert (deleted.default_changed, deleted.default_model_config) == (True, "modelConfigs/second")
     gone = client.delete_model_config("second")
     assert (gone.default_changed, gone.default_model_config) == (True, "")
+
+
+def test_admin_cli_manages_tokens_and_reads_the_audit_log(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    target = ["--target", running_server.address]
+    assert admin_main([*target, "tokens", "create", "cli-made", "--role", "reader", "--role", "USER_KEYS"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    secret = created["token"]
+    assert created["access_token"]["roles"] == ["ROLE_READER", "ROLE_USER_KEYS"]
+    with ModelrouteClient(running_server.address, token=secret) as client:
+        assert list(client.available_models()) == []
+    assert admin_main([*target, "tokens", "revoke", "cli-made"]) == 0
+    assert json.loads(capsys.readouterr().out)["revoke_time"]
+    assert admin_main([*target, "audit", "list", "--filter", 'resource = "accessTokens/cli-made"']) == 0
+    out = capsys.readouterr().out
+    assert out.count('"method": "RevokeAccessToken"') == 1 and out.count('"method": "CreateAccessToken"') == 1
+    if secret in out:
+        raise AssertionError("the audit log shows a token secret")
+    with pytest.raises(SystemExit):
+        admin_main([*target, "tokens", "create", "x", "--role", "owner"])
+    assert "valid roles: admin, reader, resolver, user-keys" in capsys.readouterr().err

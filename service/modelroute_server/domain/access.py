@@ -86,6 +86,15 @@ class AccessToken:
     def principal(self) -> Principal:
         return Principal(self.id, self.roles)
 
+    @property
+    def role_names(self) -> list[str]:
+        return sorted(r.value for r in self.roles)
+
+    @property
+    def live_whatever_the_time(self) -> bool:
+        """Not revoked and never expiring: accepted without reading the clock."""
+        return self.revoke_time is None and self.expire_time is None
+
     def active(self, now: datetime) -> bool:
         return self.revoke_time is None and (self.expire_time is None or now < self.expire_time)
 
@@ -102,17 +111,13 @@ class Principal:
     roles: frozenset[Role]
 
 
-def _unauthenticated(reason: Reason, message: str) -> DomainError:
-    return DomainError(reason, message)
-
-
 def bearer_token(header: str | None) -> str | None:
     """The token of an `authorization: Bearer <token>` header; None when there is no header."""
     if header is None:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != BEARER or not token.strip():
-        raise _unauthenticated(Reason.CREDENTIALS_MALFORMED, "the authorization metadata must be `Bearer <token>`")
+        raise DomainError(Reason.CREDENTIALS_MALFORMED, "the authorization metadata must be `Bearer <token>`")
     return token.strip()
 
 
@@ -126,14 +131,14 @@ def authenticate_token(secret: str, tokens: Mapping[bytes, AccessToken], clock: 
     token = tokens.get(token_hash(secret))
     if token is None:
         if not token_is_well_formed(secret):
-            raise _unauthenticated(
+            raise DomainError(
                 Reason.CREDENTIALS_MALFORMED, f"the bearer token is not a modelroute access token ({TOKEN_PREFIX}...)"
             )
-        raise _unauthenticated(Reason.TOKEN_UNKNOWN, "the bearer token is not known to this service")
+        raise DomainError(Reason.TOKEN_UNKNOWN, "the bearer token is not known to this service")
     if token.revoke_time is not None:
-        raise _unauthenticated(Reason.TOKEN_REVOKED, f"the access token {token.id!r} has been revoked")
+        raise DomainError(Reason.TOKEN_REVOKED, f"the access token {token.id!r} has been revoked")
     if token.expire_time is not None and clock() >= token.expire_time:
-        raise _unauthenticated(Reason.TOKEN_EXPIRED, f"the access token {token.id!r} has expired")
+        raise DomainError(Reason.TOKEN_EXPIRED, f"the access token {token.id!r} has expired")
     return token.principal
 
 
@@ -149,7 +154,7 @@ def authenticate_certificate(
 
 
 def no_credentials() -> DomainError:
-    return _unauthenticated(
+    return DomainError(
         Reason.CREDENTIALS_MISSING,
         "this call needs credentials: send `authorization: Bearer <token>` metadata "
         "(or a client certificate mapped to a role)",

@@ -142,7 +142,7 @@ def model_record(model: ModelConfig) -> dict[str, Any]:
 
 def access_token_record(token: AccessToken) -> dict[str, Any]:
     return {
-        "roles": sorted(r.value for r in token.roles),
+        "roles": token.role_names,
         "expire_time": _time(token.expire_time),
         "revoke_time": _time(token.revoke_time),
     }

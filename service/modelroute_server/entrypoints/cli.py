@@ -166,24 +166,22 @@ def _service_context(settings: Settings) -> Iterator[ServiceContext]:
 
 
 def _tokens(settings: Settings, options: argparse.Namespace) -> int:
-    caller = Caller(f"cli:tokens {options.verb}", "")
+    actor = f"cli:tokens {options.verb}"
     with _service_context(settings) as ctx:
         if options.verb == "create":
             request = access_tokens.AccessTokenInput(
                 roles=access_tokens.parse_roles(options.role), ttl=options.expires_in
             )
-            created = access_tokens.create_access_token(
-                ctx, replace(caller, method="CreateAccessToken"), options.name, request
-            )
+            created = access_tokens.create_access_token(ctx, Caller(actor, "CreateAccessToken"), options.name, request)
             print(
-                f"created {created.token.name} ({', '.join(access_tokens.roles_of(created.token))}); "
+                f"created {created.token.name} ({', '.join(created.token.role_names)}); "
                 "its secret follows, shown this once:",
                 file=sys.stderr,
             )
             print(created.secret)
         elif options.verb == "revoke":
             token_id = options.name.removeprefix("accessTokens/")
-            revoked = access_tokens.revoke_access_token(ctx, replace(caller, method="RevokeAccessToken"), token_id)
+            revoked = access_tokens.revoke_access_token(ctx, Caller(actor, "RevokeAccessToken"), token_id)
             print(f"revoked {revoked.name}")
         else:
             now = datetime.now(UTC)
@@ -196,7 +194,7 @@ def _tokens(settings: Settings, options: argparse.Namespace) -> int:
                     rows.append(
                         (
                             t.id,
-                            ",".join(access_tokens.roles_of(t)),
+                            ",".join(t.role_names),
                             state,
                             _short_time(t.create_time),
                             _short_time(t.expire_time) or "never",
@@ -223,8 +221,8 @@ def _prune_audit(settings: Settings, before: datetime) -> int:
 
 
 def _rotate_keys(settings: Settings) -> int:
-    keyring = load_keyring(settings)
     with _service_context(settings) as ctx:
+        keyring = ctx.keyring
         report = rotate_keys(ctx.engine, keyring)
         with ctx.write(Caller("cli:rotate-keys", "RotateKeys"), takes_revision=False) as write:
             changes: tuple[FieldChange, ...] = (

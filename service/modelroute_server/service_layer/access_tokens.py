@@ -14,22 +14,21 @@ from ..domain.access import (
     AccessToken,
     Principal,
     Role,
-    access_token_name,
     authenticate_token,
     new_token_secret,
     role_from_name,
     roles_problem,
     token_hash,
 )
-from ..domain.audit import AuditEntry, Caller, FieldChange, access_token_record, diff
+from ..domain.audit import AuditEntry, Caller, FieldChange, access_token_record, diff, secret_change
 from ..domain.changes import AccessTokenChange
-from ..domain.errors import DomainError, Reason, ResourceRef, ViolationCollector
+from ..domain.errors import DomainError, Reason, ViolationCollector
 from .context import ServiceContext
 from .paging import page_size
+from .resources import access_token_not_found, access_token_resource
 
 log = logging.getLogger(__name__)
 
-ACCESS_TOKEN_TYPE = "modelroute.internal/AccessToken"
 PREFIX = "access_token."
 MAX_TTL = timedelta(days=3650)
 
@@ -54,21 +53,11 @@ class AccessTokenPage:
     next_page_token: str
 
 
-def access_token_resource(access_token_id: str) -> ResourceRef:
-    return ResourceRef(ACCESS_TOKEN_TYPE, access_token_name(access_token_id))
-
-
-def access_token_not_found(access_token_id: str) -> DomainError:
-    resource = access_token_resource(access_token_id)
-    return DomainError(Reason.ACCESS_TOKEN_NOT_FOUND, f"{resource.resource_name} does not exist", resource=resource)
-
-
 def _token_changes(before: AccessToken | None, after: AccessToken) -> tuple[FieldChange, ...]:
-    changes = diff(access_token_record(before) if before else None, access_token_record(after))
-    if before is None or before.token_hash != after.token_hash:
-        # The secret itself never appears: only that one was issued.
-        changes += (FieldChange("token", "set" if before else None, "replaced" if before else "set"),)
-    return changes
+    # The secret, like every secret, only as set or replaced; its hash stands for it in the comparison.
+    return diff(access_token_record(before) if before else None, access_token_record(after)) + secret_change(
+        "token", before.token_hash.hex() if before else None, after.token_hash.hex()
+    )
 
 
 def create_access_token(
@@ -222,9 +211,7 @@ class AccessTokenCache:
 
     def _publish(self, by_id: dict[str, AccessToken]) -> None:
         self._by_hash = {t.token_hash: t for t in by_id.values()}
-        self.unconditional = {
-            t.token_hash: t.principal for t in by_id.values() if t.revoke_time is None and t.expire_time is None
-        }
+        self.unconditional = {t.token_hash: t.principal for t in by_id.values() if t.live_whatever_the_time}
         self._by_id = by_id
 
     def _retry_in_background(self) -> None:
@@ -248,10 +235,6 @@ class AccessTokenCache:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def roles_of(token: AccessToken) -> list[str]:
-    return sorted(r.value for r in token.roles)
 
 
 def parse_roles(names: Sequence[str]) -> tuple[Role | None, ...]:

@@ -14,6 +14,7 @@ from ..domain.errors import (
     ViolationCollector,
 )
 from ..domain.families import FAMILY_NAMES, Family
+from ..domain.models import model_config_name
 from ..domain.providers import (
     CredentialPolicy,
     ProviderConfig,
@@ -239,7 +240,7 @@ def delete_provider_config(
             None,
             {
                 "touched_model_configs": [m.name for m in attached] or None,
-                "deleted_model_configs": [f"modelConfigs/{i}" for i in emptied] or None,
+                "deleted_model_configs": [model_config_name(i) for i in emptied] or None,
                 "user_keys_deleted": user_keys_deleted or None,
             },
         )

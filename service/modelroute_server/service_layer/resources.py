@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from ..domain.access import access_token_name
 from ..domain.errors import DomainError, Reason, ResourceRef, quoted
 from ..domain.models import model_config_name
 from ..domain.providers import provider_config_name
 
 PROVIDER_CONFIG_TYPE = "modelroute.internal/ProviderConfig"
 MODEL_CONFIG_TYPE = "modelroute.internal/ModelConfig"
+ACCESS_TOKEN_TYPE = "modelroute.internal/AccessToken"
 
 
 def provider_resource(provider_config_id: str) -> ResourceRef:
@@ -16,6 +18,10 @@ def provider_resource(provider_config_id: str) -> ResourceRef:
 
 def model_resource(model_config_id: str) -> ResourceRef:
     return ResourceRef(MODEL_CONFIG_TYPE, model_config_name(model_config_id))
+
+
+def access_token_resource(access_token_id: str) -> ResourceRef:
+    return ResourceRef(ACCESS_TOKEN_TYPE, access_token_name(access_token_id))
 
 
 def provider_not_found(provider_config_id: str, context: str = "") -> DomainError:
@@ -28,6 +34,11 @@ def provider_not_found(provider_config_id: str, context: str = "") -> DomainErro
 def model_not_found(model_config_id: str) -> DomainError:
     resource = model_resource(model_config_id)
     return DomainError(Reason.MODEL_CONFIG_NOT_FOUND, f"{resource.resource_name} does not exist", resource=resource)
+
+
+def access_token_not_found(access_token_id: str) -> DomainError:
+    resource = access_token_resource(access_token_id)
+    return DomainError(Reason.ACCESS_TOKEN_NOT_FOUND, f"{resource.resource_name} does not exist", resource=resource)
 
 
 def etag_of(revision: int) -> str:

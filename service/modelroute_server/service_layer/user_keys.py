@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..domain import rules
-from ..domain.audit import AuditEntry, Caller, comparable_secret, secret_change
+from ..domain.audit import SECRET_SET, AuditEntry, Caller, comparable_secret, secret_change
 from ..domain.changes import UserKeyChange
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from ..domain.families import Family
@@ -89,9 +89,9 @@ def delete_user_provider_key(ctx: ServiceContext, caller: Caller, user: str, pro
         if not uow.user_keys.sealed([(user, provider_config_id)]):
             return
     with ctx.write(caller, UserKeyChange(user, provider_config_id)) as write:
-        stored = comparable_secret(write.uow.user_keys.get(user, provider_config_id))
         if write.uow.user_keys.delete(user, provider_config_id):
-            write.record(_key_entry(provider_config_name(provider_config_id), user, stored, None))
+            # Whatever the key was, it is now cleared: no need to decrypt it to say so.
+            write.record(_key_entry(provider_config_name(provider_config_id), user, SECRET_SET, None))
 
 
 @dataclass(frozen=True)
