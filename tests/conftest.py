@@ -109,7 +109,7 @@ def all_roles_token(app: Application) -> str:
             app.ctx, TEST_CALLER, ALL_ROLES_TOKEN, access_tokens.AccessTokenInput(roles=tuple(Role))
         )
         secret = _all_roles_secrets[app.database_url] = created.secret
-    app.tokens.reload_all()  # a replica built before the token existed learns of it now
+    app.snapshots.catch_up()  # a replica built before the token existed learns of it now
     return secret
 
 

@@ -165,3 +165,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("MODELROUTE_")}
     env.update(extra)
     return env
+
+
+class DeploymentKeys:
+    """Deployment keys changed under a running replica, as a restart with other environment variables
+    would: the replica's snapshot, which prepared every verdict with the old ones, is reloaded."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._keys: dict[Any, str] = app.ctx.deployment_keys
+
+    def __setitem__(self, family: Any, key: str) -> None:
+        self._keys[family] = key
+        self._app.snapshots.invalidate()
+
+    def __delitem__(self, family: Any) -> None:
+        del self._keys[family]
+        self._app.snapshots.invalidate()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from .domain import rules
@@ -25,6 +27,9 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     # None: run an embedded PostgreSQL in `data_dir`.
     database_url: str | None = None
+    # The change listener's own connection (LISTEN cannot go through a transaction-pooling PgBouncer);
+    # None: the database URL.
+    listen_database_url: str | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     keyring: str | None = field(default=None, repr=False)
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
@@ -38,6 +43,8 @@ class Settings:
     client_identity_roles: Mapping[str, frozenset[Role]] = field(default_factory=dict)
     # Plaintext beyond loopback, for a mesh that provides TLS itself.
     allow_plaintext: bool = False
+    # How long the change log keeps a change: a replica away for longer reloads in full when it returns.
+    change_log_retention: timedelta = timedelta(hours=24)
 
     @property
     def embedded(self) -> bool:
@@ -130,6 +137,18 @@ def parse_identity_roles(text: str, variable: str = "MODELROUTE_TLS_CLIENT_ROLES
     return mapping
 
 
+_DURATION = re.compile(r"^(\d+)([dhms])$")
+_DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(text: str, variable: str) -> timedelta:
+    """`90d`, `12h`, `30m` or `45s`."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise SettingsError(f"{variable} must be a positive duration such as 24h, 30m or 7d, got {text!r}")
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -149,6 +168,15 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     url = env.get("MODELROUTE_DATABASE_URL") or None
     if url is not None and not url.startswith(URL_SCHEMES):
         raise SettingsError("MODELROUTE_DATABASE_URL must be a PostgreSQL URL (postgresql://user@host:port/dbname)")
+    listen_url = env.get("MODELROUTE_LISTEN_DATABASE_URL") or None
+    if listen_url is not None and not listen_url.startswith(URL_SCHEMES):
+        raise SettingsError(
+            "MODELROUTE_LISTEN_DATABASE_URL must be a PostgreSQL URL (postgresql://user@host:port/dbname)"
+        )
+    if listen_url is not None and url is None:
+        raise SettingsError(
+            "MODELROUTE_LISTEN_DATABASE_URL needs MODELROUTE_DATABASE_URL (embedded mode has one database)"
+        )
     level = env.get("MODELROUTE_LOG_LEVEL", "INFO").upper()
     if level not in LOG_LEVELS:
         raise SettingsError(f"MODELROUTE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
@@ -156,6 +184,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         Settings(
             listen=env.get("MODELROUTE_LISTEN", DEFAULT_LISTEN),
             database_url=url,
+            listen_database_url=listen_url,
             data_dir=Path(env.get("MODELROUTE_DATA_DIR", DEFAULT_DATA_DIR)),
             keyring=env.get("MODELROUTE_KEYRING") or _read_keyring_file(env.get("MODELROUTE_KEYRING_FILE")),
             deployment_keys=deployment_keys_from_env(env),
@@ -166,5 +195,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             tls_client_ca_file=_optional_path(env.get("MODELROUTE_TLS_CLIENT_CA_FILE")),
             client_identity_roles=parse_identity_roles(env.get("MODELROUTE_TLS_CLIENT_ROLES", "")),
             allow_plaintext=env.get("MODELROUTE_ALLOW_PLAINTEXT", "").lower() in TRUE_VALUES,
+            change_log_retention=parse_duration(
+                env.get("MODELROUTE_CHANGE_LOG_RETENTION", "24h"), "MODELROUTE_CHANGE_LOG_RETENTION"
+            ),
         )
     )

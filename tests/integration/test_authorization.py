@@ -56,7 +56,7 @@ def credentials(running_server: RunningServer) -> Credentials:
                 "expire_time = now() - interval '1 second' WHERE id = 'matrix-expired'"
             )
         )
-    app.tokens.reload_all()
+    app.snapshots.catch_up()
     revoked = access_tokens.create_access_token(
         app.ctx, TEST_CALLER, "matrix-revoked", AccessTokenInput(roles=tuple(Role))
     ).secret

@@ -35,8 +35,10 @@ def test_a_deleted_model_stops_resolving_on_the_other_replica(
 def test_min_revision_reads_your_writes_across_replicas(channel: grpc.Channel, second_replica: RunningServer) -> None:
     writer, reader = stubs(channel), stubs(second_replica.channel)
     create_provider(writer, "a", api_key="sk-first")
-    create_model(writer, "m")
-    before = reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
+    model = create_model(writer, "m")
+    before = reader.resolver.ResolveModel(
+        resolver_pb2.ResolveModelRequest(model="m", min_revision=int(model.etag.strip('"')))
+    )
     created = create_provider(writer, "b", api_key="sk-second")
     updated = writer.models.UpdateModelConfig(
         model_config_pb2.UpdateModelConfigRequest(

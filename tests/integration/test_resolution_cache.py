@@ -74,53 +74,62 @@ def _recorded_statements(app: Application) -> tuple[list[str], object]:
     return statements, record
 
 
-def test_a_reconnect_without_changes_costs_one_revision_query(app: Application, channel: grpc.Channel) -> None:
+def test_a_reconnect_without_changes_costs_one_position_read(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
     create_provider(s, "a")
     create_model(s, "m")
     snapshot = app.snapshots.current()
     statements, record = _recorded_statements(app)
     try:
-        app.snapshots.announced(None)  # what the listener says after a reconnect
-        assert app.snapshots.fresh() is snapshot  # answered at once; the check runs in the background
+        app.snapshots.changed(None)  # what the listener says after a reconnect
+        assert app.snapshots.fresh() is snapshot  # answered at once; the catch-up runs in the background
         deadline = time.monotonic() + 5
-        while len(statements) < 1 or app.snapshots.fresh() is None:
+        while not any("config_revision" in st for st in statements):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(0.1)
     finally:
         sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
     assert app.snapshots.current() is snapshot
-    assert len(statements) == 1 and "config_revision" in statements[0]
+    assert [st for st in statements if not st.startswith("SET LOCAL")] == [
+        st for st in statements if "FROM config_revision" in st
+    ]
+    assert len([st for st in statements if "FROM config_revision" in st]) == 1
 
 
-def test_another_replicas_write_is_loaded_in_the_background(app: Application, channel: grpc.Channel) -> None:
+def test_another_replicas_write_is_applied_from_the_change_log(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
     create_provider(s, "a", api_key="sk-old")
     create_model(s, "m")
     before = app.snapshots.current()
-    # Another replica's write: straight into the tables, then announced with its revision.
+    loads = app.snapshots.statistics.full_loads
+    # Another replica's write, or a hand edit in psql: the database's triggers log it and announce it.
     with app.ctx.engine.begin() as conn:
-        revision = conn.execute(
-            sa.text("UPDATE config_revision SET revision = revision + 1 RETURNING revision")
-        ).scalar_one()
-        conn.execute(sa.text("UPDATE provider_configs SET enabled = false, revision = :r"), {"r": revision})
-    app.snapshots.announced(revision)
-    assert app.snapshots.fresh() is before  # never blocks a caller for someone else's write
-    deadline = time.monotonic() + 5
-    while (app.snapshots.fresh() or before).revision < revision:
-        assert time.monotonic() < deadline, "the announced write was never loaded"
-        time.sleep(0.01)
+        conn.execute(sa.text("UPDATE provider_configs SET enabled = false"))
+        sequence = conn.execute(sa.text("SELECT current_setting('modelroute.change_sequence')")).scalar_one()
+    statements, record = _recorded_statements(app)
+    try:
+        app.snapshots.changed(int(sequence))
+        assert app.snapshots.fresh() is before  # never blocks a caller for someone else's write
+        deadline = time.monotonic() + 5
+        while (app.snapshots.fresh() or before).sequence < int(sequence):
+            assert time.monotonic() < deadline, "the announced write was never applied"
+            time.sleep(0.01)
+    finally:
+        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
     answer = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m"))
     assert [kind for kind, _, _ in answer.precondition_violations] == ["PROVIDER_DISABLED"]
+    assert app.snapshots.statistics.full_loads == loads
+    assert not any("FROM model_configs" in st or "FROM user_provider_keys" in st for st in statements)
 
 
-def test_a_user_key_change_patches_the_snapshot_from_one_row(app: Application, channel: grpc.Channel) -> None:
+def test_a_user_key_change_rereads_that_users_keys_only(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
     create_provider(s, "a", credential_policy=policy(True, True, True), api_key="sk-central")
     create_model(s, "m")
     before = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u1"))
     assert before.selected.key_source == common_pb2.KEY_SOURCE_STORED
+    loads = app.snapshots.statistics.full_loads
     statements, record = _recorded_statements(app)
     try:
         for key in ("uk-1", "uk-2"):
@@ -136,13 +145,12 @@ def test_a_user_key_change_patches_the_snapshot_from_one_row(app: Application, c
         assert gone.selected.key_source == common_pb2.KEY_SOURCE_STORED
     finally:
         sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
-    snapshot_reads = [st for st in statements if "FROM provider_configs" in st or "FROM model_configs" in st]
-    # The writes themselves read their provider config; no snapshot load re-read the whole configuration.
-    assert not any("FROM model_configs" in st for st in snapshot_reads)
-    assert not any("FROM user_provider_keys" in st and "WHERE" not in st for st in statements)
+    assert app.snapshots.statistics.full_loads == loads
+    assert not any("FROM model_configs" in st for st in statements)
+    assert all("ANY" in st for st in statements if "FROM user_provider_keys" in st and "GROUP BY" in st)
 
 
-def test_a_config_change_between_user_key_changes_means_a_full_reload(app: Application, channel: grpc.Channel) -> None:
+def test_a_config_change_between_user_key_changes_is_applied_too(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
     create_provider(s, "a", credential_policy=policy(True, True, True), api_key="sk-central")
     create_model(s, "m")

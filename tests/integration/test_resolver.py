@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +18,7 @@ from modelroute_server.entrypoints.server import Application
 
 from ..helpers import (
     FAMILIES,
+    DeploymentKeys,
     RichError,
     Stubs,
     call_error,
@@ -54,9 +55,9 @@ ROW_FIXABLE_BY = {
 # ---------------------------------------------------------------- small request helpers
 
 
-def env_keys(app: Application) -> dict[Family, str]:
-    """The deployment keys (MODELROUTE_DEPLOYMENT_KEY_<FAMILY> in production); a plain dict in tests."""
-    return cast(dict[Family, str], app.ctx.deployment_keys)
+def env_keys(app: Application) -> DeploymentKeys:
+    """The deployment keys (MODELROUTE_DEPLOYMENT_KEY_<FAMILY> in production, fixed for a process)."""
+    return DeploymentKeys(app)
 
 
 def resolve(s: Stubs, model: str = "m", user: str = USER, min_revision: int = 0) -> Any:
@@ -393,14 +394,10 @@ def test_min_revision_from_a_completed_write_is_honoured(app: Application, chann
     assert before.selected.provider_config == "providerConfigs/a"
     assert resolve(s, min_revision=before.config_revision).config_revision == before.config_revision
 
-    # Another replica's write: it lands in PostgreSQL, this replica hears nothing about it.
+    # Another replica's write: it lands in PostgreSQL, this replica (no listener) hears nothing about it.
     with app.ctx.engine.begin() as conn:
-        written = conn.execute(
-            sa.text("UPDATE config_revision SET revision = revision + 1 RETURNING revision")
-        ).scalar_one()
-        conn.execute(
-            sa.text("UPDATE provider_configs SET enabled = false, revision = :r WHERE id = 'a'"), {"r": written}
-        )
+        conn.execute(sa.text("UPDATE provider_configs SET enabled = false WHERE id = 'a'"))
+        written = conn.execute(sa.text("SELECT revision FROM config_revision")).scalar_one()
     assert written == before.config_revision + 1
     after = resolve(s, min_revision=written)
     assert after.config_revision == written

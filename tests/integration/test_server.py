@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from modelroute import ModelrouteClient, ModelrouteError
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.entrypoints.server import Application
 from modelroute_server.settings import settings_from_env
 
 from ..conftest import PostgresForTests, RunningServer, ServerProcesses, build_app
@@ -79,16 +81,21 @@ def test_health_is_serving_for_the_server_and_every_service(running_server: Runn
         assert health_status(running_server.channel, service) == SERVING
 
 
-def test_health_is_not_serving_until_the_schema_is_current(postgres: PostgresForTests, keyring: Keyring) -> None:
+def test_nothing_is_served_until_the_snapshot_loads(postgres: PostgresForTests, keyring: Keyring) -> None:
     url = postgres.create_database()
-    app = build_app(url, keyring)
+    built: list[Application] = []
+    # The database answers, but has no schema yet: the load is retried, and no port opens meanwhile.
+    loading = threading.Thread(target=lambda: built.append(build_app(url, keyring)), daemon=True)
+    loading.start()
+    loading.join(1.5)
+    assert not built and loading.is_alive()
+    engine = database.create_engine(url)
+    database.upgrade(engine)
+    engine.dispose()
+    loading.join(30)
+    (app,) = built
     server = RunningServer(app)
     try:
-        # The database answers, but has no schema yet.
-        time.sleep(0.5)
-        assert health_status(server.channel) == NOT_SERVING
-        assert health_status(server.channel, "modelroute.v1.ProviderConfigService") == NOT_SERVING
-        database.upgrade(app.ctx.engine)
         wait_for_health(server.channel, SERVING, timeout=10)
         # Falling behind again (an older schema) turns it back to NOT_SERVING.
         database.downgrade(app.ctx.engine, "0001")

@@ -168,7 +168,8 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
     database.upgrade(fresh_engine)
     assert database.current_revision(fresh_engine) == database.head_revision()
     assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
-    assert rows(fresh_engine, "config_revision") == revision_before
+    # 0004 starts the change sequence at the revision, with an empty log (pruned through it).
+    assert rows(fresh_engine, "config_revision") == [(*revision_before[0], len(SEEDED), len(SEEDED))]
     check_seeded_keys(ctx)
     # The upgraded schema is fully usable: a model can be attached to the surviving configs.
     model = model_configs.create_model_config(
@@ -229,7 +230,8 @@ def test_downgrade_to_base_and_upgrade_again(fresh_engine: sa.Engine, keyring: K
     ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
     seed(ctx)
     check_seeded_keys(ctx)
-    assert rows(fresh_engine, "config_revision") == [(True, len(SEEDED))]
+    # One change sequence per write, each a config revision; the log reaches back to the start.
+    assert rows(fresh_engine, "config_revision") == [(True, len(SEEDED), len(SEEDED), 0)]
 
 
 def test_step_by_step_migration_matches_a_direct_upgrade(fresh_engine: sa.Engine, postgres: Any) -> None:

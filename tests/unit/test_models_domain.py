@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -112,11 +113,11 @@ def test_next_default_skips_disabled_deleted_and_excluded_models() -> None:
 def test_model_field_rules(changes: dict[str, object], field: str) -> None:
     base = model("m")
     with pytest.raises(DomainError) as caught:
-        validate_model_fields(ModelConfig(**{**base.__dict__, **changes}), "model_config.")  # type: ignore[arg-type]
+        validate_model_fields(replace(base, **changes), "model_config.")  # type: ignore[arg-type]
     assert [v.field for v in caught.value.field_violations] == [f"model_config.{field}"]
 
 
 def test_valid_edges_pass() -> None:
     base = model("m", compression_threshold=0, options=CallOptions(input_price_per_mtok=0.0, temperature=2.0))
     validate_model_fields(base)
-    validate_model_fields(ModelConfig(**{**base.__dict__, "compression_threshold": 100}))
+    validate_model_fields(replace(base, compression_threshold=100))

@@ -19,7 +19,8 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +148,48 @@ def load_or_create_keyring_file(path: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(spec + "\n")
     return spec
+
+
+# One user's sealed keys packed into one bytes value, so that a million keys stay small in memory.
+# Entry: provider id (u16 length + UTF-8), key id (u16 + UTF-8), incarnation (i16 length, -1 for
+# none, + bytes), ciphertext (u32 length + bytes); big-endian, as PostgreSQL's int2send/int4send
+# write them (the snapshot load packs them in SQL, in the change source).
+_U16 = struct.Struct(">H")
+_I16 = struct.Struct(">h")
+_U32 = struct.Struct(">I")
+
+
+def pack_sealed_keys(keys: Mapping[str, SealedKey]) -> bytes:
+    parts = []
+    for provider_config_id, sealed in sorted(keys.items()):
+        for text in (provider_config_id, sealed.key_id):
+            encoded = text.encode()
+            parts += [_U16.pack(len(encoded)), encoded]
+        if sealed.incarnation is None:
+            parts.append(_I16.pack(-1))
+        else:
+            parts += [_I16.pack(len(sealed.incarnation)), sealed.incarnation]
+        parts += [_U32.pack(len(sealed.ciphertext)), sealed.ciphertext]
+    return b"".join(parts)
+
+
+def unpack_sealed_keys(packed: bytes) -> dict[str, SealedKey]:
+    keys = {}
+    offset = 0
+    while offset < len(packed):
+        (length,) = _U16.unpack_from(packed, offset)
+        provider_config_id = packed[offset + 2 : offset + 2 + length].decode()
+        offset += 2 + length
+        (length,) = _U16.unpack_from(packed, offset)
+        key_id = packed[offset + 2 : offset + 2 + length].decode()
+        offset += 2 + length
+        (length,) = _I16.unpack_from(packed, offset)
+        offset += 2
+        incarnation = None
+        if length >= 0:
+            incarnation = packed[offset : offset + length]
+            offset += length
+        (length,) = _U32.unpack_from(packed, offset)
+        keys[provider_config_id] = SealedKey(key_id, packed[offset + 4 : offset + 4 + length], incarnation)
+        offset += 4 + length
+    return keys

@@ -41,14 +41,16 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
         "pool_size": 5,
         "max_overflow": 10,
         "hide_parameters": True,
-        # Keepalives notice a vanished server; statement_timeout bounds any one query.
+        # Keepalives notice a vanished server. No session state and no server-side prepared statements,
+        # so the pool may go through a transaction-pooling PgBouncer: timeouts are set per transaction
+        # (`SET LOCAL`, in the unit of work), never as start-up options.
         "connect_args": {
             "connect_timeout": 5,
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
-            "options": "-c statement_timeout=60000",
+            "prepare_threshold": None,
         },
     }
     options.update(kwargs)

@@ -1,4 +1,4 @@
-"""Changes announced by any replica through PostgreSQL LISTEN/NOTIFY, and their payload format."""
+"""Changes announced through PostgreSQL LISTEN/NOTIFY: the database's triggers send each change sequence."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import psycopg
 
-from ..domain.changes import AccessTokenChange, Change, UserKeyChange
 from .database import libpq_url
 
 log = logging.getLogger(__name__)
@@ -16,54 +15,27 @@ log = logging.getLogger(__name__)
 CHANGE_CHANNEL = "modelroute_config_changed"
 
 
-def change_payload(revision: int | None, change: Change | None) -> str:
-    """`REVISION`, `REVISION user-key PROVIDER USER` or `token TOKEN_ID`.
-
-    User ids hold no white space and provider and token ids are slugs, so spaces separate the parts.
-    """
-    if isinstance(change, AccessTokenChange):
-        return f"token {change.access_token_id}"
-    if isinstance(change, UserKeyChange):
-        return f"{revision} user-key {change.provider_config_id} {change.user}"
-    return str(revision)
-
-
-def parse_change_payload(payload: str) -> tuple[int | None, Change | None]:
-    """(revision, change); (None, None) for anything unexpected (the reader then reloads in full)."""
-    parts = payload.split(" ")
-    if len(parts) == 2 and parts[0] == "token":
-        return None, AccessTokenChange(parts[1])
+def parse_change_payload(payload: str) -> int | None:
+    """The change sequence a notification announces (the database's triggers send it); None if unreadable."""
     try:
-        revision = int(parts[0])
+        return int(payload)
     except ValueError:
-        return None, None
-    if len(parts) == 4 and parts[1] == "user-key":
-        return revision, UserKeyChange(user=parts[3], provider_config_id=parts[2])
-    return revision, None
+        return None
 
 
-ConfigCallback = Callable[[int | None, UserKeyChange | None], None]
-TokenCallback = Callable[[AccessTokenChange | None], None]
+ChangeCallback = Callable[[int | None], None]
 
 
 class ChangeListener:
-    """A daemon thread that reports every NOTIFY: configuration changes to `on_config` (revision, change),
-    access token changes to `on_token`; after every (re)connect both are called with None.
-
-    It LISTENs before anyone reloads, and after a reconnect it reports a change
-    unconditionally: notifications sent while it was away are lost.
+    """A daemon thread that reports every announced change sequence to `on_change`, and None after every
+    (re)connect: notifications sent while it was away are lost, so the reader then catches up from the
+    change log. Its connection is its own (`MODELROUTE_LISTEN_DATABASE_URL`): LISTEN cannot go through a
+    transaction-pooling PgBouncer.
     """
 
-    def __init__(
-        self,
-        conninfo: str,
-        on_config: ConfigCallback,
-        on_token: TokenCallback | None = None,
-        retry_seconds: float = 1.0,
-    ) -> None:
+    def __init__(self, conninfo: str, on_change: ChangeCallback, retry_seconds: float = 1.0) -> None:
         self._conninfo = libpq_url(conninfo)
-        self._on_config = on_config
-        self._on_token = on_token
+        self._on_change = on_change
         self._retry_seconds = retry_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelroute-change-listener", daemon=True)
@@ -76,26 +48,17 @@ class ChangeListener:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _dispatch(self, revision: int | None, change: Change | None) -> None:
-        if isinstance(change, AccessTokenChange):
-            if self._on_token is not None:
-                self._on_token(change)
-            return
-        self._on_config(revision, change)
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as connection:
                     connection.execute(f"LISTEN {CHANGE_CHANNEL}")
                     self.connected.set()
-                    self._on_config(None, None)
-                    if self._on_token is not None:
-                        self._on_token(None)
+                    self._on_change(None)
                     while not self._stop.is_set():
                         # Drain promptly; the timeout lets the loop notice a stop request.
                         for notify in connection.notifies(timeout=0.5):
-                            self._dispatch(*parse_change_payload(notify.payload))
+                            self._on_change(parse_change_payload(notify.payload))
             except psycopg.Error as exc:
                 if self.connected.is_set():
                     log.warning("change listener lost the database: %s", type(exc).__name__)

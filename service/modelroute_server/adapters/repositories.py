@@ -8,18 +8,19 @@ ciphertext to a caller.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 
 from ..domain.access import AccessToken, Role
 from ..domain.audit import AuditEntry, AuditEvent, AuditFilter, Caller, FieldChange
-from ..domain.changes import Change
 from ..domain.families import Family
 from ..domain.models import CallOptions, ModelConfig
 from ..domain.providers import CredentialPolicy, ProviderConfig, StoredKey
@@ -32,7 +33,6 @@ from .crypto import (
     seal_bound,
     user_key_binding,
 )
-from .notifications import CHANGE_CHANNEL, change_payload
 from .schema import (
     access_tokens,
     audit_events,
@@ -46,21 +46,32 @@ from .schema import (
 OPTION_COLUMNS = tuple(f.name for f in fields(CallOptions))
 
 
-class RevisionCounter:
+def any_of(column: sa.ColumnElement[str], values: Iterable[str]) -> sa.ColumnElement[bool]:
+    """`column = ANY(array)`: one bind parameter however many values (PostgreSQL takes at most 65,535)."""
+    return column == sa.any_(sa.literal(list(values), type_=postgresql.ARRAY(sa.Text)))
+
+
+class ChangeSequence:
+    """The change sequence of this transaction. The database's triggers record every changed row in the
+    change log under it and announce it at commit (migration 0004)."""
+
     def __init__(self, connection: sa.Connection) -> None:
         self._connection = connection
 
-    def current(self) -> int:
+    def current_revision(self) -> int:
         return int(self._connection.execute(sa.select(config_revision.c.revision)).scalar_one())
 
-    def bump(self) -> int:
-        """Take the next revision. The row lock serialises every writer until commit."""
-        statement = (
-            sa.update(config_revision)
-            .values(revision=config_revision.c.revision + 1)
-            .returning(config_revision.c.revision)
-        )
-        return int(self._connection.execute(statement).scalar_one())
+    def take_revision(self) -> int:
+        """The next sequence number, as the config revision this transaction produces. Its row lock
+        serialises every writer until commit, so sequence order is commit order."""
+        return int(self._connection.execute(sa.select(sa.func.modelroute_take_sequence(True))).scalar_one())
+
+    def sequence_taken(self) -> int | None:
+        """The sequence this transaction holds, if it changed anything replicas read."""
+        taken = self._connection.execute(
+            sa.select(sa.func.current_setting("modelroute.change_sequence", True))
+        ).scalar_one()
+        return int(taken) if taken else None
 
 
 class ProviderConfigRepository:
@@ -78,7 +89,7 @@ class ProviderConfigRepository:
         ids = list(set(provider_config_ids))
         if not ids:
             return {}
-        rows = self._connection.execute(sa.select(provider_configs).where(provider_configs.c.id.in_(ids)))
+        rows = self._connection.execute(sa.select(provider_configs).where(any_of(provider_configs.c.id, ids)))
         return {row.id: self._to_domain(row) for row in rows}
 
     def list(
@@ -290,32 +301,41 @@ class ModelConfigRepository:
         )
 
     def _load(self, query: sa.Select[Any]) -> builtins.list[ModelConfig]:
-        rows = list(self._connection.execute(query))
-        if not rows:
-            return []
-        attachments: dict[str, list[str]] = {row.id: [] for row in rows}
-        attachment_rows = self._connection.execute(
-            sa.select(model_attachments.c.model_config_id, model_attachments.c.provider_config_id)
-            .where(model_attachments.c.model_config_id.in_(list(attachments)))
-            .order_by(model_attachments.c.model_config_id, model_attachments.c.position)
+        return [model_from_row(row) for row in self._connection.execute(query.add_columns(ATTACHMENT_LIST))]
+
+
+# Each model's attachments in order, read with the model's own row (no second query, no id list).
+ATTACHMENT_LIST = (
+    sa.select(
+        sa.func.coalesce(
+            sa.func.array_agg(
+                postgresql.aggregate_order_by(model_attachments.c.provider_config_id, model_attachments.c.position)
+            ),
+            sa.literal([], type_=postgresql.ARRAY(sa.Text)),
         )
-        for model_id, provider_id in attachment_rows:
-            attachments[model_id].append(provider_id)
-        return [model_from_row(row, attachments[row.id]) for row in rows]
+    )
+    .where(model_attachments.c.model_config_id == model_configs.c.id)
+    .scalar_subquery()
+    .label("attachment_ids")
+)
+_NO_OPTIONS = CallOptions()
 
 
-def model_from_row(row: sa.Row[Any], attachments: Sequence[str]) -> ModelConfig:
+def model_from_row(row: sa.Row[Any]) -> ModelConfig:
+    """`row` carries ATTACHMENT_LIST. Provider ids are interned and option-less models share one
+    CallOptions: a hundred thousand models hold a thousand distinct ids."""
+    options = CallOptions(**{name: getattr(row, name) for name in OPTION_COLUMNS})
     return ModelConfig(
         id=row.id,
         family=Family(row.family),
         model=row.model,
         display_name=row.display_name,
         context_limit=row.context_limit,
-        attachments=tuple(attachments),
+        attachments=tuple(sys.intern(p) for p in row.attachment_ids),
         enabled=row.enabled,
         is_default=row.is_default,
         compression_threshold=row.compression_threshold,
-        options=CallOptions(**{name: getattr(row, name) for name in OPTION_COLUMNS}),
+        options=_NO_OPTIONS if options == _NO_OPTIONS else options,
         create_time=row.create_time,
         update_time=row.update_time,
         delete_time=row.delete_time,
@@ -332,11 +352,6 @@ class UserKeyRepository:
         rows = self._connection.execute(sa.select(user_provider_keys).where(user_provider_keys.c.user_id == user))
         return {row.provider_config_id: _open_user_key(row, self._keyring) for row in rows}
 
-    def all_sealed(self) -> dict[tuple[str, str], SealedKey]:
-        """Every user key, still sealed: the snapshot opens one only when a resolution needs it."""
-        rows = self._connection.execute(sa.select(user_provider_keys))
-        return {(row.user_id, row.provider_config_id): sealed_from_row(row) for row in rows}
-
     def get(self, user: str, provider_config_id: str) -> StoredKey | None:
         row = self._connection.execute(
             sa.select(user_provider_keys).where(
@@ -345,17 +360,17 @@ class UserKeyRepository:
         ).one_or_none()
         return _open_user_key(row, self._keyring) if row is not None else None
 
-    def sealed(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], SealedKey]:
-        """The named (user, provider config) keys that exist, still sealed."""
-        wanted = list(pairs)
-        if not wanted:
-            return {}
-        rows = self._connection.execute(
-            sa.select(user_provider_keys).where(
-                sa.tuple_(user_provider_keys.c.user_id, user_provider_keys.c.provider_config_id).in_(wanted)
-            )
+    def exists(self, user: str, provider_config_id: str) -> bool:
+        """Whether the key exists (without decrypting it)."""
+        return (
+            self._connection.execute(
+                sa.select(sa.literal(True)).where(
+                    user_provider_keys.c.user_id == user,
+                    user_provider_keys.c.provider_config_id == provider_config_id,
+                )
+            ).first()
+            is not None
         )
-        return {(row.user_id, row.provider_config_id): sealed_from_row(row) for row in rows}
 
     def put(self, user: str, provider_config_id: str, api_key: str) -> None:
         sealed = seal_bound(self._keyring, api_key, partial(user_key_binding, user, provider_config_id))
@@ -520,6 +535,10 @@ class DatabaseUnreachable(Exception):
     """No connection to PostgreSQL could be had (as opposed to a statement it refused)."""
 
 
+# Bounds any one query; per transaction, so it holds behind a transaction-pooling PgBouncer too.
+STATEMENT_TIMEOUT = sa.text("SET LOCAL statement_timeout = '60s'")
+
+
 class UnitOfWork:
     """One transaction per use case; nothing is written unless `commit` is called."""
 
@@ -539,7 +558,8 @@ class UnitOfWork:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
         self._transaction = self._connection.begin()
-        self.revisions = RevisionCounter(self._connection)
+        self._connection.execute(STATEMENT_TIMEOUT)
+        self.changes = ChangeSequence(self._connection)
         self.providers = ProviderConfigRepository(self._connection, self._keyring)
         self.models = ModelConfigRepository(self._connection)
         self.user_keys = UserKeyRepository(self._connection, self._keyring)
@@ -556,10 +576,6 @@ class UnitOfWork:
 
     def commit(self) -> None:
         self._transaction.commit()
-
-    def notify_change(self, revision: int | None, change: Change | None = None) -> None:
-        """Tell every replica (delivered only if and when this transaction commits)."""
-        self._connection.execute(sa.select(sa.func.pg_notify(CHANGE_CHANNEL, change_payload(revision, change))))
 
     @property
     def now(self) -> datetime:

@@ -16,7 +16,23 @@ config_revision = sa.Table(
     "config_revision",
     metadata,
     sa.Column("singleton", sa.Boolean, primary_key=True),
+    # The config revision callers see: the sequence of the latest configuration or user-key change.
     sa.Column("revision", sa.BigInteger, nullable=False),
+    # The change sequence: moved by every change replicas must see (migration 0004).
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    # The change log holds every change after this sequence; a replica behind it reloads in full.
+    sa.Column("pruned_through", sa.BigInteger, nullable=False),
+)
+
+change_log = sa.Table(
+    "change_log",
+    metadata,
+    sa.Column("sequence", sa.BigInteger, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("entity_id", sa.Text, primary_key=True),
+    # The user of a user-key change, else ''.
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("change_time", sa.DateTime(timezone=True), nullable=False),
 )
 
 provider_configs = sa.Table(

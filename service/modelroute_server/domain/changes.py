@@ -1,23 +1,41 @@
-"""What a committed write changed, as far as other replicas must know (domain events)."""
+"""What changed, as replicas learn it from the change log (domain events, no storage types)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .access import AccessToken
+from .models import ModelConfig
+from .providers import ProviderConfig
 
 
 @dataclass(frozen=True)
-class UserKeyChange:
-    """A write that changed exactly one user key: replicas may patch their snapshot instead of reloading."""
+class FullState:
+    """Everything a replica holds, read in one consistent view at `sequence`."""
 
-    user: str
-    provider_config_id: str
+    sequence: int
+    revision: int
+    providers: Sequence[ProviderConfig]
+    # Live models only: deleted models are never resolved.
+    models: Sequence[ModelConfig]
+    # Each user's sealed keys, packed into one value (`adapters.crypto.pack_sealed_keys`).
+    user_keys: Iterable[tuple[str, bytes]]
+    tokens: Sequence[AccessToken]
 
 
 @dataclass(frozen=True)
-class AccessTokenChange:
-    """A write that created or revoked one access token (it takes no config revision)."""
+class ChangeBatch:
+    """What changed after a replica's position up to `sequence`, re-read in one consistent view.
 
-    access_token_id: str
+    Each map holds the entity as it is now, or None where it is gone (a deleted provider, a deleted
+    or soft-deleted model, a user left with no key, a token row removed).
+    """
 
-
-Change = UserKeyChange | AccessTokenChange
+    sequence: int
+    revision: int
+    providers: Mapping[str, ProviderConfig | None] = field(default_factory=dict)
+    models: Mapping[str, ModelConfig | None] = field(default_factory=dict)
+    # By user: all of that user's keys, packed.
+    user_keys: Mapping[str, bytes | None] = field(default_factory=dict)
+    tokens: Mapping[str, AccessToken | None] = field(default_factory=dict)

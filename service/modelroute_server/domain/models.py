@@ -19,7 +19,7 @@ MAX_ATTACHMENTS = 25
 MAX_CONTEXT_LIMIT = 100_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallOptions:
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -48,7 +48,7 @@ _OPTION_BOUNDS: Mapping[str, tuple[float | None, float | None]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a replica holds a hundred thousand of these
 class ModelConfig:
     id: str
     family: Family

@@ -9,8 +9,9 @@ disagree (SPEC section 6).
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import rules
 from .families import Family
@@ -57,10 +58,13 @@ class AttachmentOutcome:
 class Resolution:
     model: ModelConfig
     outcomes: tuple[AttachmentOutcome, ...]
+    # Whether a caller's key (or a what-if) decided any outcome; when not, every caller gets this answer.
+    depends_on_user: bool = False
 
-    @property
+    # Computed once per resolution (a call reads each several times).
+    @functools.cached_property
     def usable_outcomes(self) -> tuple[AttachmentOutcome, ...]:
-        return tuple(o for o in self.outcomes if o.usable)
+        return tuple(o for o in self.outcomes if o.skip_reason is None)
 
     @property
     def selected(self) -> AttachmentOutcome | None:
@@ -71,9 +75,9 @@ class Resolution:
     def fallbacks(self) -> tuple[AttachmentOutcome, ...]:
         return self.usable_outcomes[1:] if self.model.enabled else ()
 
-    @property
+    @functools.cached_property
     def skipped(self) -> tuple[AttachmentOutcome, ...]:
-        return tuple(o for o in self.outcomes if not o.usable)
+        return tuple(o for o in self.outcomes if o.skip_reason is not None)
 
     @property
     def unusable_reason(self) -> ModelUnusableReason | None:
@@ -96,6 +100,47 @@ class WhatIf:
 _WHAT_IF_KEY = StoredKey("what-if")
 
 
+@dataclass(frozen=True, eq=False)
+class ProviderVerdict:
+    """Everything about one provider config that does not depend on the caller, computed once per change.
+
+    `without_user_key` is the resolver's verdict for a caller holding no user key
+    for it (at position 0); a user key can change it only when `user_key_matters`
+    (the config is enabled and accepts user keys). `config_problem` is the stored
+    row's base URL check, so no call parses a URL.
+    """
+
+    provider: ProviderConfig
+    deployment_key: str | None = field(repr=False)
+    config_problem: str | None
+    without_user_key: AttachmentOutcome
+    user_key_matters: bool
+    _positions: dict[int, AttachmentOutcome] = field(default_factory=dict, repr=False)
+
+    def outcome_at(self, position: int) -> AttachmentOutcome:
+        """`without_user_key` at `position`, shared by every model that has it there (a race makes equal copies)."""
+        outcome = self._positions.get(position)
+        if outcome is None:
+            outcome = self._positions[position] = replace(self.without_user_key, position=position)
+        return outcome
+
+
+def prepare_provider(provider: ProviderConfig, deployment_keys: Mapping[Family, str]) -> ProviderVerdict:
+    deployment_key = deployment_keys.get(provider.family)
+    problem = runtime_config_problem(provider)
+    keys = {provider.family: deployment_key} if deployment_key is not None else {}
+    outcome = _attachment_outcome(provider, 0, provider.enabled, None, keys, problem)
+    return ProviderVerdict(
+        provider, deployment_key, problem, outcome, provider.enabled and provider.policy.allow_user_api_key
+    )
+
+
+def prepare_providers(
+    providers: Mapping[str, ProviderConfig], deployment_keys: Mapping[Family, str]
+) -> dict[str, ProviderVerdict]:
+    return {provider_id: prepare_provider(p, deployment_keys) for provider_id, p in providers.items()}
+
+
 def resolve(
     model: ModelConfig,
     providers: Mapping[str, ProviderConfig],
@@ -108,24 +153,45 @@ def resolve(
     `user_keys` is keyed by provider config id: a key never leaks from one
     config to a sibling of the same family (SPEC trap 3).
     """
+    verdicts = {pid: prepare_provider(providers[pid], deployment_keys) for pid in model.attachments}
+    return resolve_prepared(model, verdicts, user_keys, what_if)
+
+
+def resolve_prepared(
+    model: ModelConfig,
+    verdicts: Mapping[str, ProviderVerdict],
+    user_keys: Mapping[str, StoredKey],
+    what_if: WhatIf | None = None,
+) -> Resolution:
+    """`resolve` over verdicts prepared when the configuration changed: only an attachment whose
+    verdict the caller's key (or a what-if) can change is decided again."""
     outcomes = []
+    depends_on_user = what_if is not None
     for position, provider_id in enumerate(model.attachments):
-        provider = providers[provider_id]
+        verdict = verdicts[provider_id]
         user_key = user_keys.get(provider_id)
+        if what_if is None and (user_key is None or not verdict.user_key_matters):
+            outcomes.append(verdict.outcome_at(position))
+            continue
+        depends_on_user = True
+        provider = verdict.provider
         enabled = provider.enabled
         if what_if is not None:
             enabled = what_if.provider_enabled.get(provider_id, enabled)
             if provider_id in what_if.user_has_key:
                 user_key = _WHAT_IF_KEY if what_if.user_has_key[provider_id] else None
-        outcomes.append(_attachment_outcome(provider, position, enabled, user_key, deployment_keys))
-    return Resolution(model, tuple(outcomes))
+        keys = {provider.family: verdict.deployment_key} if verdict.deployment_key is not None else {}
+        outcomes.append(_attachment_outcome(provider, position, enabled, user_key, keys, verdict.config_problem))
+    return Resolution(model, tuple(outcomes), depends_on_user)
 
 
 def provider_outcome(
     provider: ProviderConfig, user_key: StoredKey | None, deployment_keys: Mapping[Family, str]
 ) -> AttachmentOutcome:
     """The same verdict `resolve` reaches for this config, outside any model (position 0)."""
-    return _attachment_outcome(provider, 0, provider.enabled, user_key, deployment_keys)
+    return _attachment_outcome(
+        provider, 0, provider.enabled, user_key, deployment_keys, runtime_config_problem(provider)
+    )
 
 
 def _attachment_outcome(
@@ -134,6 +200,7 @@ def _attachment_outcome(
     enabled: bool,
     user_key: StoredKey | None,
     deployment_keys: Mapping[Family, str],
+    config_problem: str | None,
 ) -> AttachmentOutcome:
     def skipped(reason: SkipReason, fixable_by: FixableBy, message: str) -> AttachmentOutcome:
         return AttachmentOutcome(
@@ -197,9 +264,8 @@ def _attachment_outcome(
         )
 
     # 4. A config that cannot produce a working client is skipped; the walk goes on (trap 5).
-    problem = runtime_config_problem(provider)
-    if problem:
-        return skipped(SkipReason.INVALID_CONFIG, FixableBy.ADMIN, problem)
+    if config_problem:
+        return skipped(SkipReason.INVALID_CONFIG, FixableBy.ADMIN, config_problem)
 
     return AttachmentOutcome(provider.id, position, provider.family, provider.base_url, source, secret)
 

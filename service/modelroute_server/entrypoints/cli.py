@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from ..domain.audit import AuditEntry, Caller, FieldChange
 from ..domain.errors import DomainError
 from ..service_layer import access_tokens, audit
 from ..service_layer.context import ServiceContext
-from ..settings import URL_SCHEMES, Settings, SettingsError, settings_from_env
+from ..settings import URL_SCHEMES, Settings, SettingsError, parse_duration, settings_from_env
 from .logs import configure_logging
 from .server import load_keyring, serve
 
@@ -76,15 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_DURATION = re.compile(r"^(\d+)([dhms])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-
-
 def _duration(text: str) -> timedelta:
-    match = _DURATION.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90d, 12h, 30m or 45s")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return parse_duration(text, "the duration")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _moment(text: str) -> datetime:

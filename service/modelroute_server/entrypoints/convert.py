@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import fields
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -362,7 +364,11 @@ def _attachment_to_proto(attachment: AttachmentView) -> model_config_pb2.Attachm
 def model_to_proto(view: ModelConfigView) -> model_config_pb2.ModelConfig:
     model = view.model
     options = model_config_pb2.ModelCallOptions(
-        **{name: value for name, value in vars(model.options).items() if value is not None}
+        **{
+            f.name: getattr(model.options, f.name)
+            for f in fields(model.options)
+            if getattr(model.options, f.name) is not None
+        }
     )
     return model_config_pb2.ModelConfig(
         name=model.name,
@@ -434,6 +440,55 @@ def resolve_response(resolution: Resolution, revision: int) -> resolver_pb2.Reso
         skipped=[skipped_attachment(o) for o in resolution.skipped],
         config_revision=revision,
     )
+
+
+class ResolveResponses:
+    """ResolveModel answers made once per snapshot, since building messages is most of a call's cost.
+
+    An answer that no caller key decided is the same for every caller: it is kept whole, by model. In
+    one that a caller's key decided, only the attachments holding that caller's key are built anew; the
+    rest are determined by the snapshot and the attachment's position, and are kept.
+    """
+
+    MAX_ENTRIES = 50_000  # bounds memory when callers walk a hundred thousand models
+
+    def __init__(self) -> None:
+        self._snapshot: object = None
+        self._responses: dict[str, resolver_pb2.ResolveModelResponse] = {}
+        self._parts: dict[tuple[object, ...], Any] = {}
+
+    def response(self, resolution: Resolution, snapshot: object, revision: int) -> resolver_pb2.ResolveModelResponse:
+        if snapshot is not self._snapshot:
+            self._snapshot, self._responses, self._parts = snapshot, {}, {}
+        if not resolution.depends_on_user:
+            response = self._responses.get(resolution.model.id)
+            if response is None:
+                response = resolve_response(resolution, revision)
+                if len(self._responses) >= self.MAX_ENTRIES:
+                    self._responses.clear()
+                self._responses[resolution.model.id] = response
+            return response
+        assert resolution.selected is not None
+        upstream = resolution.model.model
+        return resolver_pb2.ResolveModelResponse(
+            model_config=resolution.model.name,
+            selected=self._part(resolution.selected, upstream),
+            fallbacks=[self._part(o, upstream) for o in resolution.fallbacks],
+            skipped=[self._part(o, upstream) for o in resolution.skipped],
+            config_revision=revision,
+        )
+
+    def _part(self, outcome: AttachmentOutcome, upstream: str) -> Any:
+        if outcome.key_source is KeySource.USER:
+            return resolved_attachment(outcome, upstream)  # the caller's own key: never kept
+        key = (outcome.provider_config_id, outcome.position, outcome.skip_reason, outcome.fixable_by, upstream)
+        part = self._parts.get(key)
+        if part is None:
+            part = resolved_attachment(outcome, upstream) if outcome.usable else skipped_attachment(outcome)
+            if len(self._parts) >= self.MAX_ENTRIES:
+                self._parts.clear()
+            self._parts[key] = part
+        return part
 
 
 def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:

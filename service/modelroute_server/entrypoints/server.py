@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +31,12 @@ from modelroute.v1 import (
 )
 
 from ..adapters import database
+from ..adapters.change_source import PostgresChangeSource
 from ..adapters.crypto import KEYRING_ENV, KEYRING_FORMAT, Keyring, load_or_create_keyring_file
 from ..adapters.notifications import ChangeListener
 from ..service_layer.access_tokens import AccessTokenCache
 from ..service_layer.context import ServiceContext
-from ..service_layer.resolution import SnapshotStore
+from ..service_layer.snapshot import SnapshotStore
 from ..settings import Settings, SettingsError, private_file_problem
 from . import transport
 from .authorization import Authenticator, Authorization
@@ -76,15 +78,15 @@ class Application:
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
 
     def start_listener(self, retry_seconds: float = 1.0) -> ChangeListener:
-        """Every replica's announcements, into the snapshot and the token set."""
+        """Every replica's announcements wake the snapshot's applier (which reads the change log)."""
         self.listener = ChangeListener(
-            self.database_url, self.snapshots.announced, self.tokens.changed, retry_seconds=retry_seconds
+            self.settings.listen_database_url or self.database_url, self.snapshots.changed, retry_seconds
         )
         self.listener.start()
         return self.listener
 
     def close(self) -> None:
-        self.tokens.close()
+        self.snapshots.stop()
         if self.listener is not None:
             self.listener.stop()
         self.ctx.engine.dispose()
@@ -121,21 +123,34 @@ def wire_application(
     embedded: database.EmbeddedPostgres | None = None,
     *,
     listen: bool = True,
+    stopping: threading.Event | None = None,
 ) -> Application:
-    """The caches every call reads, kept current by this replica's commits and every replica's announcements."""
-    snapshots = SnapshotStore(ctx)
+    """The snapshot (with the access tokens) every call reads, loaded before anything is served, and kept
+    current by this replica's commits and every replica's announcements.
+
+    The listener starts first, so that a change committed during the load is caught up at once.
+    """
+    tokens = AccessTokenCache()
+    snapshots = SnapshotStore(
+        PostgresChangeSource(ctx.engine, ctx.keyring),
+        ctx.deployment_keys,
+        tokens,
+        log_retention=settings.change_log_retention,
+    )
     ctx.on_commit.append(snapshots.committed)
-    tokens = AccessTokenCache(ctx)
-    ctx.on_token_commit.append(tokens.changed)
     app = Application(settings, ctx, snapshots, tokens, url, embedded)
-    # A failed first load is retried in the background; calls meanwhile get UNAVAILABLE.
-    tokens.changed(None)
     if listen:
         app.start_listener()
+    try:
+        snapshots.load_before_serving(stopping)
+    except BaseException:
+        app.close()
+        raise
+    snapshots.start()
     return app
 
 
-def build_application(settings: Settings) -> Application:
+def build_application(settings: Settings, stopping: threading.Event | None = None) -> Application:
     keyring = load_keyring(settings)
     url, embedded = database.open_database(settings.database_url, settings.data_dir)
     engine = database.create_engine(url)
@@ -144,7 +159,7 @@ def build_application(settings: Settings) -> Application:
     ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys=dict(settings.deployment_keys))
     if settings.embedded:
         announce_token_files(settings, ensure_role_tokens(ctx, settings.data_dir))
-    return wire_application(settings, ctx, url, embedded)
+    return wire_application(settings, ctx, url, embedded, stopping=stopping)
 
 
 def announce_token_files(settings: Settings, written: list[Path]) -> None:
@@ -228,7 +243,18 @@ def check_before_start(settings: Settings) -> transport.CertificateFiles | None:
 
 async def serve(settings: Settings) -> None:
     certificates = check_before_start(settings)
-    app = await asyncio.to_thread(build_application, settings)
+    stopping = asyncio.Event()
+    stop_loading = threading.Event()  # the load retries until the database answers, or until told to stop
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        stopping.set()
+        stop_loading.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    # The port was found free; it opens only once the snapshot is loaded.
+    app = await asyncio.to_thread(build_application, settings, stop_loading)
     try:
         server, port = create_server(app, settings.listen, certificates)
     except SettingsError:
@@ -246,10 +272,6 @@ async def serve(settings: Settings) -> None:
             "tls": "mutual" if settings.tls_client_ca_file else ("server" if settings.tls else "off"),
         },
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     log.info("shutting down")
     await app.health.enter_graceful_shutdown()

@@ -38,7 +38,7 @@ from ..domain.resolver import WhatIf
 from ..service_layer import access_tokens, audit, model_configs, provider_configs, resolution, user_keys
 from ..service_layer.context import ServiceContext
 from ..service_layer.default_model import DefaultChange
-from ..service_layer.resolution import ConfigSnapshot, SnapshotStore
+from ..service_layer.snapshot import Snapshot, SnapshotStore
 from ..service_layer.views import ModelConfigView
 from . import convert, convert_security
 from .authorization import current_caller
@@ -292,12 +292,11 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
     def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore) -> None:
         self._ctx = ctx
         self._snapshots = snapshots
+        self._responses = convert.ResolveResponses()
 
-    async def _snapshot(self, min_revision: int = 0) -> ConfigSnapshot:
-        snapshot = self._snapshots.fresh(min_revision)
-        if snapshot is None:
-            snapshot = await asyncio.to_thread(self._snapshots.current, min_revision)
-        return snapshot
+    async def _snapshot(self, min_revision: int = 0) -> Snapshot:
+        # Waits (on the event loop, holding no thread) only for a revision not applied here yet.
+        return self._snapshots.fresh(min_revision) or await self._snapshots.wait(min_revision)
 
     def _check_user(self, user: str) -> None:
         if user:
@@ -313,7 +312,7 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
             raise invalid_field("min_revision", "must not be negative")
         snapshot = await self._snapshot(request.min_revision)
         outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
-        return convert.resolve_response(outcome, snapshot.revision)
+        return self._responses.response(outcome, snapshot, snapshot.revision)
 
     @rpc
     async def ListAvailableModels(

@@ -4,7 +4,6 @@ against, kept current through the same change announcements as the configuration
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,6 @@ from ..domain.access import (
     token_hash,
 )
 from ..domain.audit import AuditEntry, Caller, FieldChange, access_token_record, diff, secret_change
-from ..domain.changes import AccessTokenChange
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from .context import ServiceContext
 from .paging import page_size
@@ -89,7 +87,7 @@ def create_access_token(
         expire_time=expire_time,
         creator=caller.actor,
     )
-    with ctx.write(caller, AccessTokenChange(access_token_id), takes_revision=False) as write:
+    with ctx.write(caller, takes_revision=False) as write:
         if write.uow.access_tokens.get(access_token_id) is not None:
             raise DomainError(
                 Reason.ACCESS_TOKEN_ALREADY_EXISTS,
@@ -104,7 +102,7 @@ def create_access_token(
 def reissue_access_token(ctx: ServiceContext, caller: Caller, access_token_id: str) -> CreatedAccessToken:
     """A new secret for an existing live token (the old one stops working); for the embedded bootstrap."""
     secret = new_token_secret()
-    with ctx.write(caller, AccessTokenChange(access_token_id), takes_revision=False) as write:
+    with ctx.write(caller, takes_revision=False) as write:
         current = write.uow.access_tokens.get(access_token_id)
         if current is None:
             raise access_token_not_found(access_token_id)
@@ -131,7 +129,7 @@ def list_access_tokens(ctx: ServiceContext, requested_page_size: int = 0, page_t
 
 def revoke_access_token(ctx: ServiceContext, caller: Caller, access_token_id: str) -> AccessToken:
     """Idempotent: revoking a revoked token returns it unchanged (no event)."""
-    with ctx.write(caller, AccessTokenChange(access_token_id), takes_revision=False) as write:
+    with ctx.write(caller, takes_revision=False) as write:
         current = write.uow.access_tokens.get(access_token_id)
         if current is None:
             raise access_token_not_found(access_token_id)
@@ -147,32 +145,22 @@ def revoke_access_token(ctx: ServiceContext, caller: Caller, access_token_id: st
 class AccessTokenCache:
     """Every access token, by the hash of its secret, in memory: checking a caller costs no round trip.
 
-    Loaded in full at start and after every reconnect of the change listener
-    (announcements may have been lost meanwhile); a single token's change,
-    committed here or announced by another replica, re-reads that one row.
-    The maps are replaced whole, never mutated, so readers need no lock.
+    Filled by the configuration snapshot's store, which reads tokens with everything else: in full
+    at start (and whenever it reloads in full), else the tokens the change log names. The maps are
+    replaced whole, never mutated, so readers need no lock.
     """
 
-    RETRY_SECONDS = 1.0
-
-    def __init__(self, ctx: ServiceContext) -> None:
-        self._ctx = ctx
-        self._lock = threading.Lock()  # one load at a time
+    def __init__(self) -> None:
         self._by_hash: dict[bytes, AccessToken] = {}
         self._by_id: dict[str, AccessToken] = {}
         # The tokens that are live whatever the time (not revoked, no expiry), by hash: a caller holding one
         # is known with one hash and one lookup. Everything else takes `authenticate`.
         self.unconditional: Mapping[bytes, Principal] = {}
         self._loaded = False
-        self._retrying = False
-        self._closed = threading.Event()
 
     @property
     def loaded(self) -> bool:
         return self._loaded
-
-    def close(self) -> None:
-        self._closed.set()
 
     def authenticate(self, secret: str) -> Principal:
         if not self._loaded:  # checked first: an empty set before the first load would say TOKEN_UNKNOWN
@@ -181,56 +169,23 @@ class AccessTokenCache:
             )
         return authenticate_token(secret, self._by_hash, _now)
 
-    def changed(self, change: AccessTokenChange | None) -> None:
-        """A token changed (None: any may have, after a reconnect); never raises, retries in the background."""
-        try:
-            if change is None or not self._loaded:
-                self.reload_all()
-            else:
-                self._reload_one(change.access_token_id)
-        except Exception:
-            log.warning("access token reload failed; retrying in the background", exc_info=True)
-            self._retry_in_background()
+    def replace_all(self, tokens: Sequence[AccessToken]) -> None:
+        self._publish({t.id: t for t in tokens})
+        self._loaded = True
 
-    def reload_all(self) -> None:
-        with self._lock, self._ctx.read() as uow:
-            tokens = uow.access_tokens.list()
-            self._publish({t.id: t for t in tokens})
-            self._loaded = True
-
-    def _reload_one(self, access_token_id: str) -> None:
-        with self._lock:
-            with self._ctx.read() as uow:
-                token = uow.access_tokens.get(access_token_id)
-            by_id = dict(self._by_id)
+    def apply(self, changes: Mapping[str, AccessToken | None]) -> None:
+        by_id = dict(self._by_id)
+        for access_token_id, token in changes.items():
             if token is None:
                 by_id.pop(access_token_id, None)
             else:
                 by_id[access_token_id] = token
-            self._publish(by_id)
+        self._publish(by_id)
 
     def _publish(self, by_id: dict[str, AccessToken]) -> None:
         self._by_hash = {t.token_hash: t for t in by_id.values()}
         self.unconditional = {t.token_hash: t.principal for t in by_id.values() if t.live_whatever_the_time}
         self._by_id = by_id
-
-    def _retry_in_background(self) -> None:
-        if self._retrying:
-            return
-        self._retrying = True
-
-        def retry() -> None:
-            try:
-                while not self._closed.wait(self.RETRY_SECONDS):
-                    try:
-                        self.reload_all()
-                        return
-                    except Exception:
-                        log.debug("access token reload failed again", exc_info=True)
-            finally:
-                self._retrying = False
-
-        threading.Thread(target=retry, name="modelroute-token-reload", daemon=True).start()
 
 
 def _now() -> datetime:

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from ..adapters.crypto import Keyring
 from ..adapters.repositories import DatabaseUnreachable, UnitOfWork
 from ..domain.audit import AuditEntry, Caller
-from ..domain.changes import AccessTokenChange, Change, UserKeyChange
 from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from .paging import PageTokens
@@ -50,10 +49,8 @@ class ServiceContext:
     engine: sa.Engine
     keyring: Keyring
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
-    # Called with the new revision (and what it changed, when that is one user key) after every commit.
-    on_commit: list[Callable[[int, UserKeyChange | None], None]] = field(default_factory=list)
-    # Called with every committed access token change.
-    on_token_commit: list[Callable[[AccessTokenChange], None]] = field(default_factory=list)
+    # Called with the change sequence of every commit that changed something replicas read.
+    on_commit: list[Callable[[int], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.page_tokens = PageTokens(self.keyring.derive("page-token"))
@@ -62,29 +59,25 @@ class ServiceContext:
         return UnitOfWork(self.engine, self.keyring, read_only=read_only)
 
     @contextmanager
-    def write(self, caller: Caller, change: Change | None = None, *, takes_revision: bool = True) -> Iterator[Write]:
+    def write(self, caller: Caller, *, takes_revision: bool = True) -> Iterator[Write]:
         """A write transaction; commits, with its audit event, when the block succeeds and recorded one.
 
         `takes_revision`: the change is to the configuration replicas resolve from, so it holds the
-        next config revision (which also serialises such writers). `change` narrows what replicas
-        re-read: exactly that one user key, or that one access token.
+        next config revision (which also serialises such writers). Whatever else the transaction
+        changes (an access token, say) is recorded in the change log by the database itself, which
+        also announces it to every replica.
         """
         with translate_database_errors(), self.unit_of_work() as uow:
-            write = Write(uow, uow.revisions.bump() if takes_revision else None)
+            write = Write(uow, uow.changes.take_revision() if takes_revision else None)
             yield write
             if write.entry is None:
                 return  # nothing changed: the transaction rolls back
             uow.audit.add(caller, write.entry, write.revision)
-            if write.revision is not None or change is not None:
-                uow.notify_change(write.revision, change)
+            sequence = uow.changes.sequence_taken()
             uow.commit()
-        if write.revision is not None:
-            user_key_change = change if isinstance(change, UserKeyChange) else None
+        if sequence is not None:
             for callback in self.on_commit:
-                callback(write.revision, user_key_change)
-        if isinstance(change, AccessTokenChange):
-            for token_callback in self.on_token_commit:
-                token_callback(change)
+                callback(sequence)
 
     @contextmanager
     def read(self) -> Iterator[UnitOfWork]:

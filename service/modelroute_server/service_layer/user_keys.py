@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from ..domain import rules
 from ..domain.audit import SECRET_SET, AuditEntry, Caller, comparable_secret, secret_change
-from ..domain.changes import UserKeyChange
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from ..domain.families import Family
 from ..domain.providers import ProviderConfig, provider_config_name
@@ -57,7 +56,7 @@ def set_user_provider_key(
     if key_problem:
         collector.add("api_key", key_problem)
     collector.raise_if_any()
-    with ctx.write(caller, UserKeyChange(user, provider_config_id)) as write:
+    with ctx.write(caller) as write:
         uow = write.uow
         provider = uow.providers.get(provider_config_id)
         if provider is None:
@@ -86,9 +85,9 @@ def delete_user_provider_key(ctx: ServiceContext, caller: Caller, user: str, pro
     # Idempotent: deleting a key that is not there (or of a provider that is gone) succeeds, and
     # takes no revision, so a retried delete does not make every replica reload.
     with ctx.read() as uow:
-        if not uow.user_keys.sealed([(user, provider_config_id)]):
+        if not uow.user_keys.exists(user, provider_config_id):
             return
-    with ctx.write(caller, UserKeyChange(user, provider_config_id)) as write:
+    with ctx.write(caller) as write:
         if write.uow.user_keys.delete(user, provider_config_id):
             # Whatever the key was, it is now cleared: no need to decrypt it to say so.
             write.record(_key_entry(provider_config_name(provider_config_id), user, SECRET_SET, None))
