@@ -29,12 +29,12 @@ from modelroute_server.entrypoints.server import (
     Application,
     create_server,
     mark_not_serving,
+    sql_context,
     watch_health,
     wire_application,
 )
 from modelroute_server.entrypoints.transport import CertificateFiles
 from modelroute_server.service_layer import access_tokens
-from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.settings import Settings
 
 from .audit_support import Api, make_api
@@ -157,8 +157,8 @@ class RunningServer:
 def build_app(url: str, keyring: Keyring, settings: Settings | None = None) -> Application:
     """An application on `url` without a change listener (tests that need one start it)."""
     engine = database.create_engine(url)
-    ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys={})
-    return wire_application(settings or Settings(database_url=url), ctx, url, listen=False)
+    ctx = sql_context(engine, keyring)
+    return wire_application(settings or Settings(database_url=url), engine, ctx, url, listen=False)
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +178,7 @@ TABLES = ("user_provider_keys", "model_attachments", "model_configs", "provider_
 def app(running_server: RunningServer) -> Iterator[Application]:
     """The session's application, with an empty configuration and no deployment keys."""
     application = running_server.app
-    with application.ctx.engine.begin() as conn:
+    with application.engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)}"))
     application.ctx.deployment_keys.clear()  # type: ignore[attr-defined]
     application.snapshots.invalidate()
@@ -193,7 +193,7 @@ def channel(app: Application, running_server: RunningServer) -> grpc.Channel:
 
 @pytest.fixture
 def engine(app: Application) -> sa.Engine:
-    return app.ctx.engine
+    return app.engine
 
 
 class ServerProcesses:

@@ -49,7 +49,7 @@ def credentials(running_server: RunningServer) -> Credentials:
     expired = access_tokens.create_access_token(
         app.ctx, TEST_CALLER, "matrix-expired", AccessTokenInput(roles=tuple(Role), ttl=timedelta(hours=1))
     ).secret
-    with app.ctx.engine.begin() as conn:  # an hour has passed
+    with app.engine.begin() as conn:  # an hour has passed
         conn.execute(
             sa.text(
                 "UPDATE access_tokens SET create_time = now() - interval '2 hours', "
@@ -180,7 +180,7 @@ def test_a_token_shown_once_and_never_read_back(
         resolver_pb2.ListAvailableModelsRequest(), metadata=(("authorization", f"Bearer {secret}"),)
     )
     assert answer.config_revision >= 0
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT token_sha256 FROM access_tokens WHERE id = 'shown-once'")).scalar_one()
     if secret.encode() in bytes(stored) or secret in str(listed) or secret in caplog.text:
         raise AssertionError("an access token secret was stored, listed or logged")

@@ -27,10 +27,10 @@ def test_a_failure_mid_cascade_changes_nothing(app: Application, channel: grpc.C
     s.user_keys.SetUserProviderKey(
         user_key_pb2.SetUserProviderKeyRequest(user="u", provider_config="providerConfigs/a", api_key="uk")
     )
-    before = state(app.ctx.engine)
+    before = state(app.engine)
     # A real failure inside PostgreSQL at the cascade's user-key step (after the attachments,
     # the emptied model and the default have already been rewritten in the transaction).
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(
             sa.text(
                 "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -47,9 +47,9 @@ def test_a_failure_mid_cascade_changes_nothing(app: Application, channel: grpc.C
         )
         assert error.code is grpc.StatusCode.INTERNAL  # the server's fault, and it says nothing more
         assert "injected" not in error.message
-        assert state(app.ctx.engine) == before
+        assert state(app.engine) == before
     finally:
-        with app.ctx.engine.begin() as conn:
+        with app.engine.begin() as conn:
             conn.execute(sa.text("DROP TRIGGER refuse ON user_provider_keys"))
             conn.execute(sa.text("DROP FUNCTION refuse()"))
     outcome = s.providers.DeleteProviderConfig(

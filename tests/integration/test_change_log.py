@@ -69,11 +69,11 @@ def rename(channel: grpc.Channel, model_id: str, display_name: str) -> None:
 
 def test_every_change_takes_one_sequence_and_logs_what_it_touched(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         start = conn.execute(sa.text("SELECT sequence FROM config_revision")).scalar_one()
     create_provider(s, "a")
     create_model(s, "m")
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         log = conn.execute(
             sa.text("SELECT sequence, kind, entity_id FROM change_log WHERE sequence > :s ORDER BY sequence"),
             {"s": start},
@@ -89,16 +89,16 @@ def test_every_change_takes_one_sequence_and_logs_what_it_touched(app: Applicati
 def test_a_write_at_100000_models_rereads_only_the_changed_rows(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
     create_provider(s, "a")
-    seed_models(app.ctx.engine, 0, 10)
+    seed_models(app.engine, 0, 10)
     app.snapshots.invalidate()
     rename(channel, "m1", "first")
-    with recorded(app.ctx.engine) as small:
+    with recorded(app.engine) as small:
         rename(channel, "m1", "small catalogue")
-    seed_models(app.ctx.engine, 10, LARGE_CATALOGUE)
+    seed_models(app.engine, 10, LARGE_CATALOGUE)
     app.snapshots.invalidate()
     assert len(app.snapshots.current().models) == LARGE_CATALOGUE
     loads = app.snapshots.statistics.full_loads
-    with recorded(app.ctx.engine) as large:
+    with recorded(app.engine) as large:
         rename(channel, "m1", "large catalogue")
     assert app.snapshots.statistics.full_loads == loads
     # The same statements, of the same size, whatever the size of the catalogue.
@@ -119,13 +119,13 @@ def test_a_replica_that_missed_announcements_catches_up_from_the_log(app: Applic
     before = app.snapshots.current()
     loads = app.snapshots.statistics.full_loads
     # Writes this replica is never told about (its listener was away): hand edits, logged by the triggers.
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE model_configs SET display_name = 'one'"))
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE provider_configs SET display_name = 'two'"))
     assert app.snapshots.current() is before
     app.snapshots.changed(None)  # the listener reconnected
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         revision = conn.execute(sa.text("SELECT revision FROM config_revision")).scalar_one()
     after = app.snapshots.current(min_revision=revision)
     assert (after.models["m"].display_name, after.providers["a"].display_name) == ("one", "two")
@@ -137,11 +137,11 @@ def test_a_position_older_than_the_pruned_log_reloads_in_full(app: Application, 
     create_provider(s, "a")
     create_model(s, "m")
     loads = app.snapshots.statistics.full_loads
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE model_configs SET display_name = 'while away'"))
-    source = PostgresChangeSource(app.ctx.engine, app.ctx.keyring)
+    source = PostgresChangeSource(app.engine, app.ctx.keyring)
     source.prune_log(timedelta(0))
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM change_log")).scalar_one() == 0
         position = conn.execute(sa.text("SELECT sequence, pruned_through FROM config_revision")).one()
     assert position.pruned_through == position.sequence
@@ -152,7 +152,7 @@ def test_a_position_older_than_the_pruned_log_reloads_in_full(app: Application, 
 
 
 def test_a_rolled_back_write_leaves_no_trace_in_the_log(app: Application) -> None:
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         before = conn.execute(sa.text("SELECT sequence FROM config_revision")).scalar_one()
         conn.rollback()
         with conn.begin() as transaction:
@@ -169,7 +169,7 @@ def test_a_rolled_back_write_leaves_no_trace_in_the_log(app: Application) -> Non
 
 @pytest.mark.parametrize("statement", ["UPDATE model_configs SET enabled = enabled WHERE false"])
 def test_a_statement_that_changes_no_row_takes_no_sequence(app: Application, statement: str) -> None:
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         before = conn.execute(sa.text("SELECT sequence FROM config_revision")).scalar_one()
         conn.execute(sa.text(statement))
         assert conn.execute(sa.text("SELECT sequence FROM config_revision")).scalar_one() == before

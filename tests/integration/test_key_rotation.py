@@ -12,8 +12,8 @@ from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
 from modelroute_server.adapters.key_rotation import rotate_keys
 from modelroute_server.domain.families import Family
+from modelroute_server.entrypoints.server import sql_context
 from modelroute_server.service_layer import provider_configs, user_keys
-from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ProviderConfigInput
 
 from ..helpers import TEST_CALLER
@@ -34,7 +34,7 @@ def test_rotation_reseals_everything_it_can_and_reports_the_rest(fresh_database_
     engine = database.create_engine(fresh_database_url)
     database.upgrade(engine)
     old_spec, new_spec = generate_keyring_spec("old"), generate_keyring_spec("new")
-    old_ctx = ServiceContext(engine=engine, keyring=Keyring.parse(old_spec))
+    old_ctx = sql_context(engine, Keyring.parse(old_spec))
     byok = ProviderConfigInput(family=Family.OPENAI, api_key="sk-one", allow_user_api_key=True)
     provider_configs.create_provider_config(old_ctx, TEST_CALLER, "one", byok)
     provider_configs.create_provider_config(
@@ -62,7 +62,7 @@ def test_rotation_reseals_everything_it_can_and_reports_the_rest(fresh_database_
     assert rotate_keys(engine, Keyring.parse(f"{new_spec},{old_spec}")).resealed == 0
 
     # The old key can now leave the keyring: everything rotated still decrypts.
-    new_ctx = ServiceContext(engine=engine, keyring=Keyring.parse(new_spec))
+    new_ctx = sql_context(engine, Keyring.parse(new_spec))
     with new_ctx.read() as uow:
         one = uow.providers.get("one")
         assert one is not None and one.api_key is not None and one.api_key.secret == "sk-one"

@@ -23,7 +23,7 @@ from modelroute_server.adapters.crypto import (
 )
 from modelroute_server.adapters.key_rotation import rotate_keys
 from modelroute_server.domain.families import Family
-from modelroute_server.entrypoints.server import Application
+from modelroute_server.entrypoints.server import Application, sql_context
 from modelroute_server.service_layer import provider_configs
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ProviderConfigInput
@@ -59,7 +59,7 @@ def test_repository_reads_a_moved_ciphertext_as_undecryptable(app: Application, 
     s = stubs(channel)
     create_provider(s, "a", api_key="sk-a-row")
     create_provider(s, "b", api_key="sk-b-row")
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(
             sa.text(
                 "UPDATE provider_configs SET (api_key_ciphertext, api_key_key_id) = "
@@ -79,12 +79,12 @@ def test_repository_reads_a_moved_ciphertext_as_undecryptable(app: Application, 
 
 def test_repository_reads_old_keys_after_rotation_and_writes_under_the_new_primary(engine: sa.Engine) -> None:
     old_spec = generate_keyring_spec("rotated-1")
-    old_ctx = ServiceContext(engine=engine, keyring=Keyring.parse(old_spec))
+    old_ctx = sql_context(engine, Keyring.parse(old_spec))
     provider_configs.create_provider_config(
         old_ctx, TEST_CALLER, "before", ProviderConfigInput(family=Family.OPENAI, api_key="sk-before")
     )
     rotated = Keyring.parse(f"{generate_keyring_spec('rotated-2')},{old_spec}")
-    new_ctx = ServiceContext(engine=engine, keyring=rotated)
+    new_ctx = sql_context(engine, rotated)
     assert stored_secret(new_ctx, "before") == "sk-before"
     provider_configs.create_provider_config(
         new_ctx, TEST_CALLER, "after", ProviderConfigInput(family=Family.OPENAI, api_key="sk-after")
@@ -103,7 +103,7 @@ def test_a_recreated_provider_does_not_accept_its_predecessors_ciphertext(
     s = stubs(channel)
     create_provider(s, "p", api_key="sk-predecessor")
     create_model(s, "m", providers=("p",))
-    saved = key_columns(app.ctx.engine, "provider_configs", "id = 'p'")
+    saved = key_columns(app.engine, "provider_configs", "id = 'p'")
     s.providers.DeleteProviderConfig(
         provider_config_pb2.DeleteProviderConfigRequest(name="providerConfigs/p", force=True)
     )
@@ -112,7 +112,7 @@ def test_a_recreated_provider_does_not_accept_its_predecessors_ciphertext(
     s.models.UndeleteModelConfig(model_config_pb2.UndeleteModelConfigRequest(name="modelConfigs/m"))
     assert s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")).selected.api_key == "sk-successor"
 
-    write_back(app.ctx.engine, "provider_configs", "id = 'p'", saved)
+    write_back(app.engine, "provider_configs", "id = 'p'", saved)
     app.snapshots.invalidate()
     error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m"))
     assert error.reason == "NO_USABLE_ATTACHMENT"
@@ -121,13 +121,13 @@ def test_a_recreated_provider_does_not_accept_its_predecessors_ciphertext(
     ]
     # Nor onto the same row after its key changed.
     create_provider(s, "q", api_key="sk-q-first")
-    first = key_columns(app.ctx.engine, "provider_configs", "id = 'q'")
+    first = key_columns(app.engine, "provider_configs", "id = 'q'")
     s.providers.UpdateProviderConfig(
         provider_config_pb2.UpdateProviderConfigRequest(
             provider_config=provider_config_pb2.ProviderConfig(name="providerConfigs/q", api_key="sk-q-second")
         )
     )
-    write_back(app.ctx.engine, "provider_configs", "id = 'q'", first)
+    write_back(app.engine, "provider_configs", "id = 'q'", first)
     assert stored_secret(app.ctx, "q") is None
 
 
@@ -141,7 +141,7 @@ def test_a_recreated_user_key_row_does_not_accept_a_saved_ciphertext(app: Applic
             user="alice", provider_config="providerConfigs/byok", api_key="uk-alice-first"
         )
     )
-    saved = key_columns(app.ctx.engine, "user_provider_keys", "user_id = 'alice'")
+    saved = key_columns(app.engine, "user_provider_keys", "user_id = 'alice'")
     s.user_keys.DeleteUserProviderKey(
         user_key_pb2.DeleteUserProviderKeyRequest(user="alice", provider_config=set_key.provider_config)
     )
@@ -150,7 +150,7 @@ def test_a_recreated_user_key_row_does_not_accept_a_saved_ciphertext(app: Applic
             user="alice", provider_config="providerConfigs/byok", api_key="uk-alice-second"
         )
     )
-    write_back(app.ctx.engine, "user_provider_keys", "user_id = 'alice'", saved)
+    write_back(app.engine, "user_provider_keys", "user_id = 'alice'", saved)
     app.snapshots.invalidate()
     error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", user="alice"))
     assert [(t, subject) for t, subject, _ in error.precondition_violations] == [

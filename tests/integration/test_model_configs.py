@@ -183,7 +183,7 @@ def default_models(s: Stubs, engine: sa.Engine) -> list[str]:
 
 def reset(app: Application) -> None:
     """An empty configuration again (the same as the `app` fixture does before each test)."""
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE user_provider_keys, model_attachments, model_configs, provider_configs"))
     app.snapshots.invalidate()
 
@@ -200,7 +200,7 @@ def set_create_time(engine: sa.Engine, table: str, ids: Sequence[str], stamp: st
 
 
 def test_create_get_list_update_show_attachment_facts(channel: grpc.Channel, app: Application) -> None:
-    engine = app.ctx.engine
+    engine = app.engine
     s = stubs(channel)
     create_provider(s, "oa-main", display_name="OpenAI main", api_key="sk-main-central")
     create_provider(s, "oa-byok", display_name="OpenAI BYOK", api_key="", credential_policy=policy(True, True, False))
@@ -247,7 +247,7 @@ def test_create_get_list_update_show_attachment_facts(channel: grpc.Channel, app
     assert created.HasField("create_time") and created.HasField("update_time")
     assert not created.HasField("delete_time")
     assert created.etag
-    assert attachment_rows(app.ctx.engine) == [
+    assert attachment_rows(app.engine) == [
         ("gpt", "oa-main", "openai", 0),
         ("gpt", "oa-byok", "openai", 1),
         ("gpt", "oa-off", "openai", 2),
@@ -401,7 +401,7 @@ def test_force_delete_a_then_b_renumbers_then_soft_deletes_and_moves_default(
 
 def test_force_delete_order_does_not_change_the_outcome(channel: grpc.Channel, app: Application) -> None:
     s = stubs(channel)
-    engine = app.ctx.engine
+    engine = app.engine
     _build_cascade(s)
     delete_provider(s, "p-a", force=True)
     delete_provider(s, "p-b", force=True)

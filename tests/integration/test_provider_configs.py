@@ -245,7 +245,7 @@ def test_each_invalid_policy_is_rejected_with_its_own_message(app: Application, 
     descriptions: set[str] = set()
     for (c, u, f), rules in INVALID_POLICIES.items():
         request = provider_request("bad-policy", credential_policy=policy(c, u, f))
-        error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, request, reason="CREDENTIAL_POLICY_INVALID")
+        error = rejected(app.engine, s.providers.CreateProviderConfig, request, reason="CREDENTIAL_POLICY_INVALID")
         assert error.fields == [POLICY_PATH]
         description = error.field_violations[0][1]
         for rule in rules:
@@ -268,7 +268,7 @@ def test_each_invalid_policy_is_rejected_on_update(app: Application, channel: gr
     create(s, "p", api_key="sk-p")
     for c, u, f in INVALID_POLICIES:
         error = rejected(
-            app.ctx.engine,
+            app.engine,
             s.providers.UpdateProviderConfig,
             update_request("p", ["credential_policy"], credential_policy=policy(c, u, f)),
             reason="CREDENTIAL_POLICY_INVALID",
@@ -316,11 +316,11 @@ def test_a_10240_byte_key_is_accepted_and_10241_rejected(app: Application, chann
     assert resolved_key_matches(s, "ascii", ascii_key), "a maximal key must be stored whole"
 
     for too_long in ("k" * 10_241, "é" * 5_120 + "k"):
-        error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("long", api_key=too_long))
+        error = rejected(app.engine, s.providers.CreateProviderConfig, provider_request("long", api_key=too_long))
         assert error.fields == [KEY_PATH]
         assert "10240 bytes" in error.field_violations[0][1]
         error = rejected(
-            app.ctx.engine, s.providers.UpdateProviderConfig, update_request("ascii", ["api_key"], api_key=too_long)
+            app.engine, s.providers.UpdateProviderConfig, update_request("ascii", ["api_key"], api_key=too_long)
         )
         assert error.fields == [KEY_PATH]
     assert update(s, "multibyte", ["api_key"], api_key="x" * 10_240).has_api_key
@@ -339,7 +339,7 @@ def test_keys_with_surrounding_white_space_are_rejected(app: Application, channe
         (update_request("p", ["api_key"], api_key=key), s.providers.UpdateProviderConfig),
         (update_request("p", None, api_key=key), s.providers.UpdateProviderConfig),
     ):
-        error = rejected(app.ctx.engine, method, request, reason="FIELD_INVALID")
+        error = rejected(app.engine, method, request, reason="FIELD_INVALID")
         assert error.fields == [KEY_PATH]
         assert "white space" in error.field_violations[0][1]
 
@@ -352,11 +352,9 @@ def test_a_white_space_only_key_is_rejected_never_treated_as_present(
     create(s, "p", api_key="sk-p")
     for blank in (" ", "   ", "\t\n"):
         request = provider_request("q", api_key=blank, credential_policy=policy(*flags))
-        error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, request)
+        error = rejected(app.engine, s.providers.CreateProviderConfig, request)
         assert error.fields == [KEY_PATH]
-        error = rejected(
-            app.ctx.engine, s.providers.UpdateProviderConfig, update_request("p", ["api_key"], api_key=blank)
-        )
+        error = rejected(app.engine, s.providers.UpdateProviderConfig, update_request("p", ["api_key"], api_key=blank))
         assert error.fields == [KEY_PATH]
     assert get(s, "p").has_api_key
 
@@ -373,7 +371,7 @@ def test_an_empty_key_on_create_means_no_key(channel: grpc.Channel) -> None:
 @pytest.mark.parametrize("family", ["azure", "openai-compat"])
 def test_azure_and_openai_compat_need_a_base_url(app: Application, channel: grpc.Channel, family: str) -> None:
     s = stubs(channel)
-    error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("p", family))
+    error = rejected(app.engine, s.providers.CreateProviderConfig, provider_request("p", family))
     assert error.fields == [URL_PATH]
     assert f"required for the {family} family" in error.field_violations[0][1]
 
@@ -384,7 +382,7 @@ def test_azure_and_openai_compat_need_a_base_url(app: Application, channel: grpc
         update_request("p", ["base_url"]),
         update_request("p", ["*"], api_key="sk-new"),
     ):
-        error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, request)
+        error = rejected(app.engine, s.providers.UpdateProviderConfig, request)
         assert error.fields == [URL_PATH]
         assert "required" in error.field_violations[0][1]
     # An omitted mask leaves an unpopulated base URL alone.
@@ -415,11 +413,11 @@ def test_base_url_must_be_absolute_http_with_a_host(
     s = stubs(channel)
     create(s, "p", api_key="sk-p", base_url="https://ok.example.com")
     for family in ("openai", "azure", "openrouter"):
-        error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("q", family, base_url=url))
+        error = rejected(app.engine, s.providers.CreateProviderConfig, provider_request("q", family, base_url=url))
         assert error.fields == [URL_PATH]
         assert rule in error.field_violations[0][1], (url, error.field_violations)
         assert "secret-token" not in error.message + repr(error.field_violations)  # never echoed
-    error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, update_request("p", None, base_url=url))
+    error = rejected(app.engine, s.providers.UpdateProviderConfig, update_request("p", None, base_url=url))
     assert rule in error.field_violations[0][1]
     assert get(s, "p").base_url == "https://ok.example.com"
 
@@ -449,11 +447,11 @@ def test_central_key_only_without_a_key_is_rejected(app: Application, channel: g
         fields: dict[str, Any] = {"base_url": AZURE_URL} if family == "azure" else {}
         for flags in ((True, False, False), (True, True, True)):
             request = provider_request("p", family, api_key="", credential_policy=policy(*flags), **fields)
-            error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, request, reason="FIELD_INVALID")
+            error = rejected(app.engine, s.providers.CreateProviderConfig, request, reason="FIELD_INVALID")
             assert error.fields == [KEY_PATH]
             assert "required" in error.field_violations[0][1]
     # The default policy is (1,0,0): omitting it changes nothing.
-    rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("p", api_key=""))
+    rejected(app.engine, s.providers.CreateProviderConfig, provider_request("p", api_key=""))
 
 
 def test_bedrock_needs_no_key_it_uses_ambient_credentials(channel: grpc.Channel) -> None:
@@ -478,7 +476,7 @@ def test_a_deployment_key_for_the_family_satisfies_the_requirement(app: Applicat
     # A stored key wins over the deployment key.
     assert facts(create(s, "q", api_key="sk-q")) == (True, True, STORED)
     # Never another family's deployment key, and never where C=0.
-    rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("a", "anthropic", api_key=""))
+    rejected(app.engine, s.providers.CreateProviderConfig, provider_request("a", "anthropic", api_key=""))
     user_only = create(s, "u", api_key="", credential_policy=policy(False, True, False))
     assert facts(user_only) == (False, False, NO_SOURCE)
     # The facts follow the environment: without the deployment key the config is not usable.
@@ -497,7 +495,7 @@ def test_a_config_that_lost_its_deployment_key_can_still_be_renamed_or_disabled(
     assert (renamed.display_name, renamed.enabled, facts(renamed)) == ("Renamed", False, (False, False, NO_SOURCE))
     # A change to the credentials themselves is still held to the requirement.
     error = rejected(
-        app.ctx.engine,
+        app.engine,
         s.providers.UpdateProviderConfig,
         update_request("p", ["credential_policy"], credential_policy=policy(True, False, False)),
     )
@@ -530,7 +528,7 @@ def test_switching_to_a_policy_that_uses_the_central_key_needs_one(app: Applicat
     create(s, "p", api_key="", credential_policy=policy(True, True, False))
     for flags in ((True, True, True), (True, False, False)):
         error = rejected(
-            app.ctx.engine,
+            app.engine,
             s.providers.UpdateProviderConfig,
             update_request("p", ["credential_policy"], credential_policy=policy(*flags)),
         )
@@ -549,7 +547,7 @@ def test_clearing_the_key_is_allowed_only_when_not_required(app: Application, ch
     create(s, "bedrock", "bedrock", api_key="sk-b")
 
     for provider_id in ("central", "fallback"):
-        error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, update_request(provider_id, ["api_key"]))
+        error = rejected(app.engine, s.providers.UpdateProviderConfig, update_request(provider_id, ["api_key"]))
         assert error.fields == [KEY_PATH]
         assert get(s, provider_id).has_api_key
     assert facts(update(s, "user-required", ["api_key"])) == (False, False, NO_SOURCE)
@@ -581,17 +579,15 @@ def test_display_name_can_change_but_not_be_blanked(app: Application, channel: g
             update_request("p", None, display_name=blank),
             update_request("p", ["display_name"], display_name=blank),
         ):
-            error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, request, reason="FIELD_INVALID")
+            error = rejected(app.engine, s.providers.UpdateProviderConfig, request, reason="FIELD_INVALID")
             assert error.fields == ["provider_config.display_name"]
             assert "blank" in error.field_violations[0][1]
-        error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request("q", display_name=blank))
+        error = rejected(app.engine, s.providers.CreateProviderConfig, provider_request("q", display_name=blank))
         assert error.fields == ["provider_config.display_name"]
     assert get(s, "p").display_name == "Primary OpenAI"
     # Naming it in the mask with no value restores the default (AIP-134): it is never left blank.
     assert update(s, "p", ["display_name"]).display_name == "OpenAI"
-    error = rejected(
-        app.ctx.engine, s.providers.UpdateProviderConfig, update_request("p", None, display_name="x" * 257)
-    )
+    error = rejected(app.engine, s.providers.UpdateProviderConfig, update_request("p", None, display_name="x" * 257))
     assert error.fields == ["provider_config.display_name"]
 
 
@@ -606,7 +602,7 @@ def test_family_is_immutable(app: Application, channel: grpc.Channel) -> None:
         update_request("p", ["*"], family=anthropic, api_key="sk-p"),
         update_request("p", ["family"]),
     ):
-        error = rejected(app.ctx.engine, s.providers.UpdateProviderConfig, request, reason="FAMILY_IMMUTABLE")
+        error = rejected(app.engine, s.providers.UpdateProviderConfig, request, reason="FAMILY_IMMUTABLE")
         assert error.fields == ["provider_config.family"]
     # Naming the family with its current value is harmless.
     assert (
@@ -621,7 +617,7 @@ def test_unknown_family_is_rejected_listing_the_valid_ones(app: Application, cha
     s = stubs(channel)
     message = ProviderConfig(family=value, api_key="sk-x")  # type: ignore[arg-type]
     request = provider_config_pb2.CreateProviderConfigRequest(provider_config=message, provider_config_id="p")
-    error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, request, reason="FIELD_INVALID")
+    error = rejected(app.engine, s.providers.CreateProviderConfig, request, reason="FIELD_INVALID")
     assert error.fields == ["provider_config.family"]
     for name in FAMILY_NAMES:
         assert name in error.field_violations[0][1]
@@ -633,7 +629,7 @@ def test_unknown_family_is_rejected_listing_the_valid_ones(app: Application, cha
 )
 def test_bad_id_slugs_are_rejected(app: Application, channel: grpc.Channel, bad_id: str) -> None:
     s = stubs(channel)
-    error = rejected(app.ctx.engine, s.providers.CreateProviderConfig, provider_request(bad_id), reason="FIELD_INVALID")
+    error = rejected(app.engine, s.providers.CreateProviderConfig, provider_request(bad_id), reason="FIELD_INVALID")
     assert error.fields == ["provider_config_id"]
 
 
@@ -660,7 +656,7 @@ def test_bad_resource_names_are_rejected(app: Application, channel: grpc.Channel
             "provider_config.name",
         ),
     ):
-        error = rejected(app.ctx.engine, method, request, reason="FIELD_INVALID")
+        error = rejected(app.engine, method, request, reason="FIELD_INVALID")
         assert error.fields == [field]
 
 
@@ -672,7 +668,7 @@ def test_duplicate_id_is_already_exists_and_changes_nothing(app: Application, ch
         provider_request("dup", "anthropic", api_key="sk-other"),
     ):
         error = rejected(
-            app.ctx.engine,
+            app.engine,
             s.providers.CreateProviderConfig,
             request,
             code=grpc.StatusCode.ALREADY_EXISTS,
@@ -693,7 +689,7 @@ def test_unknown_ids_are_not_found(app: Application, channel: grpc.Channel) -> N
         (s.providers.UpdateProviderConfig, update_request("ghost", None, display_name="x")),
     ):
         error = rejected(
-            app.ctx.engine, method, request, code=grpc.StatusCode.NOT_FOUND, reason="PROVIDER_CONFIG_NOT_FOUND"
+            app.engine, method, request, code=grpc.StatusCode.NOT_FOUND, reason="PROVIDER_CONFIG_NOT_FOUND"
         )
         assert error.resource_name == pc("ghost")
         assert "ghost" in error.message
@@ -710,7 +706,7 @@ def test_stale_etags_are_aborted_and_current_ones_work(app: Application, channel
     assert get(s, "p").etag == second.etag
 
     error = rejected(
-        app.ctx.engine,
+        app.engine,
         s.providers.UpdateProviderConfig,
         update_request("p", None, display_name="Third", etag=first.etag),
         code=grpc.StatusCode.ABORTED,
@@ -719,7 +715,7 @@ def test_stale_etags_are_aborted_and_current_ones_work(app: Application, channel
     assert error.metadata.get("current_etag") == second.etag
     for stale in (first.etag, '"999999"', "garbage"):
         rejected(
-            app.ctx.engine,
+            app.engine,
             s.providers.DeleteProviderConfig,
             delete_request("p", stale),
             code=grpc.StatusCode.ABORTED,
@@ -859,7 +855,7 @@ def test_unknown_and_output_only_mask_paths_are_rejected_by_name(
     s = stubs(channel)
     create(s, "p", api_key="sk-p")
     error = rejected(
-        app.ctx.engine,
+        app.engine,
         s.providers.UpdateProviderConfig,
         update_request("p", ["display_name", path], display_name="x"),
         reason="UPDATE_MASK_INVALID",
@@ -988,7 +984,7 @@ def test_tampered_or_foreign_page_tokens_are_rejected(app: Application, channel:
     ]
     for filter_text, bad in cases:
         request = provider_config_pb2.ListProviderConfigsRequest(filter=filter_text, page_size=1, page_token=bad)
-        error = rejected(app.ctx.engine, s.providers.ListProviderConfigs, request, reason="PAGE_TOKEN_INVALID")
+        error = rejected(app.engine, s.providers.ListProviderConfigs, request, reason="PAGE_TOKEN_INVALID")
         assert error.fields == ["page_token"]
     # The genuine tokens still work, also with another page size (AIP-158).
     assert ids(list(list_page(s, page_size=5, page_token=token).provider_configs)) == ["b", "c"]
@@ -998,7 +994,7 @@ def test_tampered_or_foreign_page_tokens_are_rejected(app: Application, channel:
 def test_negative_page_size_is_rejected(app: Application, channel: grpc.Channel) -> None:
     s = stubs(channel)
     request = provider_config_pb2.ListProviderConfigsRequest(page_size=-1)
-    error = rejected(app.ctx.engine, s.providers.ListProviderConfigs, request, reason="FIELD_INVALID")
+    error = rejected(app.engine, s.providers.ListProviderConfigs, request, reason="FIELD_INVALID")
     assert error.fields == ["page_size"]
 
 
@@ -1055,7 +1051,7 @@ def test_bad_filters_are_rejected(app: Application, channel: grpc.Channel, bad: 
     s = stubs(channel)
     create(s, "p")
     error = rejected(
-        app.ctx.engine,
+        app.engine,
         s.providers.ListProviderConfigs,
         provider_config_pb2.ListProviderConfigsRequest(filter=bad),
         reason="FILTER_INVALID",
@@ -1070,7 +1066,7 @@ def test_delete_removes_the_config_and_its_key_for_good(app: Application, channe
     s = stubs(channel)
     create(s, "p", api_key="sk-p")
     s.providers.DeleteProviderConfig(delete_request("p"))
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM provider_configs")).scalar_one() == 0
     # The id is free again, and the new config does not inherit the old key.
     recreated = create(s, "p", api_key="", credential_policy=policy(True, True, False))
@@ -1082,7 +1078,7 @@ def test_deleting_an_attached_config_needs_force(app: Application, channel: grpc
     create(s, "p", api_key="sk-p")
     create_model(s, "m", providers=("p",))
     error = rejected(
-        app.ctx.engine,
+        app.engine,
         s.providers.DeleteProviderConfig,
         delete_request("p"),
         code=grpc.StatusCode.FAILED_PRECONDITION,
@@ -1115,7 +1111,7 @@ def test_a_model_list_token_is_not_a_provider_list_token(app: Application, chann
     model_token = s.models.ListModelConfigs(model_config_pb2.ListModelConfigsRequest(page_size=1)).next_page_token
     assert model_token
     request = provider_config_pb2.ListProviderConfigsRequest(page_size=1, page_token=model_token)
-    rejected(app.ctx.engine, s.providers.ListProviderConfigs, request, reason="PAGE_TOKEN_INVALID")
+    rejected(app.engine, s.providers.ListProviderConfigs, request, reason="PAGE_TOKEN_INVALID")
 
 
 def test_create_ignores_the_name_and_output_only_fields(channel: grpc.Channel) -> None:
@@ -1153,7 +1149,7 @@ def test_control_characters_are_rejected_before_reaching_the_database(app: Appli
         ),
         (provider_request("q", base_url="https://a.example.com/\x00"), s.providers.CreateProviderConfig, URL_PATH),
     ):
-        error = rejected(app.ctx.engine, method, request, reason="FIELD_INVALID")
+        error = rejected(app.engine, method, request, reason="FIELD_INVALID")
         assert error.fields == [field]
 
 
@@ -1161,7 +1157,7 @@ def test_an_unknown_family_on_update_is_rejected(app: Application, channel: grpc
     s = stubs(channel)
     create(s, "p")
     error = rejected(
-        app.ctx.engine, s.providers.UpdateProviderConfig, update_request("p", None, family=42), reason="FIELD_INVALID"
+        app.engine, s.providers.UpdateProviderConfig, update_request("p", None, family=42), reason="FIELD_INVALID"
     )
     assert error.fields == ["provider_config.family"]
     assert "openai-compat" in error.field_violations[0][1]

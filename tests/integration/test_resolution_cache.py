@@ -33,7 +33,7 @@ def test_steady_state_resolution_runs_no_sql(app: Application, channel: grpc.Cha
         if not is_health_check(statement):
             statements.append(statement)
 
-    sa.event.listen(app.ctx.engine, "before_cursor_execute", record)
+    sa.event.listen(app.engine, "before_cursor_execute", record)
     try:
         for i in range(200):
             answer = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user=f"u{i % 2}"))
@@ -41,7 +41,7 @@ def test_steady_state_resolution_runs_no_sql(app: Application, channel: grpc.Cha
         s.resolver.ListAvailableModels(resolver_pb2.ListAvailableModelsRequest(user="u1"))
         s.resolver.ExplainResolution(resolver_pb2.ExplainResolutionRequest(model="m", user="u1"))
     finally:
-        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
+        sa.event.remove(app.engine, "before_cursor_execute", record)
     assert statements == []
 
 
@@ -70,7 +70,7 @@ def _recorded_statements(app: Application) -> tuple[list[str], object]:
         if not is_health_check(statement):
             statements.append(statement)
 
-    sa.event.listen(app.ctx.engine, "before_cursor_execute", record)
+    sa.event.listen(app.engine, "before_cursor_execute", record)
     return statements, record
 
 
@@ -89,7 +89,7 @@ def test_a_reconnect_without_changes_costs_one_position_read(app: Application, c
             time.sleep(0.01)
         time.sleep(0.1)
     finally:
-        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
+        sa.event.remove(app.engine, "before_cursor_execute", record)
     assert app.snapshots.current() is snapshot
     assert [st for st in statements if not st.startswith("SET LOCAL")] == [
         st for st in statements if "FROM config_revision" in st
@@ -104,7 +104,7 @@ def test_another_replicas_write_is_applied_from_the_change_log(app: Application,
     before = app.snapshots.current()
     loads = app.snapshots.statistics.full_loads
     # Another replica's write, or a hand edit in psql: the database's triggers log it and announce it.
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE provider_configs SET enabled = false"))
         sequence = conn.execute(sa.text("SELECT current_setting('modelroute.change_sequence')")).scalar_one()
     statements, record = _recorded_statements(app)
@@ -116,7 +116,7 @@ def test_another_replicas_write_is_applied_from_the_change_log(app: Application,
             assert time.monotonic() < deadline, "the announced write was never applied"
             time.sleep(0.01)
     finally:
-        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
+        sa.event.remove(app.engine, "before_cursor_execute", record)
     answer = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m"))
     assert [kind for kind, _, _ in answer.precondition_violations] == ["PROVIDER_DISABLED"]
     assert app.snapshots.statistics.full_loads == loads
@@ -144,7 +144,7 @@ def test_a_user_key_change_rereads_that_users_keys_only(app: Application, channe
         gone = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u1"))
         assert gone.selected.key_source == common_pb2.KEY_SOURCE_STORED
     finally:
-        sa.event.remove(app.ctx.engine, "before_cursor_execute", record)
+        sa.event.remove(app.engine, "before_cursor_execute", record)
     assert app.snapshots.statistics.full_loads == loads
     assert not any("FROM model_configs" in st for st in statements)
     assert all("ANY" in st for st in statements if "FROM user_provider_keys" in st and "GROUP BY" in st)

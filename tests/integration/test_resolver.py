@@ -395,7 +395,7 @@ def test_min_revision_from_a_completed_write_is_honoured(app: Application, chann
     assert resolve(s, min_revision=before.config_revision).config_revision == before.config_revision
 
     # Another replica's write: it lands in PostgreSQL, this replica (no listener) hears nothing about it.
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE provider_configs SET enabled = false WHERE id = 'a'"))
         written = conn.execute(sa.text("SELECT revision FROM config_revision")).scalar_one()
     assert written == before.config_revision + 1
@@ -715,7 +715,7 @@ def test_trap5_config_that_cannot_build_a_client_is_skipped_and_the_walk_goes_on
     assert resolve(s).selected.provider_config == "providerConfigs/az-old"
 
     # An older version (or a hand edit) left a row that today's validation rejects.
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE provider_configs SET base_url = NULL WHERE id = 'az-old'"))
     app.snapshots.invalidate()
 
@@ -829,10 +829,10 @@ def test_trap7_white_space_key_never_counts_as_present(
     assert [(a.provider_config, a.has_api_key) for a in model.attachments] == [("providerConfigs/p", False)]
 
     # A white-space key written straight into the table (by an older version) is no key either.
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         incarnation = conn.execute(sa.text("SELECT key_incarnation FROM provider_configs WHERE id = 'p'")).scalar()
     sealed = keyring.seal("   ", provider_key_binding("p", incarnation))
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(
             sa.text(
                 "UPDATE provider_configs SET api_key_ciphertext = :c, api_key_key_id = :k, "
@@ -863,7 +863,7 @@ def test_undecryptable_keys_are_skipped_with_who_can_fix_them(app: Application, 
     create_model(s, "m", providers=("a", "b"))
     create_model(s, "byok", providers=("u", "b"))
     # Ciphertexts moved to another row (trap 2's cousin): bound to their row, they no longer decrypt.
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(
             sa.text(
                 "UPDATE provider_configs SET (api_key_ciphertext, api_key_key_id) = "

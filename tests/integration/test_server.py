@@ -98,7 +98,7 @@ def test_nothing_is_served_until_the_snapshot_loads(postgres: PostgresForTests, 
     try:
         wait_for_health(server.channel, SERVING, timeout=10)
         # Falling behind again (an older schema) turns it back to NOT_SERVING.
-        database.downgrade(app.ctx.engine, "0001")
+        database.downgrade(app.engine, "0001")
         wait_for_health(server.channel, NOT_SERVING, timeout=10)
     finally:
         server.stop()

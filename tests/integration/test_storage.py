@@ -23,7 +23,7 @@ from modelroute.v1 import provider_config_pb2, user_key_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, provider_key_binding
 from modelroute_server.domain.families import Family
-from modelroute_server.entrypoints.server import Application
+from modelroute_server.entrypoints.server import Application, sql_context
 from modelroute_server.service_layer import model_configs, provider_configs
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
@@ -152,7 +152,7 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
     assert database.schema_is_current(fresh_engine)
     # 0003 only adds key_incarnation (the last column), NULL for rows written before it.
     assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
-    ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
+    ctx = sql_context(fresh_engine, keyring)
     check_seeded_keys(ctx)
     assert len(providers_before) == len(SEEDED)
     assert revision_before == [(True, len(SEEDED))]
@@ -183,7 +183,7 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
 
 def test_a_downgrade_that_would_drop_rows_is_refused_unless_allowed(fresh_engine: sa.Engine, keyring: Keyring) -> None:
     database.upgrade(fresh_engine)
-    ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
+    ctx = sql_context(fresh_engine, keyring)
     seed(ctx)
     model_configs.create_model_config(
         ctx, TEST_CALLER, "gpt", ModelConfigInput(family=Family.OPENAI, model="gpt-4.1", context_limit=1000)
@@ -227,7 +227,7 @@ def test_downgrade_to_base_and_upgrade_again(fresh_engine: sa.Engine, keyring: K
     assert {"provider_configs", "config_revision", "model_configs", "model_attachments", "user_provider_keys"} <= (
         table_names(fresh_engine)
     )
-    ctx = ServiceContext(engine=fresh_engine, keyring=keyring)
+    ctx = sql_context(fresh_engine, keyring)
     seed(ctx)
     check_seeded_keys(ctx)
     # One change sequence per write, each a config revision; the log reaches back to the start.
@@ -393,7 +393,7 @@ def test_a_pg_dump_holds_no_plaintext_key(app: Application, channel: grpc.Channe
                 raise AssertionError("a pg_dump of the database contains key material in plaintext")
     if marker in dump:
         raise AssertionError("a pg_dump of the database contains part of a key")
-    with app.ctx.engine.connect() as conn:
+    with app.engine.connect() as conn:
         sealed = conn.execute(sa.text("SELECT api_key_ciphertext, api_key_key_id FROM provider_configs")).all()
         sealed += conn.execute(sa.text("SELECT api_key_ciphertext, api_key_key_id FROM user_provider_keys")).all()
     assert len(sealed) == 4

@@ -377,7 +377,7 @@ def test_no_response_carries_key_material(channel: grpc.Channel, engine: sa.Engi
 
 def test_keys_are_stored_encrypted_and_bound_to_their_row(channel: grpc.Channel, app: Application) -> None:
     s = stubs(channel)
-    engine = app.ctx.engine
+    engine = app.engine
     standard_providers(s)
     create_model(s, "m", providers=("p-user",))
     set_key(s, "alice", "p-user", ALICE_KEY)
@@ -412,7 +412,7 @@ def test_central_fallback_in_the_listing_is_the_resolvers_verdict(app: Applicati
     assert [row[4] for row in listing(s, "alice")] == [True]
     # A row an older version wrote without the base URL azure needs: the resolver skips it, and the
     # listing must not promise a central fallback that resolution would refuse.
-    with app.ctx.engine.begin() as conn:
+    with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE provider_configs SET base_url = NULL WHERE id = 'az'"))
     app.snapshots.invalidate()
     assert [row[4] for row in listing(s, "alice")] == [False]

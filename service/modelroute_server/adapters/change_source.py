@@ -19,9 +19,11 @@ from .crypto import Keyring
 from .repositories import (
     ATTACHMENT_LIST,
     STATEMENT_TIMEOUT,
-    DatabaseUnreachable,
     access_token_from_row,
     any_of,
+    connect,
+    database_unavailable,
+    lost_connection,
     model_from_row,
     provider_from_row,
 )
@@ -67,15 +69,16 @@ class PostgresChangeSource:
     @contextmanager
     def _consistent_read(self) -> Iterator[sa.Connection]:
         """One read-only transaction that sees one snapshot of the database across all its statements."""
-        try:
-            connection = self._engine.connect()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise DatabaseUnreachable(type(exc.orig).__name__ if exc.orig else type(exc).__name__) from exc
-        with connection:
+        with connect(self._engine) as connection:
             connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            with connection.begin():
-                connection.execute(STATEMENT_TIMEOUT)
-                yield connection
+            try:
+                with connection.begin():
+                    connection.execute(STATEMENT_TIMEOUT)
+                    yield connection
+            except sa.exc.SQLAlchemyError as exc:
+                if lost_connection(exc):
+                    raise database_unavailable(exc) from exc
+                raise
 
     def load_all(self) -> FullState:
         with self._consistent_read() as connection:

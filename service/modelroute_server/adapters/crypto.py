@@ -22,10 +22,13 @@ import secrets
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..domain.providers import StoredKey
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 NONCE_BYTES = 12
@@ -193,3 +196,8 @@ def unpack_sealed_keys(packed: bytes) -> dict[str, SealedKey]:
         keys[provider_config_id] = SealedKey(key_id, packed[offset + 4 : offset + 4 + length], incarnation)
         offset += 4 + length
     return keys
+
+
+def open_user_key(keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey) -> StoredKey:
+    """The one way a user key is decrypted (also used on keys held sealed in the snapshot)."""
+    return StoredKey(open_bound(keyring, sealed, partial(user_key_binding, user, provider_config_id)))

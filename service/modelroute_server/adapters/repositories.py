@@ -8,8 +8,9 @@ ciphertext to a caller.
 from __future__ import annotations
 
 import builtins
+import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import fields
 from datetime import datetime
 from functools import partial
@@ -21,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ..domain.access import AccessToken, Role
 from ..domain.audit import AuditEntry, AuditEvent, AuditFilter, Caller, FieldChange
+from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from ..domain.models import CallOptions, ModelConfig
 from ..domain.providers import CredentialPolicy, ProviderConfig, StoredKey
@@ -29,6 +31,7 @@ from .crypto import (
     SealedKey,
     new_incarnation,
     open_bound,
+    open_user_key,
     provider_key_binding,
     seal_bound,
     user_key_binding,
@@ -43,6 +46,7 @@ from .schema import (
     user_provider_keys,
 )
 
+log = logging.getLogger(__name__)
 OPTION_COLUMNS = tuple(f.name for f in fields(CallOptions))
 
 
@@ -192,11 +196,6 @@ def _open_user_key(row: sa.Row[Any], keyring: Keyring) -> StoredKey:
     return open_user_key(keyring, row.user_id, row.provider_config_id, sealed_from_row(row))
 
 
-def open_user_key(keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey) -> StoredKey:
-    """The one way a user key is decrypted (also used on keys held sealed in the snapshot)."""
-    return StoredKey(open_bound(keyring, sealed, partial(user_key_binding, user, provider_config_id)))
-
-
 class ModelConfigRepository:
     def __init__(self, connection: sa.Connection) -> None:
         self._connection = connection
@@ -235,6 +234,19 @@ class ModelConfigRepository:
             model_attachments.c.provider_config_id == provider_config_id
         )
         return self._load(sa.select(model_configs).where(model_configs.c.id.in_(attached)).order_by(model_configs.c.id))
+
+    def promotion_candidate(self, excluding: Collection[str]) -> ModelConfig | None:
+        """The oldest enabled live model not among `excluding`, ties broken by id (`next_default`'s order)."""
+        query = (
+            sa.select(model_configs)
+            .where(model_configs.c.enabled, model_configs.c.delete_time.is_(None))
+            .order_by(model_configs.c.create_time, model_configs.c.id)
+            .limit(1)
+        )
+        if excluding:
+            query = query.where(sa.not_(any_of(model_configs.c.id, excluding)))
+        models = self._load(query)
+        return models[0] if models else None
 
     def default(self) -> ModelConfig | None:
         models = self._load(
@@ -531,8 +543,36 @@ def audit_event_from_row(row: sa.Row[Any]) -> AuditEvent:
     )
 
 
-class DatabaseUnreachable(Exception):
-    """No connection to PostgreSQL could be had (as opposed to a statement it refused)."""
+def database_unavailable(exc: BaseException) -> DomainError:
+    """A lost database is UNAVAILABLE to the caller, never INTERNAL (logged without any bound value)."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    log.warning("database unreachable: %s", type(cause).__name__)
+    return DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable")
+
+
+# SQLSTATE classes of a server that is gone or going: connection exceptions, operator intervention.
+_CONNECTION_SQLSTATES = ("08", "57P")
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """A connection that broke mid-use (retryable later), not a statement the server refused.
+
+    SQLAlchemy marks disconnects it recognises as `connection_invalidated`; a server going
+    away reports SQLSTATE class 08 or 57P. Anything else is a real fault and stays one.
+    """
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate is not None and sqlstate.startswith(_CONNECTION_SQLSTATES)
+
+
+def connect(engine: sa.Engine) -> sa.Connection:
+    try:
+        return engine.connect()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise database_unavailable(exc) from exc
 
 
 # Bounds any one query; per transaction, so it holds behind a transaction-pooling PgBouncer too.
@@ -540,7 +580,9 @@ STATEMENT_TIMEOUT = sa.text("SET LOCAL statement_timeout = '60s'")
 
 
 class UnitOfWork:
-    """One transaction per use case; nothing is written unless `commit` is called."""
+    """One transaction per use case; nothing is written unless `commit` is called (the service layer's
+    `unit_of_work.UnitOfWork` port). A database that is unreachable or goes away raises
+    DomainError(DATABASE_UNAVAILABLE)."""
 
     def __init__(self, engine: sa.Engine, keyring: Keyring, *, read_only: bool = False) -> None:
         self._engine = engine
@@ -548,10 +590,7 @@ class UnitOfWork:
         self._read_only = read_only
 
     def __enter__(self) -> UnitOfWork:
-        try:
-            self._connection = self._engine.connect()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise DatabaseUnreachable(type(exc.orig).__name__ if exc.orig else type(exc).__name__) from exc
+        self._connection = connect(self._engine)
         if self._read_only:
             # One consistent view across several queries.
             self._connection = self._connection.execution_options(
@@ -567,12 +606,17 @@ class UnitOfWork:
         self.audit = AuditRepository(self._connection)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         try:
             if self._transaction.is_active:
                 self._transaction.rollback()
+        except sa.exc.SQLAlchemyError:
+            if exc is None:
+                raise
         finally:
             self._connection.close()
+        if exc is not None and lost_connection(exc):
+            raise database_unavailable(exc) from exc
 
     def commit(self) -> None:
         self._transaction.commit()

@@ -13,6 +13,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from ..adapters import database
 from ..adapters.crypto import KeyringError, generate_keyring_spec
 from ..adapters.key_rotation import rotate_keys
@@ -23,7 +25,7 @@ from ..service_layer import access_tokens, audit
 from ..service_layer.context import ServiceContext
 from ..settings import URL_SCHEMES, Settings, SettingsError, parse_duration, settings_from_env
 from .logs import configure_logging
-from .server import load_keyring, serve
+from .server import load_keyring, serve, sql_context
 
 log = logging.getLogger("modelroute")
 
@@ -149,7 +151,7 @@ def _migrate(settings: Settings, target: str, downgrade: bool, allow_data_loss: 
 
 
 @contextmanager
-def _service_context(settings: Settings) -> Iterator[ServiceContext]:
+def _service_context(settings: Settings) -> Iterator[tuple[sa.Engine, ServiceContext]]:
     """The use cases on the configured (or embedded) database, for a one-off command."""
     keyring = load_keyring(settings)
     with database.engine_for(settings.database_url, settings.data_dir) as engine:
@@ -157,12 +159,12 @@ def _service_context(settings: Settings) -> Iterator[ServiceContext]:
             database.upgrade(engine)  # as `serve` does: embedded mode manages its own schema
         elif not database.schema_is_current(engine):
             raise SettingsError("the database schema is not current; run `modelroute-server migrate` first")
-        yield ServiceContext(engine=engine, keyring=keyring, deployment_keys=dict(settings.deployment_keys))
+        yield engine, sql_context(engine, keyring, settings.deployment_keys)
 
 
 def _tokens(settings: Settings, options: argparse.Namespace) -> int:
     actor = f"cli:tokens {options.verb}"
-    with _service_context(settings) as ctx:
+    with _service_context(settings) as (_, ctx):
         if options.verb == "create":
             request = access_tokens.AccessTokenInput(
                 roles=access_tokens.parse_roles(options.role), ttl=options.expires_in
@@ -209,16 +211,16 @@ def _short_time(moment: datetime | None) -> str:
 
 
 def _prune_audit(settings: Settings, before: datetime) -> int:
-    with _service_context(settings) as ctx:
+    with _service_context(settings) as (_, ctx):
         removed = audit.prune_audit_events(ctx, Caller("cli:audit prune", "PruneAuditEvents"), before)
     print(f"removed {removed} audit event(s) older than {before.isoformat()}")
     return 0
 
 
 def _rotate_keys(settings: Settings) -> int:
-    with _service_context(settings) as ctx:
+    with _service_context(settings) as (engine, ctx):
         keyring = ctx.keyring
-        report = rotate_keys(ctx.engine, keyring)
+        report = rotate_keys(engine, keyring)
         with ctx.write(Caller("cli:rotate-keys", "RotateKeys"), takes_revision=False) as write:
             changes: tuple[FieldChange, ...] = (
                 FieldChange("primary_key_id", None, keyring.primary_key_id),

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from ..adapters import database
 from ..adapters.change_source import PostgresChangeSource
 from ..adapters.crypto import KEYRING_ENV, KEYRING_FORMAT, Keyring, load_or_create_keyring_file
 from ..adapters.notifications import ChangeListener
+from ..adapters.repositories import UnitOfWork
+from ..domain.families import Family
 from ..service_layer.access_tokens import AccessTokenCache
 from ..service_layer.context import ServiceContext
 from ..service_layer.snapshot import SnapshotStore
@@ -69,6 +72,7 @@ class Application:
     """Everything a running service holds; built once, closed once."""
 
     settings: Settings
+    engine: sa.Engine
     ctx: ServiceContext
     snapshots: SnapshotStore
     tokens: AccessTokenCache
@@ -89,7 +93,7 @@ class Application:
         self.snapshots.stop()
         if self.listener is not None:
             self.listener.stop()
-        self.ctx.engine.dispose()
+        self.engine.dispose()
         if self.embedded is not None:
             self.embedded.stop()
 
@@ -116,8 +120,20 @@ def load_keyring(settings: Settings) -> Keyring:
     )
 
 
+def sql_context(
+    engine: sa.Engine, keyring: Keyring, deployment_keys: Mapping[Family, str] | None = None
+) -> ServiceContext:
+    """The use cases on PostgreSQL."""
+
+    def unit_of_work(read_only: bool = False) -> UnitOfWork:
+        return UnitOfWork(engine, keyring, read_only=read_only)
+
+    return ServiceContext(keyring, unit_of_work, dict(deployment_keys or {}))
+
+
 def wire_application(
     settings: Settings,
+    engine: sa.Engine,
     ctx: ServiceContext,
     url: str,
     embedded: database.EmbeddedPostgres | None = None,
@@ -132,13 +148,13 @@ def wire_application(
     """
     tokens = AccessTokenCache()
     snapshots = SnapshotStore(
-        PostgresChangeSource(ctx.engine, ctx.keyring),
+        PostgresChangeSource(engine, ctx.keyring),
         ctx.deployment_keys,
         tokens,
         log_retention=settings.change_log_retention,
     )
     ctx.on_commit.append(snapshots.committed)
-    app = Application(settings, ctx, snapshots, tokens, url, embedded)
+    app = Application(settings, engine, ctx, snapshots, tokens, url, embedded)
     if listen:
         app.start_listener()
     try:
@@ -156,10 +172,10 @@ def build_application(settings: Settings, stopping: threading.Event | None = Non
     engine = database.create_engine(url)
     if settings.embedded or settings.migrate:
         database.upgrade(engine)
-    ctx = ServiceContext(engine=engine, keyring=keyring, deployment_keys=dict(settings.deployment_keys))
+    ctx = sql_context(engine, keyring, settings.deployment_keys)
     if settings.embedded:
         announce_token_files(settings, ensure_role_tokens(ctx, settings.data_dir))
-    return wire_application(settings, ctx, url, embedded, stopping=stopping)
+    return wire_application(settings, engine, ctx, url, embedded, stopping=stopping)
 
 
 def announce_token_files(settings: Settings, written: list[Path]) -> None:
@@ -221,7 +237,7 @@ async def watch_health(app: Application) -> None:
     await mark_not_serving(app)
     last = False
     while True:
-        ready = await asyncio.to_thread(database_ready, app.ctx.engine)
+        ready = await asyncio.to_thread(database_ready, app.engine)
         if ready != last:
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *SERVICE_NAMES):

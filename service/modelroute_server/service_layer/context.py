@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
-
 from ..adapters.crypto import Keyring
-from ..adapters.repositories import DatabaseUnreachable, UnitOfWork
 from ..domain.audit import AuditEntry, Caller
-from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
 from .paging import PageTokens
-
-log = logging.getLogger(__name__)
+from .unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 
 class Write:
@@ -46,17 +40,15 @@ class Write:
 
 @dataclass
 class ServiceContext:
-    engine: sa.Engine
     keyring: Keyring
+    # Opens one transaction (PostgreSQL in production, an in-memory fake in table tests).
+    unit_of_work: UnitOfWorkFactory
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
     # Called with the change sequence of every commit that changed something replicas read.
     on_commit: list[Callable[[int], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.page_tokens = PageTokens(self.keyring.derive("page-token"))
-
-    def unit_of_work(self, read_only: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, self.keyring, read_only=read_only)
 
     @contextmanager
     def write(self, caller: Caller, *, takes_revision: bool = True) -> Iterator[Write]:
@@ -67,7 +59,7 @@ class ServiceContext:
         changes (an access token, say) is recorded in the change log by the database itself, which
         also announces it to every replica.
         """
-        with translate_database_errors(), self.unit_of_work() as uow:
+        with self.unit_of_work() as uow:
             write = Write(uow, uow.changes.take_revision() if takes_revision else None)
             yield write
             if write.entry is None:
@@ -86,36 +78,5 @@ class ServiceContext:
         A read is several statements (models, then attachments, then providers);
         under READ COMMITTED a concurrent forced delete could slip between them.
         """
-        with translate_database_errors(), self.unit_of_work(read_only=True) as uow:
+        with self.unit_of_work(read_only=True) as uow:
             yield uow
-
-
-@contextmanager
-def translate_database_errors() -> Iterator[None]:
-    """A lost database is UNAVAILABLE to the caller, never INTERNAL."""
-    try:
-        yield
-    except DatabaseUnreachable as exc:
-        log.warning("database unreachable: %s", exc)
-        raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable") from exc
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        if not _lost_connection(exc):
-            raise
-        log.warning("database connection lost: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
-        raise DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is unreachable") from exc
-
-
-# SQLSTATE classes of a server that is gone or going: connection exceptions, operator intervention.
-_CONNECTION_SQLSTATES = ("08", "57P")
-
-
-def _lost_connection(exc: sa.exc.DBAPIError) -> bool:
-    """A connection that broke mid-use (retryable later), not a statement the server refused.
-
-    SQLAlchemy marks disconnects it recognises as `connection_invalidated`; a server going
-    away reports SQLSTATE class 08 or 57P. Anything else is a real fault and stays one.
-    """
-    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return sqlstate is not None and sqlstate.startswith(_CONNECTION_SQLSTATES)

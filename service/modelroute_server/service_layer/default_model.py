@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from ..adapters.repositories import UnitOfWork
-from ..domain.models import next_default
+from .unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def settle_default(
         holder_id = filler
         uow.models.set_default_flag(filler, True, revision)
     elif holder_id is None and before is not None and before in leaving:
-        promoted = next_default(uow.models.list(), excluding=leaving)
+        promoted = uow.models.promotion_candidate(leaving)
         if promoted is not None:
             holder_id = promoted.id
             uow.models.set_default_flag(promoted.id, True, revision)

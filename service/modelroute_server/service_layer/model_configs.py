@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from ..adapters.repositories import UnitOfWork
 from ..domain import rules
 from ..domain.audit import AuditEntry, Caller, diff, model_record
 from ..domain.errors import (
@@ -30,6 +29,7 @@ from .default_model import UNCHANGED, DefaultChange, settle_default
 from .inputs import ModelConfigInput
 from .paging import page_size
 from .resources import check_etag, model_not_found, model_resource
+from .unit_of_work import UnitOfWork
 from .views import ModelConfigView, model_view
 
 PREFIX = "model_config."

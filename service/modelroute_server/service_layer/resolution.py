@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..adapters.repositories import open_user_key
+from ..adapters.crypto import open_user_key
 from ..domain.errors import DomainError, PreconditionViolation, Reason
 from ..domain.models import ModelConfig
 from ..domain.providers import StoredKey, provider_config_name
