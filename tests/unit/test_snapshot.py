@@ -354,3 +354,13 @@ def wait_until(condition: object, seconds: float = 5.0) -> bool:
             return True
         deadline.wait(0.01)
     return False
+
+
+@pytest.mark.parametrize("count", [3, 1500])  # a few ids inserted one by one; a bulk change sorted at once
+def test_the_id_order_holds_for_small_and_bulk_changes(source: FakeChangeSource, count: int) -> None:
+    snapshot = build_snapshot(source.load_all(), {})
+    added = {f"x{i:05d}": model(f"x{i:05d}", "a") for i in reversed(range(count))}
+    batch = ChangeBatch(snapshot.sequence + 1, snapshot.revision + 1, models={**added, MODEL: None})
+    applied = apply_changes(snapshot, batch, {})
+    assert list(applied.model_ids) == sorted(added)
+    assert [m.id for m in applied.models_after(None)] == sorted(added)

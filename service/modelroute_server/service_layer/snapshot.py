@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import heapq
 import logging
 import threading
 import time
@@ -140,15 +139,9 @@ def apply_changes(snapshot: Snapshot, batch: ChangeBatch, deployment_keys: Mappi
     models, default, model_ids = snapshot.models, snapshot.default_model_id, snapshot.model_ids
     if batch.models:
         added = [i for i, m in batch.models.items() if m is not None and i not in models]
-        removed = {i for i, m in batch.models.items() if m is None and i in models}
-        if added or removed:  # a copy of the id list (about a millisecond at 100,000 models)
-            model_ids = (
-                sorted(added)
-                if not model_ids
-                else list(
-                    heapq.merge((i for i in model_ids if i not in removed) if removed else model_ids, sorted(added))
-                )
-            )
+        removed = [i for i, m in batch.models.items() if m is None and i in models]
+        if added or removed:
+            model_ids = _updated_ids(model_ids, added, removed)
         with models.mutate() as mutation:
             for model_id, model in batch.models.items():
                 if model is None:
@@ -171,6 +164,19 @@ def apply_changes(snapshot: Snapshot, batch: ChangeBatch, deployment_keys: Mappi
                     keys.pop(user, None)
             user_keys = keys.finish()
     return Snapshot(batch.sequence, batch.revision, verdicts, models, default, user_keys, model_ids)
+
+
+def _updated_ids(ids: Sequence[str], added: list[str], removed: list[str]) -> Sequence[str]:
+    """The sorted id list with a few ids added and removed: one copy of the list (a memcpy, under a
+    millisecond at 100,000 models) and a binary search each; a bulk change sorts once instead."""
+    if len(added) + len(removed) > 1000:
+        return sorted((set(ids) | set(added)) - set(removed))
+    updated = list(ids)
+    for model_id in removed:
+        del updated[bisect.bisect_left(updated, model_id)]
+    for model_id in added:
+        bisect.insort(updated, model_id)
+    return updated
 
 
 def revision_not_reached(snapshot: Snapshot, min_revision: int) -> DomainError:
