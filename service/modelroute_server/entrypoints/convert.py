@@ -442,53 +442,72 @@ def resolve_response(resolution: Resolution, revision: int) -> resolver_pb2.Reso
     )
 
 
-class ResolveResponses:
-    """ResolveModel answers made once per snapshot, since building messages is most of a call's cost.
+_RESPONSE = resolver_pb2.ResolveModelResponse
 
-    An answer that no caller key decided is the same for every caller: it is kept whole, by model. In
-    one that a caller's key decided, only the attachments holding that caller's key are built anew; the
-    rest are determined by the snapshot and the attachment's position, and are kept.
+
+class ResolveResponses:
+    """ResolveModel answers, encoded once per snapshot: building and encoding messages is most of what a
+    call costs. The answer is returned already encoded (the server passes bytes through).
+
+    An answer that no caller key decided is the same for every caller: it is kept whole, by model.
+    One that a caller's key decided is assembled from kept encodings of each field, since protobuf's
+    wire format is the concatenation of a message's fields (repeated ones in order); only an
+    attachment holding the caller's own key is encoded anew, and never kept.
     """
 
     MAX_ENTRIES = 50_000  # bounds memory when callers walk a hundred thousand models
 
     def __init__(self) -> None:
         self._snapshot: object = None
-        self._responses: dict[str, resolver_pb2.ResolveModelResponse] = {}
-        self._parts: dict[tuple[object, ...], Any] = {}
+        self._responses: dict[str, bytes] = {}
+        self._fields: dict[tuple[object, ...], bytes] = {}
+        self._revision_field = b""
 
-    def response(self, resolution: Resolution, snapshot: object, revision: int) -> resolver_pb2.ResolveModelResponse:
+    def response(self, resolution: Resolution, snapshot: object, revision: int) -> bytes:
         if snapshot is not self._snapshot:
-            self._snapshot, self._responses, self._parts = snapshot, {}, {}
+            self._snapshot, self._responses, self._fields = snapshot, {}, {}
+            self._revision_field = _RESPONSE(config_revision=revision).SerializeToString()
+        model = resolution.model
         if not resolution.depends_on_user:
-            response = self._responses.get(resolution.model.id)
-            if response is None:
-                response = resolve_response(resolution, revision)
-                if len(self._responses) >= self.MAX_ENTRIES:
-                    self._responses.clear()
-                self._responses[resolution.model.id] = response
-            return response
-        assert resolution.selected is not None
-        upstream = resolution.model.model
-        return resolver_pb2.ResolveModelResponse(
-            model_config=resolution.model.name,
-            selected=self._part(resolution.selected, upstream),
-            fallbacks=[self._part(o, upstream) for o in resolution.fallbacks],
-            skipped=[self._part(o, upstream) for o in resolution.skipped],
-            config_revision=revision,
-        )
+            encoded = self._responses.get(model.id)
+            if encoded is None:
+                encoded = resolve_response(resolution, revision).SerializeToString()
+                self._keep(self._responses, model.id, encoded)
+            return encoded
+        selected = resolution.selected
+        assert selected is not None
+        upstream = model.model
+        name = self._fields.get(("name", model.id))
+        if name is None:
+            name = self._keep(self._fields, ("name", model.id), _RESPONSE(model_config=model.name).SerializeToString())
+        pieces = [name, self._field("selected", selected, upstream)]
+        pieces += [self._field("fallbacks", o, upstream) for o in resolution.fallbacks]
+        pieces += [self._field("skipped", o, upstream) for o in resolution.skipped]
+        pieces.append(self._revision_field)
+        return b"".join(pieces)
 
-    def _part(self, outcome: AttachmentOutcome, upstream: str) -> Any:
+    def _field(self, role: str, outcome: AttachmentOutcome, upstream: str) -> bytes:
         if outcome.key_source is KeySource.USER:
-            return resolved_attachment(outcome, upstream)  # the caller's own key: never kept
-        key = (outcome.provider_config_id, outcome.position, outcome.skip_reason, outcome.fixable_by, upstream)
-        part = self._parts.get(key)
-        if part is None:
-            part = resolved_attachment(outcome, upstream) if outcome.usable else skipped_attachment(outcome)
-            if len(self._parts) >= self.MAX_ENTRIES:
-                self._parts.clear()
-            self._parts[key] = part
-        return part
+            return _encoded_field(role, outcome, upstream)  # the caller's own key: never kept
+        # Within one snapshot, everything else about an outcome follows from these.
+        key = (role, outcome.provider_config_id, outcome.position, outcome.skip_reason, outcome.fixable_by, upstream)
+        encoded = self._fields.get(key)
+        if encoded is None:
+            encoded = self._keep(self._fields, key, _encoded_field(role, outcome, upstream))
+        return encoded
+
+    def _keep(self, cache: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
+        if len(cache) >= self.MAX_ENTRIES:
+            cache.clear()
+        cache[key] = encoded
+        return encoded
+
+
+def _encoded_field(role: str, outcome: AttachmentOutcome, upstream: str) -> bytes:
+    """One field of a ResolveModelResponse holding this outcome, encoded."""
+    part = resolved_attachment(outcome, upstream) if outcome.usable else skipped_attachment(outcome)
+    value: Any = part if role == "selected" else [part]
+    return _RESPONSE(**{role: value}).SerializeToString()
 
 
 def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:

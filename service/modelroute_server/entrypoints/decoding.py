@@ -59,6 +59,10 @@ def _decoding(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHand
             )
         return await behavior(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(
-        decoded, request_deserializer=None, response_serializer=handler.response_serializer
-    )
+    serialize: Callable[[Any], bytes] = handler.response_serializer  # type: ignore[assignment]
+
+    def encoded(response: Any) -> bytes:
+        # A servicer may answer with its response already encoded (ResolveModel keeps encoded answers).
+        return response if type(response) is bytes else serialize(response)
+
+    return grpc.unary_unary_rpc_method_handler(decoded, request_deserializer=None, response_serializer=encoded)

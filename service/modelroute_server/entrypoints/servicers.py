@@ -303,9 +303,10 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
             user_keys.check_user(user)
 
     @rpc
-    async def ResolveModel(
+    async def ResolveModel(  # type: ignore[override]
         self, request: resolver_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
-    ) -> resolver_pb2.ResolveModelResponse:
+    ) -> bytes:
+        """Answers with the response already encoded (kept per snapshot; `RequestDecoding` passes it on)."""
         model_id = convert.model_ref(request.model, "model")
         self._check_user(request.user)
         if request.min_revision < 0:
