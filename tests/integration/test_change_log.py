@@ -173,3 +173,18 @@ def test_a_statement_that_changes_no_row_takes_no_sequence(app: Application, sta
         before = conn.execute(sa.text("SELECT sequence FROM config_revision")).scalar_one()
         conn.execute(sa.text(statement))
         assert conn.execute(sa.text("SELECT sequence FROM config_revision")).scalar_one() == before
+
+
+def test_the_snapshot_reads_models_as_the_repository_does(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    start = app.snapshots.current().sequence
+    create_provider(s, "a")
+    create_provider(s, "b")
+    create_model(s, "plain", providers=("b", "a"))
+    create_model(s, "tuned", providers=("a",), options=model_config_pb2.ModelCallOptions(temperature=0.5, top_k=3))
+    source = PostgresChangeSource(app.engine, app.ctx.keyring)
+    with app.ctx.read() as uow:
+        expected = {m.id: m for m in uow.models.list()}
+    assert {m.id: m for m in source.load_all().models} == expected
+    batch = source.changes_since(start)
+    assert batch is not None and {i: m for i, m in batch.models.items() if m is not None} == expected

@@ -364,3 +364,25 @@ def test_the_id_order_holds_for_small_and_bulk_changes(source: FakeChangeSource,
     applied = apply_changes(snapshot, batch, {})
     assert list(applied.model_ids) == sorted(added)
     assert [m.id for m in applied.models_after(None)] == sorted(added)
+
+
+def test_only_the_wanted_keys_are_unpacked() -> None:
+    keys = {p: SealedKey("k", p.encode() * 3, None if p == "b" else bytes(16)) for p in ("a", "b", "c")}
+    packed = pack_sealed_keys(keys)
+    assert unpack_sealed_keys(packed, {"c"}) == {"c": keys["c"]}
+    assert unpack_sealed_keys(packed, {"b", "zzz"}) == {"b": keys["b"]}
+    assert unpack_sealed_keys(packed, set()) == {}
+
+
+def test_a_fault_in_applying_a_change_means_a_full_load(
+    store: SnapshotStore, source: FakeChangeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelroute_server.service_layer import snapshot as snapshot_module
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in applying")
+
+    monkeypatch.setattr(snapshot_module, "apply_changes", broken)
+    source.put_model(model("n", "a"))
+    store.committed(source.sequence)
+    assert "n" in store.current().models and source.full_loads == 2

@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -176,13 +176,22 @@ def pack_sealed_keys(keys: Mapping[str, SealedKey]) -> bytes:
     return b"".join(parts)
 
 
-def unpack_sealed_keys(packed: bytes) -> dict[str, SealedKey]:
+def unpack_sealed_keys(packed: bytes, wanted: Container[str] | None = None) -> dict[str, SealedKey]:
+    """The packed keys (only those whose provider config is `wanted`, when given)."""
     keys = {}
     offset = 0
     while offset < len(packed):
         (length,) = _U16.unpack_from(packed, offset)
         provider_config_id = packed[offset + 2 : offset + 2 + length].decode()
         offset += 2 + length
+        if wanted is not None and provider_config_id not in wanted:
+            (length,) = _U16.unpack_from(packed, offset)
+            offset += 2 + length
+            (length,) = _I16.unpack_from(packed, offset)
+            offset += 2 + max(length, 0)
+            (length,) = _U32.unpack_from(packed, offset)
+            offset += 4 + length
+            continue
         (length,) = _U16.unpack_from(packed, offset)
         key_id = packed[offset + 2 : offset + 2 + length].decode()
         offset += 2 + length

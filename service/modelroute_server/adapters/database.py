@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ def alembic_config(connection: sa.Connection | None = None, allow_data_loss: boo
     return config
 
 
+@functools.cache  # the migrations are part of the build; the health probe asks every few seconds
 def head_revision() -> str:
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     assert len(heads) == 1, f"migration history has several heads: {heads}"

@@ -311,7 +311,8 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self._check_user(request.user)
         if request.min_revision < 0:
             raise invalid_field("min_revision", "must not be negative")
-        snapshot = await self._snapshot(request.min_revision)
+        min_revision = request.min_revision
+        snapshot = self._snapshots.fresh(min_revision) or await self._snapshots.wait(min_revision)
         outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
         return self._responses.response(outcome, snapshot, snapshot.revision)
 

@@ -43,17 +43,14 @@ def _user_keys(
     """The user's keys that can change this model's verdicts, opened, by provider config id (never by
     family). A key for a config that is disabled or takes no user keys stays sealed (unless a what-if
     may enable it)."""
-    if not user:
+    if not user or user not in snapshot.user_keys:
         return {}
-    sealed = snapshot.sealed_user_keys(user)
-    if not sealed:
+    verdicts = snapshot.verdicts
+    wanted = {p for p in model.attachments if what_if is not None or verdicts[p].user_key_matters}
+    if not wanted:
         return {}
-    keys = {}
-    for provider_id in model.attachments:
-        key = sealed.get(provider_id)
-        if key is not None and (what_if is not None or snapshot.verdicts[provider_id].user_key_matters):
-            keys[provider_id] = open_user_key(ctx.keyring, user, provider_id, key)
-    return keys
+    sealed = snapshot.sealed_user_keys(user, wanted)
+    return {provider_id: open_user_key(ctx.keyring, user, provider_id, key) for provider_id, key in sealed.items()}
 
 
 def resolution_for(

@@ -22,7 +22,7 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
@@ -86,10 +86,11 @@ class Snapshot:
     def providers(self) -> Mapping[str, ProviderConfig]:
         return _ProviderView(self.verdicts)
 
-    def sealed_user_keys(self, user: str) -> dict[str, SealedKey]:
-        """The user's keys by provider config id, still sealed (opened only when a resolution needs one)."""
+    def sealed_user_keys(self, user: str, wanted: Container[str] | None = None) -> dict[str, SealedKey]:
+        """The user's keys by provider config id (only those `wanted`), still sealed: opened only when a
+        resolution needs one."""
         packed = self.user_keys.get(user)
-        return unpack_sealed_keys(packed) if packed else {}
+        return unpack_sealed_keys(packed, wanted) if packed else {}
 
 
 class _ProviderView(Mapping[str, ProviderConfig]):
@@ -414,15 +415,21 @@ class SnapshotStore:
         current = self._snapshot
         if current is not None and not self._full_load_needed:
             batch = self._source.changes_since(current.sequence)
+            if batch is not None and batch.sequence == current.sequence:
+                return current
             if batch is not None:
-                if batch.sequence == current.sequence:
-                    return current
-                snapshot = apply_changes(current, batch, self._deployment_keys)
-                if self._tokens is not None and batch.tokens:
-                    self._tokens.apply(batch.tokens)
-                self.statistics.applied_batches += 1
-                return snapshot
-            log.info("the change log no longer reaches this replica's position: loading in full")
+                try:
+                    snapshot = apply_changes(current, batch, self._deployment_keys)
+                except Exception:
+                    # A fault in applying (pure code, no database): never retry the same batch forever.
+                    log.exception("applying a change failed; loading in full instead")
+                else:
+                    if self._tokens is not None and batch.tokens:
+                        self._tokens.apply(batch.tokens)
+                    self.statistics.applied_batches += 1
+                    return snapshot
+            else:
+                log.info("the change log no longer reaches this replica's position: loading in full")
         self._full_load_needed = False
         try:
             state = self._source.load_all()
