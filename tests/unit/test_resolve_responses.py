@@ -34,7 +34,14 @@ PREFERRED, USER_ONLY, CENTRAL = (
 def snapshot() -> Snapshot:
     providers = [
         ProviderConfig("user-only", Family.OPENAI, "u", policy=USER_ONLY),
-        ProviderConfig("preferred", Family.OPENAI, "p", api_key=StoredKey("sk-p"), policy=PREFERRED),
+        ProviderConfig(
+            "preferred",
+            Family.OPENAI,
+            "p",
+            base_url="https://p.example/" + "v" * 300,
+            api_key=StoredKey("sk-p"),
+            policy=PREFERRED,
+        ),  # a field longer than 127 bytes: a two-byte length
         ProviderConfig("disabled", Family.OPENAI, "d", enabled=False, api_key=StoredKey("sk-d")),
         ProviderConfig("central", Family.OPENAI, "c", base_url="https://c.example/v1", api_key=StoredKey("sk-c")),
     ]

@@ -58,8 +58,13 @@ class AttachmentOutcome:
 class Resolution:
     model: ModelConfig
     outcomes: tuple[AttachmentOutcome, ...]
-    # Whether a caller's key (or a what-if) decided any outcome; when not, every caller gets this answer.
-    depends_on_user: bool = False
+    # The positions whose outcome a caller's key (or a what-if) decided; every other outcome, and the
+    # whole answer when there is none, is the same for every caller.
+    decided_by_caller: frozenset[int] = frozenset()
+
+    @property
+    def depends_on_user(self) -> bool:
+        return bool(self.decided_by_caller)
 
     # Computed once per resolution (a call reads each several times).
     @functools.cached_property
@@ -166,15 +171,29 @@ def resolve_prepared(
     """`resolve` over verdicts prepared when the configuration changed: only an attachment whose
     verdict the caller's key (or a what-if) can change is decided again."""
     outcomes = []
-    depends_on_user = what_if is not None
+    decided = []
     for position, provider_id in enumerate(model.attachments):
         verdict = verdicts[provider_id]
         user_key = user_keys.get(provider_id)
         if what_if is None and (user_key is None or not verdict.user_key_matters):
             outcomes.append(verdict.outcome_at(position))
             continue
-        depends_on_user = True
+        decided.append(position)
         provider = verdict.provider
+        if (
+            what_if is None
+            and verdict.config_problem is None
+            and user_key is not None
+            and rules.key_is_present(user_key.secret)
+        ):
+            # Rule 2's first case, the common one: the caller's own key, decrypted, for an enabled config
+            # that takes user keys (`user_key_matters`) and can make a client (rule 4).
+            outcomes.append(
+                AttachmentOutcome(
+                    provider_id, position, provider.family, provider.base_url, KeySource.USER, user_key.secret
+                )
+            )
+            continue
         enabled = provider.enabled
         if what_if is not None:
             enabled = what_if.provider_enabled.get(provider_id, enabled)
@@ -182,7 +201,9 @@ def resolve_prepared(
                 user_key = _WHAT_IF_KEY if what_if.user_has_key[provider_id] else None
         keys = {provider.family: verdict.deployment_key} if verdict.deployment_key is not None else {}
         outcomes.append(_attachment_outcome(provider, position, enabled, user_key, keys, verdict.config_problem))
-    return Resolution(model, tuple(outcomes), depends_on_user)
+    if what_if is not None:
+        decided = list(range(len(outcomes)))
+    return Resolution(model, tuple(outcomes), frozenset(decided))
 
 
 def provider_outcome(

@@ -445,6 +445,19 @@ def resolve_response(resolution: Resolution, revision: int) -> resolver_pb2.Reso
 _RESPONSE = resolver_pb2.ResolveModelResponse
 
 
+def _varint(value: int) -> bytes:
+    return bytes((value,)) if value < 0x80 else _varint_bytes(value)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 class ResolveResponses:
     """ResolveModel answers, encoded once per snapshot: building and encoding messages is most of what a
     call costs. The answer is returned already encoded (the server passes bytes through).
@@ -468,7 +481,8 @@ class ResolveResponses:
             self._snapshot, self._responses, self._fields = snapshot, {}, {}
             self._revision_field = _RESPONSE(config_revision=revision).SerializeToString()
         model = resolution.model
-        if not resolution.depends_on_user:
+        decided = resolution.decided_by_caller
+        if not decided:
             encoded = self._responses.get(model.id)
             if encoded is None:
                 encoded = resolve_response(resolution, revision).SerializeToString()
@@ -477,20 +491,24 @@ class ResolveResponses:
         selected = resolution.selected
         assert selected is not None
         upstream = model.model
-        name = self._fields.get(("name", model.id))
+        name = self._fields.get((model.id, "name", 0))
         if name is None:
-            name = self._keep(self._fields, ("name", model.id), _RESPONSE(model_config=model.name).SerializeToString())
-        pieces = [name, self._field("selected", selected, upstream)]
-        pieces += [self._field("fallbacks", o, upstream) for o in resolution.fallbacks]
-        pieces += [self._field("skipped", o, upstream) for o in resolution.skipped]
+            name = self._keep(
+                self._fields, (model.id, "name", 0), _RESPONSE(model_config=model.name).SerializeToString()
+            )
+        pieces = [name, self._field(model.id, "selected", selected, upstream, decided)]
+        pieces += [self._field(model.id, "fallbacks", o, upstream, decided) for o in resolution.fallbacks]
+        pieces += [self._field(model.id, "skipped", o, upstream, decided) for o in resolution.skipped]
         pieces.append(self._revision_field)
         return b"".join(pieces)
 
-    def _field(self, role: str, outcome: AttachmentOutcome, upstream: str) -> bytes:
-        if outcome.key_source is KeySource.USER:
-            return _encoded_field(role, outcome, upstream)  # the caller's own key: never kept
-        # Within one snapshot, everything else about an outcome follows from these.
-        key = (role, outcome.provider_config_id, outcome.position, outcome.skip_reason, outcome.fixable_by, upstream)
+    def _field(
+        self, model_id: str, role: str, outcome: AttachmentOutcome, upstream: str, decided: frozenset[int]
+    ) -> bytes:
+        if outcome.position in decided:
+            return _encoded_field(role, outcome, upstream)  # decided by this caller's key: never kept
+        # Within one snapshot, an outcome no caller decided follows from its model and position.
+        key = (model_id, role, outcome.position)
         encoded = self._fields.get(key)
         if encoded is None:
             encoded = self._keep(self._fields, key, _encoded_field(role, outcome, upstream))
@@ -504,10 +522,17 @@ class ResolveResponses:
 
 
 def _encoded_field(role: str, outcome: AttachmentOutcome, upstream: str) -> bytes:
-    """One field of a ResolveModelResponse holding this outcome, encoded."""
+    """One field of a ResolveModelResponse holding this outcome, in protobuf's wire format: its tag
+    (field number, length-delimited), the length as a varint, the encoded message."""
     part = resolved_attachment(outcome, upstream) if outcome.usable else skipped_attachment(outcome)
-    value: Any = part if role == "selected" else [part]
-    return _RESPONSE(**{role: value}).SerializeToString()
+    payload = part.SerializeToString()
+    return _FIELD_TAGS[role] + _varint(len(payload)) + payload
+
+
+_FIELD_TAGS = {
+    role: _varint_bytes(_RESPONSE.DESCRIPTOR.fields_by_name[role].number << 3 | 2)
+    for role in ("selected", "fallbacks", "skipped")
+}
 
 
 def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:

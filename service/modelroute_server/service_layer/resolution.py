@@ -46,11 +46,11 @@ def _user_keys(
     if not user or user not in snapshot.user_keys:
         return {}
     verdicts = snapshot.verdicts
-    wanted = {p for p in model.attachments if what_if is not None or verdicts[p].user_key_matters}
-    if not wanted:
-        return {}
-    sealed = snapshot.sealed_user_keys(user, wanted)
-    return {provider_id: open_user_key(ctx.keyring, user, provider_id, key) for provider_id, key in sealed.items()}
+    return {
+        provider_id: open_user_key(ctx.keyring, user, provider_id, key)
+        for provider_id, key in snapshot.sealed_user_keys(user, model.attachments).items()
+        if what_if is not None or verdicts[provider_id].user_key_matters
+    }
 
 
 def resolution_for(
