@@ -81,11 +81,11 @@ def main() -> None:
                 nonlocal statements
                 statements += not is_health_check(statement)
 
-            sa.event.listen(app.ctx.engine, "before_cursor_execute", count)
+            sa.event.listen(app.engine, "before_cursor_execute", count)
             iterator = iter(requests)
             health_samples = timed(lambda: health.Check(check), options.calls)
             resolve_samples = timed(lambda: s.resolver.ResolveModel(next(iterator)), options.calls)
-            sa.event.remove(app.ctx.engine, "before_cursor_execute", count)
+            sa.event.remove(app.engine, "before_cursor_execute", count)
 
             snapshot = app.snapshots.current()
             pure_samples = timed(lambda: resolution.resolve_model(app.ctx, snapshot, "m7", "user-7"), options.calls)
