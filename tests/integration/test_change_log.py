@@ -117,7 +117,7 @@ def test_a_replica_that_missed_announcements_catches_up_from_the_log(app: Applic
     create_provider(s, "a")
     create_model(s, "m")
     before = app.snapshots.current()
-    loads = app.snapshots.statistics.full_loads
+    loads, batches = app.snapshots.statistics.full_loads, app.snapshots.statistics.applied_batches
     # Writes this replica is never told about (its listener was away): hand edits, logged by the triggers.
     with app.engine.begin() as conn:
         conn.execute(sa.text("UPDATE model_configs SET display_name = 'one'"))
@@ -130,6 +130,7 @@ def test_a_replica_that_missed_announcements_catches_up_from_the_log(app: Applic
     after = app.snapshots.current(min_revision=revision)
     assert (after.models["m"].display_name, after.providers["a"].display_name) == ("one", "two")
     assert app.snapshots.statistics.full_loads == loads
+    assert app.snapshots.statistics.applied_batches > batches
 
 
 def test_a_position_older_than_the_pruned_log_reloads_in_full(app: Application, channel: grpc.Channel) -> None:

@@ -68,7 +68,7 @@ def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> No
         resolved = resolution.resolve_model(ctx, current, model, user)
         encoded = responses.response(resolved, current, current.revision)
         assert resolver_pb2.ResolveModelResponse.FromString(encoded) == resolve_response(resolved, current.revision)
-    assert resolved.depends_on_user == (user in ("alice", "bob"))
+    assert bool(resolved.decided_by_caller) == (user in ("alice", "bob"))
 
 
 def test_a_callers_own_key_is_never_kept() -> None:

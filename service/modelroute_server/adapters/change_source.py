@@ -20,6 +20,7 @@ from ..domain.families import Family
 from ..domain.models import CallOptions, ModelConfig
 from .crypto import Keyring
 from .repositories import (
+    NO_OPTIONS,
     OPTION_COLUMNS,
     STATEMENT_TIMEOUT,
     access_token_from_row,
@@ -65,7 +66,6 @@ LIVE_MODELS = f"SELECT {_MODEL_COLUMNS} FROM model_configs m WHERE m.delete_time
 LIVE_MODELS_OF = LIVE_MODELS + " AND m.id = ANY(%s::text[])"
 _FAMILIES = {family.value: family for family in Family}
 _OPTIONS_AT = slice(9, 9 + len(OPTION_COLUMNS))
-_NO_OPTIONS = CallOptions()
 
 PRUNE_LOG = sa.text(
     """
@@ -85,7 +85,7 @@ def _fetch_models(connection: sa.Connection, query: str, params: Sequence[Any] =
         cursor.execute(query, params or None)
         for row in cursor:
             values = row[_OPTIONS_AT]
-            options = CallOptions(*values) if any(v is not None for v in values) else _NO_OPTIONS
+            options = CallOptions(*values) if any(v is not None for v in values) else NO_OPTIONS
             models.append(
                 ModelConfig(
                     row[0],

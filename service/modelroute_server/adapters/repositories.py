@@ -330,7 +330,8 @@ ATTACHMENT_LIST = (
     .scalar_subquery()
     .label("attachment_ids")
 )
-_NO_OPTIONS = CallOptions()
+# Shared by every model without call options.
+NO_OPTIONS = CallOptions()
 
 
 def model_from_row(row: sa.Row[Any]) -> ModelConfig:
@@ -347,7 +348,7 @@ def model_from_row(row: sa.Row[Any]) -> ModelConfig:
         enabled=row.enabled,
         is_default=row.is_default,
         compression_threshold=row.compression_threshold,
-        options=_NO_OPTIONS if options == _NO_OPTIONS else options,
+        options=NO_OPTIONS if options == NO_OPTIONS else options,
         create_time=row.create_time,
         update_time=row.update_time,
         delete_time=row.delete_time,

@@ -62,10 +62,6 @@ class Resolution:
     # whole answer when there is none, is the same for every caller.
     decided_by_caller: frozenset[int] = frozenset()
 
-    @property
-    def depends_on_user(self) -> bool:
-        return bool(self.decided_by_caller)
-
     # Computed once per resolution (a call reads each several times).
     @functools.cached_property
     def usable_outcomes(self) -> tuple[AttachmentOutcome, ...]:
@@ -138,12 +134,6 @@ def prepare_provider(provider: ProviderConfig, deployment_keys: Mapping[Family, 
     return ProviderVerdict(
         provider, deployment_key, problem, outcome, provider.enabled and provider.policy.allow_user_api_key
     )
-
-
-def prepare_providers(
-    providers: Mapping[str, ProviderConfig], deployment_keys: Mapping[Family, str]
-) -> dict[str, ProviderVerdict]:
-    return {provider_id: prepare_provider(p, deployment_keys) for provider_id, p in providers.items()}
 
 
 def resolve(

@@ -215,7 +215,6 @@ class _Waiter:
 class StoreStatistics:
     full_loads: int = 0
     applied_batches: int = 0
-    last_apply_seconds: float = 0.0
 
 
 class SnapshotStore:
@@ -397,9 +396,7 @@ class SnapshotStore:
             round_number = self._round
             failed = True
             try:
-                started = time.perf_counter()
                 snapshot = self._advance()
-                self.statistics.last_apply_seconds = time.perf_counter() - started
                 self._snapshot = snapshot
                 self._failing_since = None
                 failed = False
