@@ -8,10 +8,11 @@ list of bind parameters (PostgreSQL takes at most 65,535 in one statement).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -32,15 +33,18 @@ from .repositories import (
 )
 from .schema import access_tokens, change_log, config_revision, provider_configs
 
+_T = TypeVar("_T")
+
 # Past this many changed entities since a position, one full load is as cheap as re-reading them.
 MAX_BATCH_ENTRIES = 20_000
 
 # Each user's keys packed into one bytea, in the format of `crypto.unpack_sealed_keys`; built by
-# PostgreSQL, so a million keys load as one row per user.
+# PostgreSQL, so a million keys load as one row per user. `textsend` gives a text's bytes as stored:
+# provider config ids and key ids are ASCII slugs, the same bytes in every server encoding.
 _PACKED_USER_KEYS = """
 SELECT user_id, string_agg(
-    int2send(octet_length(convert_to(provider_config_id, 'UTF8'))::int2) || convert_to(provider_config_id, 'UTF8')
-    || int2send(octet_length(convert_to(api_key_key_id, 'UTF8'))::int2) || convert_to(api_key_key_id, 'UTF8')
+    int2send(octet_length(provider_config_id)::int2) || textsend(provider_config_id)
+    || int2send(octet_length(api_key_key_id)::int2) || textsend(api_key_key_id)
     || int2send(coalesce(octet_length(key_incarnation), -1)::int2) || coalesce(key_incarnation, ''::bytea)
     || int4send(octet_length(api_key_ciphertext)) || api_key_ciphertext,
     ''::bytea ORDER BY provider_config_id
@@ -53,17 +57,28 @@ ALL_USER_KEYS = _PACKED_USER_KEYS.format(where="")
 USER_KEYS_OF = _PACKED_USER_KEYS.format(where="WHERE user_id = ANY(%s::text[])")
 
 # The columns in `ModelConfig`'s field order, options in `CallOptions`' order; read with the driver's own
-# cursor into tuples (a hundred thousand rows: a snapshot load is mostly this).
+# cursor into tuples (a hundred thousand rows: a snapshot load is mostly this). A model's attachments
+# arrive as one comma-separated string (provider config ids are slugs), and models with the same list
+# share one tuple. A full load reads the lists in a statement of their own, beside the models (one
+# ordered pass over the attachments instead of a lookup per model).
+_ATTACHMENT_LIST = "string_agg(a.provider_config_id, ',' ORDER BY a.position)"
 _MODEL_COLUMNS = (
-    "id, family, model, display_name, context_limit, "
-    "coalesce((SELECT array_agg(a.provider_config_id ORDER BY a.position) FROM model_attachments a "
-    "WHERE a.model_config_id = m.id), '{}') AS attachment_ids, "
+    "id, family, model, display_name, context_limit, {attachments} AS attachment_ids, "
     "enabled, is_default, compression_threshold, "
     + ", ".join(OPTION_COLUMNS)
     + ", create_time, update_time, delete_time, revision"
 )
-LIVE_MODELS = f"SELECT {_MODEL_COLUMNS} FROM model_configs m WHERE m.delete_time IS NULL"
-LIVE_MODELS_OF = LIVE_MODELS + " AND m.id = ANY(%s::text[])"
+_LIVE = " FROM model_configs m WHERE m.delete_time IS NULL"
+LIVE_MODELS = "SELECT " + _MODEL_COLUMNS.format(attachments="NULL") + _LIVE
+LIVE_MODELS_OF = (
+    "SELECT "
+    + _MODEL_COLUMNS.format(
+        attachments=f"(SELECT {_ATTACHMENT_LIST} FROM model_attachments a WHERE a.model_config_id = m.id)"
+    )
+    + _LIVE
+    + " AND m.id = ANY(%s::text[])"
+)
+ALL_ATTACHMENT_LISTS = f"SELECT model_config_id, {_ATTACHMENT_LIST} FROM model_attachments a GROUP BY model_config_id"
 _FAMILIES = {family.value: family for family in Family}
 _OPTIONS_AT = slice(9, 9 + len(OPTION_COLUMNS))
 
@@ -77,38 +92,65 @@ PRUNE_LOG = sa.text(
 )
 
 
-def _fetch_models(connection: sa.Connection, query: str, params: Sequence[Any] = ()) -> list[ModelConfig]:
-    """`repositories.model_from_row`'s result, built from plain tuples (about ten times faster)."""
+def _fetch_models(
+    connection: sa.Connection,
+    query: str,
+    params: Sequence[Any] = (),
+    attachment_lists: Future[dict[str, str]] | None = None,
+) -> list[ModelConfig]:
+    """`repositories.model_from_row`'s result, built from plain tuples (about ten times faster). The
+    attachment lists are the rows' own, or (a full load) those read beside them."""
     intern = sys.intern  # a hundred thousand models name a thousand provider configs, and few families
+    shared: dict[str, tuple[str, ...]] = {}
     models = []
     with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
         cursor.execute(query, params or None)
-        for row in cursor:
-            values = row[_OPTIONS_AT]
-            options = CallOptions(*values) if any(v is not None for v in values) else NO_OPTIONS
-            models.append(
-                ModelConfig(
-                    row[0],
-                    _FAMILIES[row[1]],
-                    intern(row[2]),
-                    row[3],
-                    row[4],
-                    tuple([intern(p) for p in row[5]]),
-                    row[6],
-                    row[7],
-                    row[8],
-                    options,
-                    *row[_OPTIONS_AT.stop :],
-                )
+        rows = cursor.fetchall()
+    lists = attachment_lists.result() if attachment_lists is not None else {}
+    for row in rows:
+        values = row[_OPTIONS_AT]
+        options = CallOptions(*values) if any(v is not None for v in values) else NO_OPTIONS
+        listed = (lists.get(row[0]) if attachment_lists is not None else row[5]) or ""
+        attachments = shared.get(listed)
+        if attachments is None:
+            attachments = shared[listed] = tuple([intern(p) for p in listed.split(",") if p])
+        models.append(
+            ModelConfig(
+                row[0],
+                _FAMILIES[row[1]],
+                intern(row[2]),
+                row[3],
+                row[4],
+                attachments,
+                row[6],
+                row[7],
+                row[8],
+                options,
+                *row[_OPTIONS_AT.stop :],
             )
+        )
     return models
 
 
+def _fetch_attachment_lists(connection: sa.Connection) -> dict[str, str]:
+    with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(ALL_ATTACHMENT_LISTS)
+        return dict(cursor.fetchall())
+
+
 def _fetch_user_keys(connection: sa.Connection, query: str, params: Sequence[Any] = ()) -> list[tuple[str, bytes]]:
-    # Binary results: the packed keys arrive as bytes, with no hex text to decode.
+    # Binary results: the packed keys arrive as bytes, with no hex text to decode, and rows as tuples.
     with connection.connection.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
         cursor.execute(query, params or None)
-        return [(user, bytes(packed)) for user, packed in cursor]
+        keys: list[tuple[str, bytes]] = cursor.fetchall()
+        return keys
+
+
+def _snapshot_id(exported: str) -> str:
+    # pg_export_snapshot()'s own output (hex digits and dashes); SET TRANSACTION SNAPSHOT takes no parameter.
+    if not all(c in "0123456789ABCDEFabcdef-" for c in exported):
+        raise ValueError("unexpected snapshot id from pg_export_snapshot()")
+    return exported
 
 
 class PostgresChangeSource:
@@ -131,13 +173,30 @@ class PostgresChangeSource:
                 raise
 
     def load_all(self) -> FullState:
-        with self._consistent_read() as connection:
-            position = connection.execute(sa.select(config_revision.c.sequence, config_revision.c.revision)).one()
-            providers = [provider_from_row(r, self._keyring) for r in connection.execute(sa.select(provider_configs))]
-            models = _fetch_models(connection, LIVE_MODELS)
-            user_keys = _fetch_user_keys(connection, ALL_USER_KEYS)
-            tokens = [access_token_from_row(r) for r in connection.execute(sa.select(access_tokens))]
+        # The user keys are read on a second connection that shares this transaction's snapshot, so that
+        # PostgreSQL packs them while this process builds the models (the two largest parts of a load).
+        with self._consistent_read() as connection, ThreadPoolExecutor(2, "modelroute-load") as beside:
+            exported = _snapshot_id(connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+            keys = beside.submit(self._in_snapshot, exported, _fetch_user_keys, ALL_USER_KEYS)
+            lists = beside.submit(self._in_snapshot, exported, _fetch_attachment_lists)
+            try:
+                position = connection.execute(sa.select(config_revision.c.sequence, config_revision.c.revision)).one()
+                providers = [
+                    provider_from_row(r, self._keyring) for r in connection.execute(sa.select(provider_configs))
+                ]
+                tokens = [access_token_from_row(r) for r in connection.execute(sa.select(access_tokens))]
+                models = _fetch_models(connection, LIVE_MODELS, attachment_lists=lists)
+            finally:
+                # Also when this side failed: the exporting transaction stays open until both have read.
+                user_keys = keys.result()
+                lists.result()
         return FullState(position.sequence, position.revision, providers, models, user_keys, tokens)
+
+    def _in_snapshot(self, exported_snapshot: str, read: Callable[..., _T], *arguments: Any) -> _T:
+        """`read` in a transaction of its own that sees the exported snapshot of another."""
+        with self._consistent_read() as connection:
+            connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported_snapshot}'")
+            return read(connection, *arguments)
 
     def changes_since(self, sequence: int) -> ChangeBatch | None:
         with self._consistent_read() as connection:
