@@ -45,6 +45,9 @@ class Settings:
     allow_plaintext: bool = False
     # How long the change log keeps a change: a replica away for longer reloads in full when it returns.
     change_log_retention: timedelta = timedelta(hours=24)
+    # ResolveModel answers kept per replica for the current snapshot, by (model, user) as asked; they hold
+    # the caller's key in plaintext. 0 keeps none (every call with a user key decrypts it again).
+    kept_answers: int = 10_000
 
     @property
     def embedded(self) -> bool:
@@ -149,6 +152,12 @@ def parse_duration(text: str, variable: str) -> timedelta:
     return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
 
 
+def _count(value: str, variable: str) -> int:
+    if not value.strip().isdigit():
+        raise SettingsError(f"{variable} must be a whole number (0 or more), got {value!r}")
+    return int(value)
+
+
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -198,5 +207,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             change_log_retention=parse_duration(
                 env.get("MODELROUTE_CHANGE_LOG_RETENTION", "24h"), "MODELROUTE_CHANGE_LOG_RETENTION"
             ),
+            kept_answers=_count(env.get("MODELROUTE_KEPT_ANSWERS", "10000"), "MODELROUTE_KEPT_ANSWERS"),
         )
     )

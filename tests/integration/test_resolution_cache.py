@@ -166,3 +166,26 @@ def test_a_config_change_between_user_key_changes_is_applied_too(app: Applicatio
     )
     error = call_error(s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", user="u1"))
     assert [kind for kind, _, _ in error.precondition_violations] == ["PROVIDER_DISABLED"]
+
+
+def test_a_kept_answer_is_given_only_to_the_same_valid_request(app: Application, channel: grpc.Channel) -> None:
+    s = stubs(channel)
+    create_provider(s, "a", credential_policy=policy(True, True, True), api_key="sk-central")
+    create_model(s, "m")
+    s.user_keys.SetUserProviderKey(
+        user_key_pb2.SetUserProviderKeyRequest(user="u1", provider_config="providerConfigs/a", api_key="uk-1")
+    )
+    asked = resolver_pb2.ResolveModelRequest(model="m", user="u1")
+    first, again = s.resolver.ResolveModel(asked), s.resolver.ResolveModel(asked)
+    assert first == again and again.selected.api_key == "uk-1"
+    negative = call_error(
+        s.resolver.ResolveModel, resolver_pb2.ResolveModelRequest(model="m", user="u1", min_revision=-1)
+    )
+    assert negative.code == grpc.StatusCode.INVALID_ARGUMENT
+    other = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u2"))
+    assert other.selected.key_source == common_pb2.KEY_SOURCE_STORED
+    ahead = call_error(
+        s.resolver.ResolveModel,
+        resolver_pb2.ResolveModelRequest(model="m", user="u1", min_revision=first.config_revision + 1),
+    )
+    assert ahead.reason == "REVISION_NOT_REACHED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -14,14 +15,14 @@ from modelroute_server.adapters.crypto import (
     seal_bound,
     user_key_binding,
 )
-from modelroute_server.domain.changes import FullState
+from modelroute_server.domain.changes import ChangeBatch, FullState
 from modelroute_server.domain.families import Family
 from modelroute_server.domain.models import ModelConfig
 from modelroute_server.domain.providers import CredentialPolicy, ProviderConfig, StoredKey
 from modelroute_server.entrypoints.convert import ResolveResponses, resolve_response
 from modelroute_server.service_layer import resolution
 from modelroute_server.service_layer.context import ServiceContext
-from modelroute_server.service_layer.snapshot import Snapshot, build_snapshot
+from modelroute_server.service_layer.snapshot import Snapshot, apply_changes, build_snapshot
 
 KEYRING = Keyring.parse(generate_keyring_spec())
 PREFERRED, USER_ONLY, CENTRAL = (
@@ -58,33 +59,100 @@ def snapshot() -> Snapshot:
     return build_snapshot(FullState(7, 6, providers, models, packed, []), {})
 
 
+CTX = ServiceContext(KEYRING, None)  # type: ignore[arg-type]  # resolution needs no unit of work
+
+
+def answer(responses: ResolveResponses, current: Snapshot, model: str, user: str) -> bytes:
+    """What the servicer does: a kept answer, else one decided now (and kept)."""
+    kept = responses.kept(current, (model, user))
+    if kept is not None:
+        return kept
+    resolved = resolution.resolve_model(CTX, current, model or None, user)
+    return responses.response(resolved, current, (model, user))
+
+
+def decoded(encoded: bytes | None) -> resolver_pb2.ResolveModelResponse:
+    assert encoded is not None
+    return resolver_pb2.ResolveModelResponse.FromString(encoded)
+
+
 @pytest.mark.parametrize("model", ["m", "n"])
 @pytest.mark.parametrize("user", ["", "alice", "bob", "carol"])
 def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> None:
-    ctx = ServiceContext(KEYRING, None)  # type: ignore[arg-type]  # resolution needs no unit of work
     current = snapshot()
     responses = ResolveResponses()
-    for _ in range(2):  # built, then from what was kept
-        resolved = resolution.resolve_model(ctx, current, model, user)
-        encoded = responses.response(resolved, current, current.revision)
-        assert resolver_pb2.ResolveModelResponse.FromString(encoded) == resolve_response(resolved, current.revision)
+    resolved = resolution.resolve_model(CTX, current, model, user)
+    expected = resolve_response(resolved, current.revision)
+    assert decoded(answer(responses, current, model, user)) == expected  # built
+    responses._answers.clear()
+    assert decoded(answer(responses, current, model, user)) == expected  # from the kept encodings of its fields
+    assert decoded(answer(responses, current, model, user)) == expected  # the kept answer
     assert bool(resolved.decided_by_caller) == (user in ("alice", "bob"))
 
 
-def test_a_callers_own_key_is_never_kept() -> None:
-    ctx = ServiceContext(KEYRING, None)  # type: ignore[arg-type]
+def test_a_callers_own_key_is_kept_only_in_that_callers_answer() -> None:
     current = snapshot()
     responses = ResolveResponses()
     for user in ("alice", "bob"):
-        responses.response(resolution.resolve_model(ctx, current, "m", user), current, current.revision)
+        answer(responses, current, "m", user)
     assert not any(b"uk-" in encoded for encoded in responses._fields.values())
     assert not any(b"uk-" in encoded for encoded in responses._responses.values())
+    assert b"uk-alice" in (responses.kept(current, ("m", "alice")) or b"")
+    assert b"uk-alice" not in (responses.kept(current, ("m", "bob")) or b"")
 
 
-def test_a_new_snapshot_starts_afresh() -> None:
-    ctx = ServiceContext(KEYRING, None)  # type: ignore[arg-type]
-    first, second = snapshot(), snapshot()
+def test_kept_answers_are_by_request_as_asked() -> None:
+    current = snapshot()
     responses = ResolveResponses()
-    responses.response(resolution.resolve_model(ctx, first, "m", ""), first, 6)
-    encoded = responses.response(resolution.resolve_model(ctx, second, "m", ""), second, 9)
-    assert resolver_pb2.ResolveModelResponse.FromString(encoded).config_revision == 9
+    answer(responses, current, "m", "bob")
+    assert responses.kept(current, ("m", "bob")) is not None
+    assert responses.kept(current, ("modelConfigs/m", "bob")) is None  # kept as asked, not as resolved
+    assert responses.kept(current, ("m", "")) is None
+    assert responses.kept(current, ("n", "bob")) is None
+
+
+def test_a_kept_answer_outlives_changes_it_does_not_depend_on() -> None:
+    current = snapshot()
+    responses = ResolveResponses()
+    for user in ("alice", "bob"):
+        answer(responses, current, "m", user)
+    other_model = apply_changes(current, ChangeBatch(8, 7, models={"n": replace(current.models["n"])}), {})
+    kept = decoded(responses.kept(other_model, ("m", "bob")))
+    assert (kept.config_revision, kept.selected.api_key) == (7, "uk-bob")
+    reread = replace(current.models["m"])  # a change re-reads the row: a new object, equal or not
+    same_model = apply_changes(current, ChangeBatch(8, 7, models={"m": reread}), {})
+    assert responses.kept(same_model, ("m", "bob")) is None
+    bobs_keys = apply_changes(current, ChangeBatch(8, 7, user_keys={"bob": None}), {})
+    assert responses.kept(bobs_keys, ("m", "bob")) is None
+    assert responses.kept(bobs_keys, ("m", "alice")) is not None
+    provider = apply_changes(current, ChangeBatch(8, 7, providers={"central": current.providers["central"]}), {})
+    assert responses.kept(provider, ("m", "alice")) is None
+    assert decoded(answer(responses, bobs_keys, "m", "bob")).selected.api_key == "sk-p"  # decided again
+
+
+def test_the_default_models_answer_follows_the_default() -> None:
+    current = replace(snapshot(), default_model_id="m")
+    responses = ResolveResponses()
+    assert decoded(answer(responses, current, "", "")).model_config == "modelConfigs/m"
+    moved = replace(current, default_model_id="n")
+    assert responses.kept(moved, ("", "")) is None
+    assert decoded(answer(responses, moved, "", "")).model_config == "modelConfigs/n"
+
+
+def test_kept_answers_are_bounded_and_can_be_turned_off() -> None:
+    current = snapshot()
+    bounded, off = ResolveResponses(kept_answers=2), ResolveResponses(kept_answers=0)
+    for user in ("alice", "bob", "carol"):
+        for responses in (bounded, off):
+            answer(responses, current, "m", user)
+    assert [bounded.kept(current, ("m", u)) is not None for u in ("alice", "bob", "carol")] == [False, True, True]
+    assert all(off.kept(current, ("m", u)) is None for u in ("alice", "bob", "carol"))
+
+
+def test_a_new_snapshot_carries_its_own_revision() -> None:
+    first = snapshot()
+    second = replace(first, revision=9, sequence=10)
+    responses = ResolveResponses()
+    assert decoded(answer(responses, first, "m", "")).config_revision == 6
+    assert decoded(answer(responses, second, "m", "")).config_revision == 9
+    assert decoded(answer(responses, first, "n", "")).config_revision == 6

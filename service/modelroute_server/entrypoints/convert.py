@@ -6,8 +6,9 @@ Protobuf stops here: nothing below the entrypoints sees a message.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, res
 
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
-from ..domain.models import CallOptions, check_attachment_count
+from ..domain.models import CallOptions, ModelConfig, check_attachment_count
 from ..domain.providers import KeySource, provider_config_name
 from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
 from ..domain.rules import SLUG_PATTERN
@@ -32,6 +33,7 @@ from ..service_layer.inputs import (
 from ..service_layer.model_configs import ModelListFilter
 from ..service_layer.provider_configs import ProviderListFilter
 from ..service_layer.resources import etag_of
+from ..service_layer.snapshot import Snapshot
 from ..service_layer.user_keys import UserProviderView
 from ..service_layer.views import AttachmentView, ModelConfigView, ProviderConfigView
 
@@ -458,34 +460,83 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
-class ResolveResponses:
-    """ResolveModel answers, encoded once per snapshot: building and encoding messages is most of what a
-    call costs. The answer is returned already encoded (the server passes bytes through).
+@dataclass(frozen=True, slots=True)
+class _KeptAnswer:
+    """An answer and everything it was decided from (all immutable snapshot objects, compared by
+    identity): while each is still the current snapshot's own, the answer is still right."""
 
-    An answer that no caller key decided is the same for every caller: it is kept whole, by model.
-    One that a caller's key decided is assembled from kept encodings of each field, since protobuf's
-    wire format is the concatenation of a message's fields (repeated ones in order); only an
-    attachment holding the caller's own key is encoded anew, and never kept.
+    model: ModelConfig
+    verdicts: object
+    user_keys: bytes | None
+    body: bytes  # the encoded answer without its config_revision field
+
+
+class ResolveResponses:
+    """ResolveModel answers, encoded once: building and encoding messages is most of what a call
+    costs. The answer is returned already encoded (the server passes bytes through).
+
+    Every answer is kept by the request's (model, user) as asked, at most `kept_answers` of them (the
+    oldest go first), and given again while the model, the provider configs and the user's keys it
+    was decided from are unchanged, whatever else changed meanwhile: a repeated call is one lookup
+    and three identity checks. These answers hold the caller's key.
+
+    Beneath them, within one snapshot, an answer that no caller key decided is the same for every
+    caller: it is kept whole, by model. One that a caller's key decided is assembled from kept
+    encodings of each field, since protobuf's wire format is the concatenation of a message's fields
+    (repeated ones in order); only an attachment holding the caller's own key is encoded anew, and is
+    kept nowhere but in that caller's answer. The config revision is the last field, added to each.
     """
 
     MAX_ENTRIES = 50_000  # bounds memory when callers walk a hundred thousand models
 
-    def __init__(self) -> None:
-        self._snapshot: object = None
+    def __init__(self, kept_answers: int = 10_000) -> None:
+        self._answers: OrderedDict[tuple[str, str], _KeptAnswer] = OrderedDict()
+        self._kept_answers = kept_answers
+        self._snapshot: Snapshot | None = None
         self._responses: dict[str, bytes] = {}
         self._fields: dict[tuple[object, ...], bytes] = {}
         self._revision_field = b""
 
-    def response(self, resolution: Resolution, snapshot: object, revision: int) -> bytes:
+    def _use(self, snapshot: Snapshot) -> None:
         if snapshot is not self._snapshot:
             self._snapshot, self._responses, self._fields = snapshot, {}, {}
-            self._revision_field = _RESPONSE(config_revision=revision).SerializeToString()
+            self._revision_field = _RESPONSE(config_revision=snapshot.revision).SerializeToString()
+
+    def kept(self, snapshot: Snapshot, asked: tuple[str, str]) -> bytes | None:
+        """The answer kept for this (model, user), if `snapshot` would decide it the same."""
+        entry = self._answers.get(asked)
+        if entry is None:
+            return None
+        model = entry.model
+        if (
+            snapshot.verdicts is not entry.verdicts
+            or snapshot.models.get(model.id) is not model
+            or (asked[1] and snapshot.user_keys.get(asked[1]) is not entry.user_keys)
+            or (not asked[0] and snapshot.default_model_id != model.id)
+        ):
+            return None
+        self._use(snapshot)
+        return entry.body + self._revision_field
+
+    def response(self, resolution: Resolution, snapshot: Snapshot, asked: tuple[str, str] | None = None) -> bytes:
+        """The encoded answer, decided over `snapshot`; kept for `asked` (the request's model and user
+        as they were written)."""
+        self._use(snapshot)
+        body = self._body(resolution)
+        if asked is not None and self._kept_answers > 0:
+            if len(self._answers) >= self._kept_answers:
+                self._answers.popitem(last=False)
+            user_keys = snapshot.user_keys.get(asked[1]) if asked[1] else None
+            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, body)
+        return body + self._revision_field
+
+    def _body(self, resolution: Resolution) -> bytes:
         model = resolution.model
         decided = resolution.decided_by_caller
         if not decided:
             encoded = self._responses.get(model.id)
             if encoded is None:
-                encoded = resolve_response(resolution, revision).SerializeToString()
+                encoded = resolve_response(resolution, 0).SerializeToString()  # a zero revision: no field
                 self._keep(self._responses, model.id, encoded)
             return encoded
         selected = resolution.selected
@@ -499,14 +550,13 @@ class ResolveResponses:
         pieces = [name, self._field(model.id, "selected", selected, upstream, decided)]
         pieces += [self._field(model.id, "fallbacks", o, upstream, decided) for o in resolution.fallbacks]
         pieces += [self._field(model.id, "skipped", o, upstream, decided) for o in resolution.skipped]
-        pieces.append(self._revision_field)
         return b"".join(pieces)
 
     def _field(
         self, model_id: str, role: str, outcome: AttachmentOutcome, upstream: str, decided: frozenset[int]
     ) -> bytes:
         if outcome.position in decided:
-            return _encoded_field(role, outcome, upstream)  # decided by this caller's key: never kept
+            return _encoded_field(role, outcome, upstream)  # decided by this caller's key: never kept here
         # Within one snapshot, an outcome no caller decided follows from its model and position.
         key = (model_id, role, outcome.position)
         encoded = self._fields.get(key)

@@ -289,10 +289,10 @@ def _reject_duplicate_overrides(request: resolver_pb2.ExplainResolutionRequest) 
 
 
 class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
-    def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore) -> None:
+    def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore, kept_answers: int = 10_000) -> None:
         self._ctx = ctx
         self._snapshots = snapshots
-        self._responses = convert.ResolveResponses()
+        self._responses = convert.ResolveResponses(kept_answers)
 
     async def _snapshot(self, min_revision: int = 0) -> Snapshot:
         # Waits (on the event loop, holding no thread) only for a revision not applied here yet.
@@ -307,14 +307,21 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self, request: resolver_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         """Answers with the response already encoded (kept per snapshot; `RequestDecoding` passes it on)."""
+        asked = (request.model, request.user)
+        min_revision = request.min_revision
+        snapshot = self._snapshots.fresh(min_revision) if min_revision >= 0 else None
+        if snapshot is not None:
+            # Only an answer that was given is kept, so these very strings passed every check below.
+            kept = self._responses.kept(snapshot, asked)
+            if kept is not None:
+                return kept
         model_id = convert.model_ref(request.model, "model")
         self._check_user(request.user)
-        if request.min_revision < 0:
+        if min_revision < 0:
             raise invalid_field("min_revision", "must not be negative")
-        min_revision = request.min_revision
-        snapshot = self._snapshots.fresh(min_revision) or await self._snapshots.wait(min_revision)
+        snapshot = snapshot or await self._snapshots.wait(min_revision)
         outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
-        return self._responses.response(outcome, snapshot, snapshot.revision)
+        return self._responses.response(outcome, snapshot, asked)
 
     @rpc
     async def ListAvailableModels(
