@@ -201,8 +201,8 @@ class ModelConfigRepository:
         self._connection = connection
 
     def get(self, model_config_id: str) -> ModelConfig | None:
-        models = self._load(sa.select(model_configs).where(model_configs.c.id == model_config_id))
-        return models[0] if models else None
+        row = self._connection.execute(_MODEL_BY_ID, {"id": model_config_id}).first()
+        return model_from_row(row) if row is not None else None
 
     def list(
         self,
@@ -330,6 +330,9 @@ ATTACHMENT_LIST = (
     .scalar_subquery()
     .label("attachment_ids")
 )
+# Built once: a write reads its model twice, and building (and keying) the statement anew each time
+# cost more than running it.
+_MODEL_BY_ID = sa.select(model_configs, ATTACHMENT_LIST).where(model_configs.c.id == sa.bindparam("id"))
 # Shared by every model without call options.
 NO_OPTIONS = CallOptions()
 

@@ -229,21 +229,26 @@ def update_model_config(
             # Refused even when echoing a read back without a mask: name the fields to change (AIP-134).
             raise _disabled_default(updated)
         gives_up = current.is_default and (declines_default or not updated.enabled)
-        before = _default_id(uow)
+        # Enabled while there is no default: it fills the slot, as a model created now would.
+        fills = updated.enabled and not current.enabled and not declines_default
+        # Most updates (a name, a limit, the list) cannot move the default: they skip its two reads.
+        moves_default = asks_default or fills or gives_up
+        before = _default_id(uow) if moves_default else None
         uow.models.update(
             replace(updated, is_default=current.is_default and not gives_up),
             revision,
             attachments_changed=attachments_changed,
         )
-        change = settle_default(
-            uow,
-            revision,
-            before,
-            claimant=updated.id if asks_default else None,
-            # Enabled while there is no default: it fills the slot, as a model created now would.
-            filler=updated.id if updated.enabled and not current.enabled and not declines_default else None,
-            leaving=[updated.id] if gives_up else [],
-        )
+        change = UNCHANGED
+        if moves_default:
+            change = settle_default(
+                uow,
+                revision,
+                before,
+                claimant=updated.id if asks_default else None,
+                filler=updated.id if fills else None,
+                leaving=[updated.id] if gives_up else [],
+            )
         return _finish(ctx, write, current, model_config_id, change)
 
 
