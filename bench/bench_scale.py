@@ -516,6 +516,11 @@ class CpuRows:
     resolve_b_us: float
     source_a: str
     source_b: str
+    resolve_b_unkept_us: float  # row b's shape, every call a (model, user) pair with no kept answer
+
+    @property
+    def ratio_b_unkept(self) -> float:
+        return self.health_us / self.resolve_b_unkept_us
 
     @property
     def ratio_a(self) -> float:
@@ -537,8 +542,41 @@ def cpu_row_requests(shape: Shape) -> tuple[resolver_pb2.ResolveModelRequest, re
     )
 
 
+KEPT_ANSWERS = 10_000  # the server's default MODELROUTE_KEPT_ANSWERS
+
+
+def unkept_requests(shape: Shape, count: int = 2 * KEPT_ANSWERS) -> list[resolver_pb2.ResolveModelRequest]:
+    """Row b's shape (a user holding a key for the model's first attachment) over `count` distinct
+    (model, user) pairs, cycled: more than the server keeps answers for, so none is given from there."""
+    holders: dict[int, list[int]] = {}
+    for user in range(shape.users):
+        for provider in shape.key_providers(user):
+            holders.setdefault(provider, []).append(user)
+    models: dict[int, list[int]] = {}
+    for model in range(1, shape.models):
+        first = shape.attached(model)[0]
+        if first in holders:
+            models.setdefault(first, []).append(model)
+    per_model = math.ceil(count / sum(map(len, models.values())))
+    pairs = [
+        (model, user)
+        for provider in sorted(models)
+        for model in models[provider]
+        for user in holders[provider][:per_model]
+    ][:count]
+    return [resolver_pb2.ResolveModelRequest(model=f"m{m}", user=f"user-{u}") for m, u in pairs]
+
+
 async def cpu_rows(replica: Replica, chunks: int, per_chunk: int) -> CpuRows:
     resolve_a, resolve_b = cpu_row_requests(replica.shape)
+    unkept = unkept_requests(replica.shape)
+    unkept_at = 0
+
+    def next_unkept() -> resolver_pb2.ResolveModelRequest:
+        nonlocal unkept_at
+        unkept_at += 1
+        return unkept[unkept_at % len(unkept)]
+
     metadata = bearer(replica.tokens[Role.RESOLVER])
     async with channel(replica) as shared:
         health = health_pb2_grpc.HealthStub(shared)
@@ -548,6 +586,7 @@ async def cpu_rows(replica: Replica, chunks: int, per_chunk: int) -> CpuRows:
             "health": lambda: health.Check(check, metadata=metadata),
             "a": lambda: resolver.ResolveModel(resolve_a, metadata=metadata),
             "b": lambda: resolver.ResolveModel(resolve_b, metadata=metadata),
+            "b_unkept": lambda: resolver.ResolveModel(next_unkept(), metadata=metadata),
         }
         sources = {}
         for name in ("a", "b"):
@@ -576,7 +615,7 @@ async def cpu_rows(replica: Replica, chunks: int, per_chunk: int) -> CpuRows:
                 await chunk_of(calls[name], per_chunk)
                 spent[name] += cpu_seconds(replica.pid) - before
     per_call = {name: spent[name] / (chunks * per_chunk) * 1e6 for name in names}
-    return CpuRows(per_call["health"], per_call["a"], per_call["b"], sources["a"], sources["b"])
+    return CpuRows(per_call["health"], per_call["a"], per_call["b"], sources["a"], sources["b"], per_call["b_unkept"])
 
 
 # -- SQL per ResolveModel
@@ -1133,6 +1172,10 @@ FIGURES = {
     "rate": ("ResolveModel throughput at {size} / at 100 models", ">= 0.9"),
     "cpu_a": ("server CPU per call, Health / ResolveModel, row a (5 attachments, no user)", ">= 0.9"),
     "cpu_b": ("server CPU per call, Health / ResolveModel, row b (same, user with one user key)", ">= 0.9"),
+    "cpu_b_unkept": (
+        "  row b's shape, 20,000 distinct (model, user) pairs: no answer kept (for information)",
+        "none (row b holds)",
+    ),
     "pure": ("pure resolution vs LiteLLM Router.get_available_deployment ({pure} x 5 ordered)", ">= 50x faster"),
     "sql": ("SQL transactions per ResolveModel, steady state (net of an idle window as long)", "0"),
 }
@@ -1237,6 +1280,9 @@ def table(runs: list[RunResult], swept: Sweep | None, theirs: LiteLLM, calls: in
                 median(ratios) >= 0.9,
             )
         )
+    unkept = [r.cpu.ratio_b_unkept for r in runs]
+    detail = ", ".join(f"{r.cpu.health_us:.0f}/{r.cpu.resolve_b_unkept_us:.0f}" for r in runs)
+    rows.append(Row("cpu_b_unkept", per_run(unkept, "", 3) + f"; us Health/ResolveModel: {detail}", None))
     if theirs.missing:
         rows.append(Row("pure", LITELLM_MISSING, None))
     else:
