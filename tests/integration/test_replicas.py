@@ -12,14 +12,20 @@ from ..conftest import RunningServer
 from ..helpers import call_error, create_model, create_provider, policy, stubs
 
 
+def etag_revision(etag: str) -> int:
+    return int(etag.strip('"'))
+
+
 def test_a_deleted_model_stops_resolving_on_the_other_replica(
     channel: grpc.Channel, second_replica: RunningServer
 ) -> None:
     writer, reader = stubs(channel), stubs(second_replica.channel)
     create_provider(writer, "a")
     create_model(writer, "m")
-    create_model(writer, "other")
-    assert reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")).selected.provider_config
+    written = create_model(writer, "other")
+    # Read-your-writes across replicas is asked for (without it the other replica may not have applied it yet).
+    seen = resolver_pb2.ResolveModelRequest(model="m", min_revision=etag_revision(written.etag))
+    assert reader.resolver.ResolveModel(seen).selected.provider_config
     writer.models.DeleteModelConfig(model_config_pb2.DeleteModelConfigRequest(name="modelConfigs/m"))
     deadline = time.monotonic() + 5
     while True:
@@ -37,7 +43,7 @@ def test_min_revision_reads_your_writes_across_replicas(channel: grpc.Channel, s
     create_provider(writer, "a", api_key="sk-first")
     model = create_model(writer, "m")
     before = reader.resolver.ResolveModel(
-        resolver_pb2.ResolveModelRequest(model="m", min_revision=int(model.etag.strip('"')))
+        resolver_pb2.ResolveModelRequest(model="m", min_revision=etag_revision(model.etag))
     )
     created = create_provider(writer, "b", api_key="sk-second")
     updated = writer.models.UpdateModelConfig(
@@ -47,7 +53,7 @@ def test_min_revision_reads_your_writes_across_replicas(channel: grpc.Channel, s
             )
         )
     )
-    revision = int(updated.etag.strip('"'))
+    revision = etag_revision(updated.etag)
     after = reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", min_revision=revision))
     assert after.config_revision >= revision > before.config_revision
     assert after.selected.provider_config == "providerConfigs/b"
@@ -68,10 +74,9 @@ def test_a_user_key_set_on_one_replica_serves_on_the_other(
 ) -> None:
     writer, reader = stubs(channel), stubs(second_replica.channel)
     create_provider(writer, "a", credential_policy=policy(True, True, True), api_key="sk-central")
-    create_model(writer, "m")
-    assert reader.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m", user="u")).selected.key_source == (
-        common_pb2.KEY_SOURCE_STORED
-    )
+    written = create_model(writer, "m")
+    seen = resolver_pb2.ResolveModelRequest(model="m", user="u", min_revision=etag_revision(written.etag))
+    assert reader.resolver.ResolveModel(seen).selected.key_source == common_pb2.KEY_SOURCE_STORED
     writer.user_keys.SetUserProviderKey(
         user_key_pb2.SetUserProviderKeyRequest(user="u", provider_config="providerConfigs/a", api_key="uk-u")
     )
