@@ -45,8 +45,8 @@ class Settings:
     allow_plaintext: bool = False
     # How long the change log keeps a change: a replica away for longer reloads in full when it returns.
     change_log_retention: timedelta = timedelta(hours=24)
-    # ResolveModel answers kept per replica for the current snapshot, by (model, user) as asked; they hold
-    # the caller's key in plaintext. 0 keeps none (every call with a user key decrypts it again).
+    # ResolveModel answers kept per replica, by (model, user) as asked, each given again while what it was
+    # decided from is unchanged (a caller's key stays sealed in it, opened per call). 0 keeps none.
     kept_answers: int = 10_000
 
     @property

@@ -80,7 +80,7 @@ def decoded(encoded: bytes | None) -> resolver_pb2.ResolveModelResponse:
 @pytest.mark.parametrize("user", ["", "alice", "bob", "carol"])
 def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> None:
     current = snapshot()
-    responses = ResolveResponses()
+    responses = ResolveResponses(KEYRING)
     resolved = resolution.resolve_model(CTX, current, model, user)
     expected = resolve_response(resolved, current.revision)
     assert decoded(answer(responses, current, model, user)) == expected  # built
@@ -90,20 +90,30 @@ def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> No
     assert bool(resolved.decided_by_caller) == (user in ("alice", "bob"))
 
 
-def test_a_callers_own_key_is_kept_only_in_that_callers_answer() -> None:
+def kept_bytes(responses: ResolveResponses) -> list[bytes]:
+    """Every encoding the responses keep, kept answers' parts included."""
+    kept = [*responses._fields.values(), *responses._responses.values()]
+    for entry in responses._answers.values():
+        kept += [part if isinstance(part, bytes) else part.without_key for part in entry.parts]
+    return kept
+
+
+def test_a_callers_own_key_is_never_kept_decrypted() -> None:
     current = snapshot()
-    responses = ResolveResponses()
+    responses = ResolveResponses(KEYRING)
     for user in ("alice", "bob"):
         answer(responses, current, "m", user)
-    assert not any(b"uk-" in encoded for encoded in responses._fields.values())
-    assert not any(b"uk-" in encoded for encoded in responses._responses.values())
-    assert b"uk-alice" in (responses.kept(current, ("m", "alice")) or b"")
+    assert kept_bytes(responses) and not any(b"uk-" in encoded for encoded in kept_bytes(responses))
+    assert not any(b"uk-" in repr(entry).encode() for entry in responses._answers.values())
+    # A kept answer opens the caller's sealed key again, and carries it.
+    assert decoded(responses.kept(current, ("m", "alice"))).selected.api_key == "uk-alice"
+    assert decoded(responses.kept(current, ("m", "bob"))).selected.api_key == "uk-bob"
     assert b"uk-alice" not in (responses.kept(current, ("m", "bob")) or b"")
 
 
 def test_kept_answers_are_by_request_as_asked() -> None:
     current = snapshot()
-    responses = ResolveResponses()
+    responses = ResolveResponses(KEYRING)
     answer(responses, current, "m", "bob")
     assert responses.kept(current, ("m", "bob")) is not None
     assert responses.kept(current, ("modelConfigs/m", "bob")) is None  # kept as asked, not as resolved
@@ -113,7 +123,7 @@ def test_kept_answers_are_by_request_as_asked() -> None:
 
 def test_a_kept_answer_outlives_changes_it_does_not_depend_on() -> None:
     current = snapshot()
-    responses = ResolveResponses()
+    responses = ResolveResponses(KEYRING)
     for user in ("alice", "bob"):
         answer(responses, current, "m", user)
     other_model = apply_changes(current, ChangeBatch(8, 7, models={"n": replace(current.models["n"])}), {})
@@ -132,7 +142,7 @@ def test_a_kept_answer_outlives_changes_it_does_not_depend_on() -> None:
 
 def test_the_default_models_answer_follows_the_default() -> None:
     current = replace(snapshot(), default_model_id="m")
-    responses = ResolveResponses()
+    responses = ResolveResponses(KEYRING)
     assert decoded(answer(responses, current, "", "")).model_config == "modelConfigs/m"
     moved = replace(current, default_model_id="n")
     assert responses.kept(moved, ("", "")) is None
@@ -141,7 +151,7 @@ def test_the_default_models_answer_follows_the_default() -> None:
 
 def test_kept_answers_are_bounded_and_can_be_turned_off() -> None:
     current = snapshot()
-    bounded, off = ResolveResponses(kept_answers=2), ResolveResponses(kept_answers=0)
+    bounded, off = ResolveResponses(KEYRING, kept_answers=2), ResolveResponses(KEYRING, kept_answers=0)
     for user in ("alice", "bob", "carol"):
         for responses in (bounded, off):
             answer(responses, current, "m", user)
@@ -152,7 +162,7 @@ def test_kept_answers_are_bounded_and_can_be_turned_off() -> None:
 def test_a_new_snapshot_carries_its_own_revision() -> None:
     first = snapshot()
     second = replace(first, revision=9, sequence=10)
-    responses = ResolveResponses()
+    responses = ResolveResponses(KEYRING)
     assert decoded(answer(responses, first, "m", "")).config_revision == 6
     assert decoded(answer(responses, second, "m", "")).config_revision == 9
     assert decoded(answer(responses, first, "n", "")).config_revision == 6

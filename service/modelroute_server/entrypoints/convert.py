@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 
+from ..adapters.crypto import Keyring, SealedKey, open_user_key
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import CallOptions, ModelConfig, check_attachment_count
@@ -461,6 +462,17 @@ def _varint_bytes(value: int) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class _CallerKey:
+    """The place of a caller's own key in a kept answer: the key stays sealed there, and is opened on
+    every call that is given the answer (a decrypted user key is never kept)."""
+
+    field_tag: bytes  # the response field (selected or fallbacks)
+    without_key: bytes  # the attachment encoded without its api_key, which is its last field
+    provider_config_id: str
+    sealed: SealedKey
+
+
+@dataclass(frozen=True, slots=True)
 class _KeptAnswer:
     """An answer and everything it was decided from (all immutable snapshot objects, compared by
     identity): while each is still the current snapshot's own, the answer is still right."""
@@ -468,7 +480,8 @@ class _KeptAnswer:
     model: ModelConfig
     verdicts: object
     user_keys: bytes | None
-    body: bytes  # the encoded answer without its config_revision field
+    # The encoded answer without its config_revision field, in parts where a caller's key goes.
+    parts: tuple[bytes | _CallerKey, ...]
 
 
 class ResolveResponses:
@@ -478,18 +491,20 @@ class ResolveResponses:
     Every answer is kept by the request's (model, user) as asked, at most `kept_answers` of them (the
     oldest go first), and given again while the model, the provider configs and the user's keys it
     was decided from are unchanged, whatever else changed meanwhile: a repeated call is one lookup
-    and three identity checks. These answers hold the caller's key.
+    and three identity checks. A caller's own key is kept sealed in the answer and opened for each
+    call; the central keys it carries are the snapshot's own.
 
     Beneath them, within one snapshot, an answer that no caller key decided is the same for every
     caller: it is kept whole, by model. One that a caller's key decided is assembled from kept
     encodings of each field, since protobuf's wire format is the concatenation of a message's fields
-    (repeated ones in order); only an attachment holding the caller's own key is encoded anew, and is
-    kept nowhere but in that caller's answer. The config revision is the last field, added to each.
+    (repeated ones in order); only an attachment holding the caller's own key is encoded anew. The
+    config revision is the last field, added to each.
     """
 
     MAX_ENTRIES = 50_000  # bounds memory when callers walk a hundred thousand models
 
-    def __init__(self, kept_answers: int = 10_000) -> None:
+    def __init__(self, keyring: Keyring, kept_answers: int = 10_000) -> None:
+        self._keyring = keyring
         self._answers: OrderedDict[tuple[str, str], _KeptAnswer] = OrderedDict()
         self._kept_answers = kept_answers
         self._snapshot: Snapshot | None = None
@@ -507,16 +522,32 @@ class ResolveResponses:
         entry = self._answers.get(asked)
         if entry is None:
             return None
-        model = entry.model
+        model, user = entry.model, asked[1]
         if (
             snapshot.verdicts is not entry.verdicts
             or snapshot.models.get(model.id) is not model
-            or (asked[1] and snapshot.user_keys.get(asked[1]) is not entry.user_keys)
+            or (user and snapshot.user_keys.get(user) is not entry.user_keys)
             or (not asked[0] and snapshot.default_model_id != model.id)
         ):
             return None
         self._use(snapshot)
-        return entry.body + self._revision_field
+        parts = entry.parts
+        if len(parts) == 1:
+            return parts[0] + self._revision_field  # type: ignore[operator]  # no caller key: one part
+        pieces = []
+        for part in parts:
+            if type(part) is bytes:
+                pieces.append(part)
+                continue
+            assert isinstance(part, _CallerKey)
+            # The same ciphertext opened when the answer was decided; the keyring does not change.
+            secret = open_user_key(self._keyring, user, part.provider_config_id, part.sealed).secret
+            if secret is None:
+                return None
+            payload = part.without_key + _api_key_field(secret)
+            pieces.append(part.field_tag + _varint(len(payload)) + payload)
+        pieces.append(self._revision_field)
+        return b"".join(pieces)
 
     def response(self, resolution: Resolution, snapshot: Snapshot, asked: tuple[str, str] | None = None) -> bytes:
         """The encoded answer, decided over `snapshot`; kept for `asked` (the request's model and user
@@ -526,8 +557,10 @@ class ResolveResponses:
         if asked is not None and self._kept_answers > 0:
             if len(self._answers) >= self._kept_answers:
                 self._answers.popitem(last=False)
-            user_keys = snapshot.user_keys.get(asked[1]) if asked[1] else None
-            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, body)
+            user = asked[1]
+            user_keys = snapshot.user_keys.get(user) if user else None
+            parts = self._parts(resolution, snapshot, user) if resolution.decided_by_caller else (body,)
+            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, parts)
         return body + self._revision_field
 
     def _body(self, resolution: Resolution) -> bytes:
@@ -542,15 +575,37 @@ class ResolveResponses:
         selected = resolution.selected
         assert selected is not None
         upstream = model.model
+        pieces = [self._name(model), self._field(model.id, "selected", selected, upstream, decided)]
+        pieces += [self._field(model.id, "fallbacks", o, upstream, decided) for o in resolution.fallbacks]
+        pieces += [self._field(model.id, "skipped", o, upstream, decided) for o in resolution.skipped]
+        return b"".join(pieces)
+
+    def _parts(self, resolution: Resolution, snapshot: Snapshot, user: str) -> tuple[bytes | _CallerKey, ...]:
+        """`_body`'s pieces with each caller key left sealed in its place."""
+        model, decided = resolution.model, resolution.decided_by_caller
+        selected = resolution.selected
+        assert selected is not None
+        sealed = snapshot.sealed_user_keys(user, model.attachments)
+        parts: list[bytes | _CallerKey] = [self._name(model)]
+        for role, outcomes in (("selected", (selected,)), ("fallbacks", resolution.fallbacks)):
+            for o in outcomes:
+                if o.position in decided and o.key_source is KeySource.USER:
+                    without_key = resolved_attachment(replace(o, secret=None), model.model).SerializeToString()
+                    parts.append(
+                        _CallerKey(_FIELD_TAGS[role], without_key, o.provider_config_id, sealed[o.provider_config_id])
+                    )
+                else:
+                    parts.append(self._field(model.id, role, o, model.model, decided))
+        parts += [self._field(model.id, "skipped", o, model.model, decided) for o in resolution.skipped]
+        return tuple(parts)
+
+    def _name(self, model: ModelConfig) -> bytes:
         name = self._fields.get((model.id, "name", 0))
         if name is None:
             name = self._keep(
                 self._fields, (model.id, "name", 0), _RESPONSE(model_config=model.name).SerializeToString()
             )
-        pieces = [name, self._field(model.id, "selected", selected, upstream, decided)]
-        pieces += [self._field(model.id, "fallbacks", o, upstream, decided) for o in resolution.fallbacks]
-        pieces += [self._field(model.id, "skipped", o, upstream, decided) for o in resolution.skipped]
-        return b"".join(pieces)
+        return name
 
     def _field(
         self, model_id: str, role: str, outcome: AttachmentOutcome, upstream: str, decided: frozenset[int]
@@ -583,6 +638,12 @@ _FIELD_TAGS = {
     role: _varint_bytes(_RESPONSE.DESCRIPTOR.fields_by_name[role].number << 3 | 2)
     for role in ("selected", "fallbacks", "skipped")
 }
+_API_KEY_TAG = _varint_bytes(resolver_pb2.ResolvedAttachment.DESCRIPTOR.fields_by_name["api_key"].number << 3 | 2)
+
+
+def _api_key_field(secret: str) -> bytes:
+    encoded = secret.encode()
+    return _API_KEY_TAG + _varint(len(encoded)) + encoded
 
 
 def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:

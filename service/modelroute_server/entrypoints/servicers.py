@@ -292,7 +292,7 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
     def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore, kept_answers: int = 10_000) -> None:
         self._ctx = ctx
         self._snapshots = snapshots
-        self._responses = convert.ResolveResponses(kept_answers)
+        self._responses = convert.ResolveResponses(ctx.keyring, kept_answers)
 
     async def _snapshot(self, min_revision: int = 0) -> Snapshot:
         # Waits (on the event loop, holding no thread) only for a revision not applied here yet.
