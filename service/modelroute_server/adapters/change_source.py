@@ -82,6 +82,15 @@ ALL_ATTACHMENT_LISTS = f"SELECT model_config_id, {_ATTACHMENT_LIST} FROM model_a
 _FAMILIES = {family.value: family for family in Family}
 _OPTIONS_AT = slice(9, 9 + len(OPTION_COLUMNS))
 
+# Run at every catch-up (after every write, on every replica): built once.
+_POSITION = sa.select(config_revision.c.sequence, config_revision.c.revision, config_revision.c.pruned_through)
+_ENTRIES_AFTER = (
+    sa.select(change_log.c.kind, change_log.c.entity_id, change_log.c.user_id)
+    .where(change_log.c.sequence > sa.bindparam("after"))
+    .distinct()
+    .limit(MAX_BATCH_ENTRIES + 1)
+)
+
 PRUNE_LOG = sa.text(
     """
     WITH pruned AS (DELETE FROM change_log WHERE change_time < now() - CAST(:older_than AS interval)
@@ -200,19 +209,12 @@ class PostgresChangeSource:
 
     def changes_since(self, sequence: int) -> ChangeBatch | None:
         with self._consistent_read() as connection:
-            position = connection.execute(
-                sa.select(config_revision.c.sequence, config_revision.c.revision, config_revision.c.pruned_through)
-            ).one()
+            position = connection.execute(_POSITION).one()
             if position.pruned_through > sequence:
                 return None
             if position.sequence == sequence:
                 return ChangeBatch(sequence, position.revision)
-            entries = connection.execute(
-                sa.select(change_log.c.kind, change_log.c.entity_id, change_log.c.user_id)
-                .where(change_log.c.sequence > sequence)
-                .distinct()
-                .limit(MAX_BATCH_ENTRIES + 1)
-            ).all()
+            entries = connection.execute(_ENTRIES_AFTER, {"after": sequence}).all()
             if len(entries) > MAX_BATCH_ENTRIES:
                 return None
             named: dict[str, set[str]] = {"provider": set(), "model": set(), "user_key": set(), "token": set()}

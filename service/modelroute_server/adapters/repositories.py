@@ -55,6 +55,12 @@ def any_of(column: sa.ColumnElement[str], values: Iterable[str]) -> sa.ColumnEle
     return column == sa.any_(sa.literal(list(values), type_=postgresql.ARRAY(sa.Text)))
 
 
+# Statements every write runs, built once (building and keying one anew costs about as much as running it).
+_CURRENT_REVISION = sa.select(config_revision.c.revision)
+_TAKE_SEQUENCE = sa.select(sa.func.modelroute_take_sequence(True))
+_SEQUENCE_TAKEN = sa.select(sa.func.current_setting("modelroute.change_sequence", True))
+
+
 class ChangeSequence:
     """The change sequence of this transaction. The database's triggers record every changed row in the
     change log under it and announce it at commit (migration 0004)."""
@@ -63,18 +69,16 @@ class ChangeSequence:
         self._connection = connection
 
     def current_revision(self) -> int:
-        return int(self._connection.execute(sa.select(config_revision.c.revision)).scalar_one())
+        return int(self._connection.execute(_CURRENT_REVISION).scalar_one())
 
     def take_revision(self) -> int:
         """The next sequence number, as the config revision this transaction produces. Its row lock
         serialises every writer until commit, so sequence order is commit order."""
-        return int(self._connection.execute(sa.select(sa.func.modelroute_take_sequence(True))).scalar_one())
+        return int(self._connection.execute(_TAKE_SEQUENCE).scalar_one())
 
     def sequence_taken(self) -> int | None:
         """The sequence this transaction holds, if it changed anything replicas read."""
-        taken = self._connection.execute(
-            sa.select(sa.func.current_setting("modelroute.change_sequence", True))
-        ).scalar_one()
+        taken = self._connection.execute(_SEQUENCE_TAKEN).scalar_one()
         return int(taken) if taken else None
 
 
