@@ -99,14 +99,27 @@ class Keyring:
 
     def open(self, sealed: SealedKey, row_binding: bytes) -> str | None:
         """The plaintext, or None when the key id is unknown or the data/binding do not match."""
+        return self.opener(sealed, row_binding)()
+
+    def opener(self, sealed: SealedKey, row_binding: bytes) -> Callable[[], str | None]:
+        """`open` with everything but the decryption done now, for a key kept sealed and opened often.
+        What it holds is the sealed key and its binding, never the plaintext."""
         cipher = self._ciphers.get(sealed.key_id)
         if cipher is None or len(sealed.ciphertext) <= NONCE_BYTES:
-            return None
+            return _opens_nothing
         nonce, body = sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:]
-        try:
-            return cipher.decrypt(nonce, body, row_binding).decode()
-        except (InvalidTag, UnicodeDecodeError):
-            return None
+
+        def opened() -> str | None:
+            try:
+                return cipher.decrypt(nonce, body, row_binding).decode()
+            except (InvalidTag, UnicodeDecodeError):
+                return None
+
+        return opened
+
+
+def _opens_nothing() -> None:
+    return None
 
 
 def _bound(base: bytes, incarnation: bytes | None) -> bytes:
@@ -205,6 +218,13 @@ def unpack_sealed_keys(packed: bytes, wanted: Container[str] | None = None) -> d
         keys[provider_config_id] = SealedKey(key_id, packed[offset + 4 : offset + 4 + length], incarnation)
         offset += 4 + length
     return keys
+
+
+def user_key_opener(
+    keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey
+) -> Callable[[], str | None]:
+    """`open_user_key`'s decryption, prepared once for a key kept sealed and opened on many calls."""
+    return keyring.opener(sealed, user_key_binding(user, provider_config_id, sealed.incarnation))
 
 
 def open_user_key(keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey) -> StoredKey:

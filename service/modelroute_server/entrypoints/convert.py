@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 
-from ..adapters.crypto import Keyring, SealedKey, open_user_key
+from ..adapters.crypto import Keyring, user_key_opener
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import CallOptions, ModelConfig, check_attachment_count
@@ -468,8 +468,7 @@ class _CallerKey:
 
     field_tag: bytes  # the response field (selected or fallbacks)
     without_key: bytes  # the attachment encoded without its api_key, which is its last field
-    provider_config_id: str
-    sealed: SealedKey
+    open_key: Callable[[], str | None]  # decrypts the sealed key it holds (`crypto.user_key_opener`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +540,7 @@ class ResolveResponses:
                 continue
             assert isinstance(part, _CallerKey)
             # The same ciphertext opened when the answer was decided; the keyring does not change.
-            secret = open_user_key(self._keyring, user, part.provider_config_id, part.sealed).secret
+            secret = part.open_key()
             if secret is None:
                 return None
             payload = part.without_key + _api_key_field(secret)
@@ -591,9 +590,8 @@ class ResolveResponses:
             for o in outcomes:
                 if o.position in decided and o.key_source is KeySource.USER:
                     without_key = resolved_attachment(replace(o, secret=None), model.model).SerializeToString()
-                    parts.append(
-                        _CallerKey(_FIELD_TAGS[role], without_key, o.provider_config_id, sealed[o.provider_config_id])
-                    )
+                    opener = user_key_opener(self._keyring, user, o.provider_config_id, sealed[o.provider_config_id])
+                    parts.append(_CallerKey(_FIELD_TAGS[role], without_key, opener))
                 else:
                     parts.append(self._field(model.id, role, o, model.model, decided))
         parts += [self._field(model.id, "skipped", o, model.model, decided) for o in resolution.skipped]
