@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -468,6 +468,7 @@ class _CallerKey:
 
     field_tag: bytes  # the response field (selected or fallbacks)
     without_key: bytes  # the attachment encoded without its api_key, which is its last field
+    provider_config_id: str
     open_key: Callable[[], str | None]  # decrypts the sealed key it holds (`crypto.user_key_opener`)
 
 
@@ -530,17 +531,38 @@ class ResolveResponses:
         ):
             return None
         self._use(snapshot)
-        parts = entry.parts
-        if len(parts) == 1:
-            return parts[0] + self._revision_field  # type: ignore[operator]  # no caller key: one part
+        return self._rendered(entry.parts)
+
+    def response(self, resolution: Resolution, snapshot: Snapshot, asked: tuple[str, str]) -> bytes:
+        """The encoded answer, decided over `snapshot`; kept for `asked` (the request's model and user
+        as they were written)."""
+        self._use(snapshot)
+        user = asked[1]
+        parts = self._parts(resolution, snapshot, user)
+        if self._kept_answers > 0:
+            if len(self._answers) >= self._kept_answers:
+                self._answers.popitem(last=False)
+            user_keys = snapshot.user_keys.get(user) if user else None
+            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, parts)
+        # The caller's keys this resolution opened: a kept answer's first call does not open them again.
+        opened = {o.provider_config_id: o.secret for o in resolution.outcomes if o.key_source is KeySource.USER}
+        answer = self._rendered(parts, opened)
+        assert answer is not None  # every key in `opened` is there
+        return answer
+
+    def _rendered(self, parts: tuple[bytes | _CallerKey, ...], opened: Mapping[str, str | None] = {}) -> bytes | None:
+        """The answer from its parts, each caller key opened (or taken from `opened`); None when one no
+        longer opens."""
+        first = parts[0]
+        if len(parts) == 1 and isinstance(first, bytes):
+            return first + self._revision_field  # no caller key: the common case, one concatenation
         pieces = []
         for part in parts:
-            if type(part) is bytes:
+            if isinstance(part, bytes):
                 pieces.append(part)
                 continue
-            assert isinstance(part, _CallerKey)
-            # The same ciphertext opened when the answer was decided; the keyring does not change.
-            secret = part.open_key()
+            # Otherwise the same ciphertext that opened when the answer was decided; the keyring does not change.
+            secret = opened[part.provider_config_id] if part.provider_config_id in opened else part.open_key()
             if secret is None:
                 return None
             payload = part.without_key + _api_key_field(secret)
@@ -548,40 +570,16 @@ class ResolveResponses:
         pieces.append(self._revision_field)
         return b"".join(pieces)
 
-    def response(self, resolution: Resolution, snapshot: Snapshot, asked: tuple[str, str] | None = None) -> bytes:
-        """The encoded answer, decided over `snapshot`; kept for `asked` (the request's model and user
-        as they were written)."""
-        self._use(snapshot)
-        body = self._body(resolution)
-        if asked is not None and self._kept_answers > 0:
-            if len(self._answers) >= self._kept_answers:
-                self._answers.popitem(last=False)
-            user = asked[1]
-            user_keys = snapshot.user_keys.get(user) if user else None
-            parts = self._parts(resolution, snapshot, user) if resolution.decided_by_caller else (body,)
-            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, parts)
-        return body + self._revision_field
-
-    def _body(self, resolution: Resolution) -> bytes:
-        model = resolution.model
-        decided = resolution.decided_by_caller
+    def _parts(self, resolution: Resolution, snapshot: Snapshot, user: str) -> tuple[bytes | _CallerKey, ...]:
+        """The answer without its config_revision field, in encodings kept per snapshot, with each caller
+        key left sealed in its place."""
+        model, decided = resolution.model, resolution.decided_by_caller
         if not decided:
             encoded = self._responses.get(model.id)
             if encoded is None:
                 encoded = resolve_response(resolution, 0).SerializeToString()  # a zero revision: no field
                 self._keep(self._responses, model.id, encoded)
-            return encoded
-        selected = resolution.selected
-        assert selected is not None
-        upstream = model.model
-        pieces = [self._name(model), self._field(model.id, "selected", selected, upstream, decided)]
-        pieces += [self._field(model.id, "fallbacks", o, upstream, decided) for o in resolution.fallbacks]
-        pieces += [self._field(model.id, "skipped", o, upstream, decided) for o in resolution.skipped]
-        return b"".join(pieces)
-
-    def _parts(self, resolution: Resolution, snapshot: Snapshot, user: str) -> tuple[bytes | _CallerKey, ...]:
-        """`_body`'s pieces with each caller key left sealed in its place."""
-        model, decided = resolution.model, resolution.decided_by_caller
+            return (encoded,)
         selected = resolution.selected
         assert selected is not None
         sealed = snapshot.sealed_user_keys(user, model.attachments)
@@ -589,9 +587,10 @@ class ResolveResponses:
         for role, outcomes in (("selected", (selected,)), ("fallbacks", resolution.fallbacks)):
             for o in outcomes:
                 if o.position in decided and o.key_source is KeySource.USER:
+                    pid = o.provider_config_id
                     without_key = resolved_attachment(replace(o, secret=None), model.model).SerializeToString()
-                    opener = user_key_opener(self._keyring, user, o.provider_config_id, sealed[o.provider_config_id])
-                    parts.append(_CallerKey(_FIELD_TAGS[role], without_key, opener))
+                    opener = user_key_opener(self._keyring, user, pid, sealed[pid])
+                    parts.append(_CallerKey(_FIELD_TAGS[role], without_key, pid, opener))
                 else:
                     parts.append(self._field(model.id, role, o, model.model, decided))
         parts += [self._field(model.id, "skipped", o, model.model, decided) for o in resolution.skipped]
@@ -609,7 +608,7 @@ class ResolveResponses:
         self, model_id: str, role: str, outcome: AttachmentOutcome, upstream: str, decided: frozenset[int]
     ) -> bytes:
         if outcome.position in decided:
-            return _encoded_field(role, outcome, upstream)  # decided by this caller's key: never kept here
+            return _encoded_field(role, outcome, upstream)  # decided by this caller's key, holding no key of theirs
         # Within one snapshot, an outcome no caller decided follows from its model and position.
         key = (model_id, role, outcome.position)
         encoded = self._fields.get(key)
