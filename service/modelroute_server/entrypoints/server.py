@@ -46,6 +46,7 @@ from . import transport
 from .authorization import Authenticator, Authorization
 from .bootstrap import ensure_role_tokens
 from .decoding import RequestDecoding
+from .executors import database_executor
 from .servicers import (
     AccessTokenServicer,
     AuditServicer,
@@ -271,6 +272,8 @@ async def serve(settings: Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
+    # Every `asyncio.to_thread` (all database work) runs below the event loop's priority.
+    loop.set_default_executor(database_executor())
     # The port was found free; it opens only once the snapshot is loaded.
     app = await asyncio.to_thread(build_application, settings, stop_loading)
     # The loaded snapshot is millions of long-lived objects: leave them out of the collector's full passes,
