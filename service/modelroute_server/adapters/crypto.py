@@ -22,7 +22,6 @@ import secrets
 import struct
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -223,10 +222,10 @@ def unpack_sealed_keys(packed: bytes, wanted: Container[str] | None = None) -> d
 def user_key_opener(
     keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey
 ) -> Callable[[], str | None]:
-    """`open_user_key`'s decryption, prepared once for a key kept sealed and opened on many calls."""
+    """The one way a user key is decrypted, prepared once: a key kept sealed is opened by calling it."""
     return keyring.opener(sealed, user_key_binding(user, provider_config_id, sealed.incarnation))
 
 
 def open_user_key(keyring: Keyring, user: str, provider_config_id: str, sealed: SealedKey) -> StoredKey:
-    """The one way a user key is decrypted (also used on keys held sealed in the snapshot)."""
-    return StoredKey(open_bound(keyring, sealed, partial(user_key_binding, user, provider_config_id)))
+    """A user key decrypted now (also used on keys held sealed in the snapshot)."""
+    return StoredKey(user_key_opener(keyring, user, provider_config_id, sealed)())
