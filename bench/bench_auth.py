@@ -43,8 +43,9 @@ from bench.replicas import (
 )
 from modelroute.v1 import resolver_pb2, resolver_pb2_grpc
 from modelroute_server.domain.access import Role
+from modelroute_server.entrypoints.health import watch_health
 from modelroute_server.entrypoints.logs import configure_logging
-from modelroute_server.entrypoints.server import build_application, create_server, watch_health
+from modelroute_server.entrypoints.server import build_application, create_server
 from modelroute_server.settings import settings_from_env
 
 TARGET_RATIO = 0.95
@@ -61,7 +62,7 @@ async def serve(guarded: str, open_address: str, open_has_authorization: bool) -
     ]
     for server in servers:
         await server.start()
-    watcher = asyncio.create_task(watch_health(app))
+    watcher = asyncio.create_task(watch_health(app.health, app.start_probe()))
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     await stopping.wait()

@@ -25,14 +25,8 @@ from modelroute.credentials import authenticated
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
 from modelroute_server.domain.access import Role
-from modelroute_server.entrypoints.server import (
-    Application,
-    create_server,
-    mark_not_serving,
-    sql_context,
-    watch_health,
-    wire_application,
-)
+from modelroute_server.entrypoints.health import mark_not_serving, watch_health
+from modelroute_server.entrypoints.server import Application, create_server, sql_context, wire_application
 from modelroute_server.entrypoints.transport import CertificateFiles
 from modelroute_server.service_layer import access_tokens
 from modelroute_server.settings import Settings
@@ -134,9 +128,9 @@ class RunningServer:
 
     async def _start(self) -> tuple[grpc.aio.Server, int]:
         server, port = create_server(self.app, "127.0.0.1:0", self._certificates)
-        await mark_not_serving(self.app)
+        await mark_not_serving(self.app.health)
         await server.start()
-        self._health_task = asyncio.ensure_future(watch_health(self.app))
+        self._health_task = asyncio.ensure_future(watch_health(self.app.health, self.app.start_probe()))
         return server, port
 
     def _call(self, coroutine: Any) -> Any:

@@ -1,5 +1,6 @@
-"""SPEC section 7: with PostgreSQL gone, resolution answers from the last snapshot, writes are
-UNAVAILABLE, health says NOT_SERVING, and everything recovers by itself when it returns."""
+"""With PostgreSQL gone, resolution answers from the last snapshot and its health stays SERVING
+(so does the overall name), writes are UNAVAILABLE and the administration services' health says
+NOT_SERVING, and everything recovers by itself when it returns (docs/operations.md, "Health")."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelroute.v1 import provider_config_pb2, resolver_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.entrypoints.health import ADMIN_SERVICES, NOT_SERVING, RESOLVER_SERVICE, SERVING
 
 from ..conftest import RunningServer, all_roles_token, build_app
 from ..helpers import call_error, create_model, create_provider, provider_request, stubs
@@ -58,10 +60,16 @@ def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> Non
         s = stubs(server.channel)
         health = health_pb2_grpc.HealthStub(server.channel)
 
-        def serving() -> bool:
-            return bool(health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING)
+        def status(service: str) -> int:
+            return int(health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status)
 
-        wait_for(serving)
+        def statuses() -> dict[str, int]:
+            return {service: status(service) for service in ("", RESOLVER_SERVICE, *ADMIN_SERVICES)}
+
+        def all_serving() -> bool:
+            return set(statuses().values()) == {SERVING}
+
+        wait_for(all_serving)
         create_provider(s, "a", api_key="sk-before")
         create_model(s, "m")
         before = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))
@@ -71,7 +79,9 @@ def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> Non
         assert during == before
         error = call_error(s.providers.CreateProviderConfig, provider_request("b"))
         assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
-        wait_for(lambda: not serving())
+        wait_for(lambda: status(ADMIN_SERVICES[0]) == NOT_SERVING)
+        outage = statuses()
+        assert outage == {"": SERVING, RESOLVER_SERVICE: SERVING, **dict.fromkeys(ADMIN_SERVICES, NOT_SERVING)}
         assert s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m")) == before
         # Even when this replica knows of a write its snapshot lacks, it keeps answering (quickly).
         app.snapshots.committed(before.config_revision + 1)
@@ -81,7 +91,7 @@ def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> Non
         assert time.monotonic() - started < 5
 
         own_postgres.start()
-        wait_for(serving)
+        wait_for(all_serving)
         wait_for(lambda: app.listener is not None and app.listener.connected.is_set())
         create_provider(s, "b", api_key="sk-after")
         after = s.resolver.ResolveModel(resolver_pb2.ResolveModelRequest(model="m"))

@@ -91,7 +91,13 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 
 def schema_is_current(engine: sa.Engine) -> bool:
-    return current_revision(engine) == head_revision()
+    with engine.connect() as connection:
+        return schema_is_served(connection)
+
+
+def schema_is_served(connection: sa.Connection) -> bool:
+    """The database's schema is the one this build serves."""
+    return MigrationContext.configure(connection).get_current_revision() == head_revision()
 
 
 @dataclass

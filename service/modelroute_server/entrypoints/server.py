@@ -47,6 +47,7 @@ from .authorization import Authenticator, Authorization
 from .bootstrap import ensure_role_tokens
 from .decoding import RequestDecoding
 from .executors import database_executor
+from .health import DatabaseProbe, mark_not_serving, watch_health
 from .servicers import (
     AccessTokenServicer,
     AuditServicer,
@@ -66,7 +67,6 @@ SERVICE_NAMES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     access_token_pb2.DESCRIPTOR.services_by_name["AccessTokenService"].full_name,
 )
-HEALTH_INTERVAL_SECONDS = 2.0
 
 
 @dataclass
@@ -82,6 +82,11 @@ class Application:
     embedded: database.EmbeddedPostgres | None = None
     listener: ChangeListener | None = None
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+    probe: DatabaseProbe | None = None
+
+    def start_probe(self) -> DatabaseProbe:
+        self.probe = DatabaseProbe(self.database_url)
+        return self.probe
 
     def start_listener(self, retry_seconds: float = 1.0) -> ChangeListener:
         """Every replica's announcements wake the snapshot's applier (which reads the change log)."""
@@ -95,6 +100,8 @@ class Application:
         self.snapshots.stop()
         if self.listener is not None:
             self.listener.stop()
+        if self.probe is not None:
+            self.probe.close()
         self.engine.dispose()
         if self.embedded is not None:
             self.embedded.stop()
@@ -221,35 +228,6 @@ def create_server(
     return server, transport.bind(server, address, certificates)
 
 
-def database_ready(engine: sa.Engine) -> bool:
-    """The database answers and its schema is the one this build expects."""
-    try:
-        return database.schema_is_current(engine)
-    except sa.exc.SQLAlchemyError:
-        return False
-
-
-async def mark_not_serving(app: Application) -> None:
-    """The health servicer starts out SERVING; nothing is served before the first database check."""
-    for name in ("", *SERVICE_NAMES):
-        await app.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-
-async def watch_health(app: Application) -> None:
-    """SERVING only while the database answers with a current schema."""
-    await mark_not_serving(app)
-    last = False
-    while True:
-        ready = await asyncio.to_thread(database_ready, app.engine)
-        if ready != last:
-            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", *SERVICE_NAMES):
-                await app.health.set(name, status)
-            log.info("health changed", extra={"serving": ready})
-            last = ready
-        await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
-
-
 def check_before_start(settings: Settings) -> transport.CertificateFiles | None:
     """Everything that can refuse a start, checked before anything is started: one clear line each."""
     transport.check_plaintext_allowed(settings)
@@ -285,9 +263,9 @@ async def serve(settings: Settings) -> None:
     except SettingsError:
         await asyncio.to_thread(app.close)
         raise
-    await mark_not_serving(app)
+    await mark_not_serving(app.health)
     await server.start()
-    watcher = asyncio.create_task(watch_health(app))
+    watcher = asyncio.create_task(watch_health(app.health, app.start_probe()))
     log.info(
         "modelroute listening",
         extra={
