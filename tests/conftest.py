@@ -26,7 +26,7 @@ from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
 from modelroute_server.domain.access import Role
 from modelroute_server.entrypoints.health import mark_not_serving, watch_health
-from modelroute_server.entrypoints.server import Application, create_server, sql_context, wire_application
+from modelroute_server.entrypoints.server import Application, admin_context, create_server, wire_application
 from modelroute_server.entrypoints.transport import CertificateFiles
 from modelroute_server.service_layer import access_tokens
 from modelroute_server.settings import Settings
@@ -149,10 +149,12 @@ class RunningServer:
 
 
 def build_app(url: str, keyring: Keyring, settings: Settings | None = None) -> Application:
-    """An application on `url` without a change listener (tests that need one start it)."""
+    """An application on `url` wired as the server wires it (admin reads and writes on their own threads
+    and connection pools), without a change listener (tests that need one start it)."""
+    settings = settings or Settings(database_url=url)
     engine = database.create_engine(url)
-    ctx = sql_context(engine, keyring)
-    return wire_application(settings or Settings(database_url=url), engine, ctx, url, listen=False)
+    ctx, work, admin_engines = admin_context(url, keyring, settings)
+    return wire_application(settings, engine, ctx, url, listen=False, work=work, admin_engines=admin_engines)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,10 @@ class Settings:
     # ResolveModel answers kept per replica, by (model, user) as asked, each given again while what it was
     # decided from is unchanged (a caller's key stays sealed in it, opened per call). 0 keeps none.
     kept_answers: int = 10_000
+    # A write waits at most this long for a row lock, and runs no statement longer than the second; past
+    # either it fails as UNAVAILABLE DATABASE_BUSY with a retry delay (set per transaction: PgBouncer-safe).
+    write_lock_timeout: timedelta = timedelta(seconds=5)
+    write_statement_timeout: timedelta = timedelta(seconds=15)
 
     @property
     def embedded(self) -> bool:
@@ -208,5 +212,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 env.get("MODELROUTE_CHANGE_LOG_RETENTION", "24h"), "MODELROUTE_CHANGE_LOG_RETENTION"
             ),
             kept_answers=_count(env.get("MODELROUTE_KEPT_ANSWERS", "10000"), "MODELROUTE_KEPT_ANSWERS"),
+            write_lock_timeout=parse_duration(
+                env.get("MODELROUTE_WRITE_LOCK_TIMEOUT", "5s"), "MODELROUTE_WRITE_LOCK_TIMEOUT"
+            ),
+            write_statement_timeout=parse_duration(
+                env.get("MODELROUTE_WRITE_STATEMENT_TIMEOUT", "15s"), "MODELROUTE_WRITE_STATEMENT_TIMEOUT"
+            ),
         )
     )

@@ -3,6 +3,8 @@ gRPC edge turns a DomainError into a status whose rich details round-trip."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -21,7 +23,14 @@ from modelroute_server.domain.errors import (
 )
 from modelroute_server.entrypoints.errors import GRPC_CODES, RPC_CODES, internal_error, to_status
 
-SERVER_SIDE = {Reason.INTERNAL_ERROR, Reason.DATABASE_UNAVAILABLE, Reason.CREDENTIALS_NOT_LOADED}
+# Reasons that describe the server's state, not a mistake of the caller.
+SERVER_SIDE = {
+    Reason.INTERNAL_ERROR,
+    Reason.DATABASE_UNAVAILABLE,
+    Reason.DATABASE_BUSY,
+    Reason.TOO_MANY_CALLS,
+    Reason.CREDENTIALS_NOT_LOADED,
+}
 CLIENT_CODES = {
     ErrorCode.INVALID_ARGUMENT,
     ErrorCode.NOT_FOUND,
@@ -136,6 +145,19 @@ def test_to_status_round_trips_every_detail() -> None:
         "modelroute.internal/ProviderConfig",
         "providerConfigs/p",
     )
+
+
+def test_a_retry_delay_becomes_retry_info_and_the_pushback_trailer() -> None:
+    error = DomainError(Reason.DATABASE_BUSY, "busy", retry_delay=timedelta(milliseconds=1500))
+    status = to_status(error)
+    assert status.code is grpc.StatusCode.UNAVAILABLE
+    (retry,) = unpack(decode_status(status), error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToTimedelta() == timedelta(milliseconds=1500)
+    assert ("grpc-retry-pushback-ms", "1500") in status.trailing_metadata
+    # Without a delay there is neither.
+    plain = to_status(DomainError(Reason.DATABASE_BUSY, "busy"))
+    assert unpack(decode_status(plain), error_details_pb2.RetryInfo) == []
+    assert all(key != "grpc-retry-pushback-ms" for key, _ in plain.trailing_metadata)
 
 
 @pytest.mark.parametrize("reason", list(Reason), ids=lambda r: r.value)

@@ -11,8 +11,8 @@ import builtins
 import logging
 import sys
 from collections.abc import Collection, Iterable
-from dataclasses import fields
-from datetime import datetime
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -585,6 +585,40 @@ def connect(engine: sa.Engine) -> sa.Connection:
 
 # Bounds any one query; per transaction, so it holds behind a transaction-pooling PgBouncer too.
 STATEMENT_TIMEOUT = sa.text("SET LOCAL statement_timeout = '60s'")
+# A write's own timeouts, also per transaction (set_config(..., true) is SET LOCAL with bound values).
+WRITE_TIMEOUTS = sa.text(
+    "SELECT set_config('lock_timeout', :lock_ms, true), set_config('statement_timeout', :statement_ms, true)"
+)
+# SQLSTATEs of a transaction that waited too long or lost a race: lock_not_available (lock_timeout),
+# query_canceled (statement_timeout), deadlock_detected, serialization_failure. Trying again shortly
+# is the remedy for each.
+_BUSY_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
+BUSY_RETRY_DELAY = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class WriteTimeouts:
+    lock: timedelta = timedelta(seconds=5)
+    statement: timedelta = timedelta(seconds=15)
+
+
+DEFAULT_WRITE_TIMEOUTS = WriteTimeouts()
+
+
+def database_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.DBAPIError) and getattr(exc.orig, "sqlstate", None) in _BUSY_SQLSTATES
+
+
+def busy_error(exc: BaseException) -> DomainError:
+    """A write that ran past its lock or statement timeout (or lost a deadlock): UNAVAILABLE with a retry
+    delay, since the same call is likely to succeed once the lock holder is done."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    log.warning("database busy", extra={"sqlstate": sqlstate})
+    return DomainError(
+        Reason.DATABASE_BUSY,
+        "the configuration database is busy (a lock or a statement took too long); retry shortly",
+        retry_delay=BUSY_RETRY_DELAY,
+    )
 
 
 class UnitOfWork:
@@ -592,10 +626,18 @@ class UnitOfWork:
     `unit_of_work.UnitOfWork` port). A database that is unreachable or goes away raises
     DomainError(DATABASE_UNAVAILABLE)."""
 
-    def __init__(self, engine: sa.Engine, keyring: Keyring, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        keyring: Keyring,
+        *,
+        read_only: bool = False,
+        write_timeouts: WriteTimeouts = DEFAULT_WRITE_TIMEOUTS,
+    ) -> None:
         self._engine = engine
         self._keyring = keyring
         self._read_only = read_only
+        self._write_timeouts = write_timeouts
 
     def __enter__(self) -> UnitOfWork:
         self._connection = connect(self._engine)
@@ -605,7 +647,17 @@ class UnitOfWork:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
         self._transaction = self._connection.begin()
-        self._connection.execute(STATEMENT_TIMEOUT)
+        if self._read_only:
+            self._connection.execute(STATEMENT_TIMEOUT)
+        else:
+            timeouts = self._write_timeouts
+            self._connection.execute(
+                WRITE_TIMEOUTS,
+                {
+                    "lock_ms": str(int(timeouts.lock.total_seconds() * 1000)),
+                    "statement_ms": str(int(timeouts.statement.total_seconds() * 1000)),
+                },
+            )
         self.changes = ChangeSequence(self._connection)
         self.providers = ProviderConfigRepository(self._connection, self._keyring)
         self.models = ModelConfigRepository(self._connection)
@@ -625,6 +677,8 @@ class UnitOfWork:
             self._connection.close()
         if exc is not None and lost_connection(exc):
             raise database_unavailable(exc) from exc
+        if exc is not None and database_busy(exc):
+            raise busy_error(exc) from exc
 
     def commit(self) -> None:
         self._transaction.commit()

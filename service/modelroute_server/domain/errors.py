@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
 ERROR_DOMAIN = "modelroute.internal"
@@ -24,6 +25,7 @@ class ErrorCode(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     ABORTED = "ABORTED"
     UNAVAILABLE = "UNAVAILABLE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
@@ -58,6 +60,8 @@ class Reason(enum.Enum):
     NO_USABLE_ATTACHMENT = "NO_USABLE_ATTACHMENT"
     REVISION_NOT_REACHED = "REVISION_NOT_REACHED"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    DATABASE_BUSY = "DATABASE_BUSY"
+    TOO_MANY_CALLS = "TOO_MANY_CALLS"
     ACCESS_TOKEN_NOT_FOUND = "ACCESS_TOKEN_NOT_FOUND"
     ACCESS_TOKEN_ALREADY_EXISTS = "ACCESS_TOKEN_ALREADY_EXISTS"
     CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
@@ -101,6 +105,10 @@ REASON_CODES: Mapping[Reason, ErrorCode] = {
     Reason.NO_USABLE_ATTACHMENT: ErrorCode.FAILED_PRECONDITION,
     Reason.REVISION_NOT_REACHED: ErrorCode.FAILED_PRECONDITION,
     Reason.DATABASE_UNAVAILABLE: ErrorCode.UNAVAILABLE,
+    # A lock or a statement ran past its timeout: the same call is likely to succeed shortly.
+    Reason.DATABASE_BUSY: ErrorCode.UNAVAILABLE,
+    # This replica already has as many calls of the class in flight as it takes: refused at once.
+    Reason.TOO_MANY_CALLS: ErrorCode.RESOURCE_EXHAUSTED,
     Reason.ACCESS_TOKEN_NOT_FOUND: ErrorCode.NOT_FOUND,
     Reason.ACCESS_TOKEN_ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
     Reason.CREDENTIALS_MISSING: ErrorCode.UNAUTHENTICATED,
@@ -167,6 +175,7 @@ class DomainError(Exception):
         precondition_violations: Iterable[PreconditionViolation] = (),
         resource: ResourceRef | None = None,
         metadata: Mapping[str, str] | None = None,
+        retry_delay: timedelta | None = None,
     ) -> None:
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 20] + " ... (shortened)"
@@ -190,6 +199,8 @@ class DomainError(Exception):
         )
         self.resource = resource
         self.metadata = dict(metadata or {})
+        # When the caller may try again (google.rpc.RetryInfo, and gRPC's retry pushback).
+        self.retry_delay = retry_delay
 
     @property
     def code(self) -> ErrorCode:

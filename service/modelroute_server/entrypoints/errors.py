@@ -7,6 +7,7 @@ domain/errors.py, domain `modelroute.internal`), plus `BadRequest`,
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import grpc
@@ -25,6 +26,7 @@ GRPC_CODES: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.ABORTED: grpc.StatusCode.ABORTED,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
@@ -36,6 +38,7 @@ RPC_CODES: dict[ErrorCode, int] = {
     ErrorCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
     ErrorCode.ABORTED: code_pb2.ABORTED,
     ErrorCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    ErrorCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     ErrorCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
     ErrorCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
     ErrorCode.INTERNAL: code_pb2.INTERNAL,
@@ -85,7 +88,23 @@ def to_status(error: DomainError) -> grpc.Status:
                 )
             )
         )
-    return rpc_status.to_status(status)
+    if error.retry_delay is not None:
+        retry_info = error_details_pb2.RetryInfo()
+        retry_info.retry_delay.FromTimedelta(error.retry_delay)
+        status.details.append(_pack(retry_info))
+    converted = rpc_status.to_status(status)
+    if error.retry_delay is None:
+        return converted
+    # gRPC's own retry policy reads the delay from this trailer (and stops retrying on a negative one).
+    pushback = (RETRY_PUSHBACK_METADATA_KEY, str(int(error.retry_delay.total_seconds() * 1000)))
+    return _Status(converted.code, converted.details, (*converted.trailing_metadata, pushback))
+
+
+RETRY_PUSHBACK_METADATA_KEY = "grpc-retry-pushback-ms"
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):  # type: ignore[misc]
+    pass
 
 
 def internal_error() -> DomainError:

@@ -36,7 +36,7 @@ from ..adapters import database
 from ..adapters.change_source import PostgresChangeSource
 from ..adapters.crypto import KEYRING_ENV, KEYRING_FORMAT, Keyring, load_or_create_keyring_file
 from ..adapters.notifications import ChangeListener
-from ..adapters.repositories import UnitOfWork
+from ..adapters.repositories import DEFAULT_WRITE_TIMEOUTS, UnitOfWork, WriteTimeouts
 from ..domain.families import Family
 from ..service_layer.access_tokens import AccessTokenCache
 from ..service_layer.context import ServiceContext
@@ -46,7 +46,7 @@ from . import transport
 from .authorization import Authenticator, Authorization
 from .bootstrap import ensure_role_tokens
 from .decoding import RequestDecoding
-from .executors import database_executor
+from .executors import AdminWork, database_executor
 from .health import DatabaseProbe, mark_not_serving, watch_health
 from .servicers import (
     AccessTokenServicer,
@@ -83,6 +83,9 @@ class Application:
     listener: ChangeListener | None = None
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     probe: DatabaseProbe | None = None
+    work: AdminWork = field(default_factory=AdminWork)
+    # The admin reads' and writes' own connection pools (closed with the application).
+    admin_engines: tuple[sa.Engine, ...] = ()
 
     def start_probe(self) -> DatabaseProbe:
         self.probe = DatabaseProbe(self.database_url)
@@ -102,6 +105,9 @@ class Application:
             self.listener.stop()
         if self.probe is not None:
             self.probe.close()
+        self.work.shutdown()
+        for engine in self.admin_engines:
+            engine.dispose()
         self.engine.dispose()
         if self.embedded is not None:
             self.embedded.stop()
@@ -130,12 +136,20 @@ def load_keyring(settings: Settings) -> Keyring:
 
 
 def sql_context(
-    engine: sa.Engine, keyring: Keyring, deployment_keys: Mapping[Family, str] | None = None
+    engine: sa.Engine,
+    keyring: Keyring,
+    deployment_keys: Mapping[Family, str] | None = None,
+    *,
+    read_engine: sa.Engine | None = None,
+    write_timeouts: WriteTimeouts = DEFAULT_WRITE_TIMEOUTS,
 ) -> ServiceContext:
-    """The use cases on PostgreSQL."""
+    """The use cases on PostgreSQL: writes on `engine`, reads on `read_engine` (default: the same)."""
+    reads = read_engine or engine
 
     def unit_of_work(read_only: bool = False) -> UnitOfWork:
-        return UnitOfWork(engine, keyring, read_only=read_only)
+        if read_only:
+            return UnitOfWork(reads, keyring, read_only=True)
+        return UnitOfWork(engine, keyring, write_timeouts=write_timeouts)
 
     return ServiceContext(keyring, unit_of_work, dict(deployment_keys or {}))
 
@@ -149,6 +163,8 @@ def wire_application(
     *,
     listen: bool = True,
     stopping: threading.Event | None = None,
+    work: AdminWork | None = None,
+    admin_engines: tuple[sa.Engine, ...] = (),
 ) -> Application:
     """The snapshot (with the access tokens) every call reads, loaded before anything is served, and kept
     current by this replica's commits and every replica's announcements.
@@ -163,7 +179,9 @@ def wire_application(
         log_retention=settings.change_log_retention,
     )
     ctx.on_commit.append(snapshots.committed)
-    app = Application(settings, engine, ctx, snapshots, tokens, url, embedded)
+    app = Application(
+        settings, engine, ctx, snapshots, tokens, url, embedded, work=work or AdminWork(), admin_engines=admin_engines
+    )
     if listen:
         app.start_listener()
     try:
@@ -181,10 +199,26 @@ def build_application(settings: Settings, stopping: threading.Event | None = Non
     engine = database.create_engine(url)
     if settings.embedded or settings.migrate:
         database.upgrade(engine)
-    ctx = sql_context(engine, keyring, settings.deployment_keys)
+    ctx, work, admin_engines = admin_context(url, keyring, settings)
     if settings.embedded:
         announce_token_files(settings, ensure_role_tokens(ctx, settings.data_dir))
-    return wire_application(settings, engine, ctx, url, embedded, stopping=stopping)
+    return wire_application(
+        settings, engine, ctx, url, embedded, stopping=stopping, work=work, admin_engines=admin_engines
+    )
+
+
+def admin_context(
+    url: str, keyring: Keyring, settings: Settings
+) -> tuple[ServiceContext, AdminWork, tuple[sa.Engine, ...]]:
+    """The use cases as the servicers run them: reads and writes each on worker threads of their own,
+    over a connection pool of their own with a connection for every thread, so that neither class ever
+    waits for the other's connections."""
+    work = AdminWork()
+    reads = database.create_engine(url, pool_size=work.reads.workers, max_overflow=0)
+    writes = database.create_engine(url, pool_size=work.writes.workers, max_overflow=0)
+    timeouts = WriteTimeouts(settings.write_lock_timeout, settings.write_statement_timeout)
+    ctx = sql_context(writes, keyring, settings.deployment_keys, read_engine=reads, write_timeouts=timeouts)
+    return ctx, work, (reads, writes)
 
 
 def announce_token_files(settings: Settings, written: list[Path]) -> None:
@@ -213,13 +247,14 @@ def create_server(
         interceptors.append(Authorization(authenticator))
     interceptors.append(RequestDecoding())
     server = grpc.aio.server(interceptors=interceptors, options=transport.SERVER_OPTIONS)
-    provider_config_pb2_grpc.add_ProviderConfigServiceServicer_to_server(ProviderConfigServicer(app.ctx), server)
-    model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx), server)
-    user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx), server)
+    provider_configs = ProviderConfigServicer(app.ctx, app.work)
+    provider_config_pb2_grpc.add_ProviderConfigServiceServicer_to_server(provider_configs, server)
+    model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx, app.work), server)
+    user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx, app.work), server)
     resolver = ResolverServicer(app.ctx, app.snapshots, app.settings.kept_answers)
     resolver_pb2_grpc.add_ResolverServiceServicer_to_server(resolver, server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.ctx), server)
-    access_token_pb2_grpc.add_AccessTokenServiceServicer_to_server(AccessTokenServicer(app.ctx), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.ctx, app.work), server)
+    access_token_pb2_grpc.add_AccessTokenServiceServicer_to_server(AccessTokenServicer(app.ctx, app.work), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

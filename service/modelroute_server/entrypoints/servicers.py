@@ -43,6 +43,7 @@ from ..service_layer.views import ModelConfigView
 from . import convert, convert_security
 from .authorization import current_caller
 from .errors import abort, internal_error
+from .executors import MAX_WAITING_RESOLUTIONS, AdminWork, CallBound
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -80,14 +81,15 @@ def _report_default_change(context: grpc.aio.ServicerContext, change: DefaultCha
 
 
 class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
         self._ctx = ctx
+        self._work = work
 
     @rpc
     async def CreateProviderConfig(
         self, request: provider_config_pb2.CreateProviderConfigRequest, context: grpc.aio.ServicerContext
     ) -> provider_config_pb2.ProviderConfig:
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             provider_configs.create_provider_config,
             self._ctx,
             current_caller(),
@@ -101,14 +103,14 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         self, request: provider_config_pb2.GetProviderConfigRequest, context: grpc.aio.ServicerContext
     ) -> provider_config_pb2.ProviderConfig:
         provider_id = convert.provider_id_from_name(request.name, "name")
-        view = await asyncio.to_thread(provider_configs.get_provider_config, self._ctx, provider_id)
+        view = await self._work.read(provider_configs.get_provider_config, self._ctx, provider_id)
         return convert.provider_to_proto(view)
 
     @rpc
     async def ListProviderConfigs(
         self, request: provider_config_pb2.ListProviderConfigsRequest, context: grpc.aio.ServicerContext
     ) -> provider_config_pb2.ListProviderConfigsResponse:
-        page = await asyncio.to_thread(
+        page = await self._work.read(
             provider_configs.list_provider_configs,
             self._ctx,
             convert.provider_filter(request.filter),
@@ -126,7 +128,7 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
     ) -> provider_config_pb2.ProviderConfig:
         provider_id = convert.provider_id_from_name(request.provider_config.name, "provider_config.name")
         mask = request.update_mask if request.HasField("update_mask") else None
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             provider_configs.update_provider_config,
             self._ctx,
             current_caller(),
@@ -140,7 +142,7 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         self, request: provider_config_pb2.DeleteProviderConfigRequest, context: grpc.aio.ServicerContext
     ) -> provider_config_pb2.DeleteProviderConfigResponse:
         provider_id = convert.provider_id_from_name(request.name, "name")
-        outcome = await asyncio.to_thread(
+        outcome = await self._work.write(
             provider_configs.delete_provider_config,
             self._ctx,
             current_caller(),
@@ -159,8 +161,9 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
 
 
 class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
         self._ctx = ctx
+        self._work = work
 
     def _respond(self, context: grpc.aio.ServicerContext, view: ModelConfigView) -> model_config_pb2.ModelConfig:
         _report_default_change(context, view.default_change)
@@ -170,7 +173,7 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
     async def CreateModelConfig(
         self, request: model_config_pb2.CreateModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             model_configs.create_model_config,
             self._ctx,
             current_caller(),
@@ -184,13 +187,13 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         self, request: model_config_pb2.GetModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        return convert.model_to_proto(await asyncio.to_thread(model_configs.get_model_config, self._ctx, model_id))
+        return convert.model_to_proto(await self._work.read(model_configs.get_model_config, self._ctx, model_id))
 
     @rpc
     async def ListModelConfigs(
         self, request: model_config_pb2.ListModelConfigsRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ListModelConfigsResponse:
-        page = await asyncio.to_thread(
+        page = await self._work.read(
             model_configs.list_model_configs,
             self._ctx,
             convert.model_filter(request.filter, request.show_deleted),
@@ -207,7 +210,7 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.model_config.name, "model_config.name")
         mask = request.update_mask if request.HasField("update_mask") else None
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             model_configs.update_model_config,
             self._ctx,
             current_caller(),
@@ -221,7 +224,7 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         self, request: model_config_pb2.DeleteModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             model_configs.delete_model_config, self._ctx, current_caller(), model_id, request.etag
         )
         return self._respond(context, view)
@@ -231,22 +234,23 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         self, request: model_config_pb2.UndeleteModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             model_configs.undelete_model_config, self._ctx, current_caller(), model_id, request.etag
         )
         return self._respond(context, view)
 
 
 class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
         self._ctx = ctx
+        self._work = work
 
     @rpc
     async def SetUserProviderKey(
         self, request: user_key_pb2.SetUserProviderKeyRequest, context: grpc.aio.ServicerContext
     ) -> user_key_pb2.UserProviderConfig:
         provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
-        view = await asyncio.to_thread(
+        view = await self._work.write(
             user_keys.set_user_provider_key, self._ctx, current_caller(), request.user, provider_id, request.api_key
         )
         return convert.user_provider_to_proto(view)
@@ -256,7 +260,7 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
         self, request: user_key_pb2.DeleteUserProviderKeyRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
-        await asyncio.to_thread(
+        await self._work.write(
             user_keys.delete_user_provider_key, self._ctx, current_caller(), request.user, provider_id
         )
         return empty_pb2.Empty()
@@ -265,7 +269,7 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
     async def ListUserProviderConfigs(
         self, request: user_key_pb2.ListUserProviderConfigsRequest, context: grpc.aio.ServicerContext
     ) -> user_key_pb2.ListUserProviderConfigsResponse:
-        page = await asyncio.to_thread(
+        page = await self._work.read(
             user_keys.list_user_provider_configs, self._ctx, request.user, request.page_size, request.page_token
         )
         return user_key_pb2.ListUserProviderConfigsResponse(
@@ -293,10 +297,19 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self._ctx = ctx
         self._snapshots = snapshots
         self._responses = convert.ResolveResponses(ctx.keyring, kept_answers)
+        self.waiting = CallBound("resolutions waiting for a revision", MAX_WAITING_RESOLUTIONS)
 
     async def _snapshot(self, min_revision: int = 0) -> Snapshot:
-        # Waits (on the event loop, holding no thread) only for a revision not applied here yet.
-        return self._snapshots.fresh(min_revision) or await self._snapshots.wait(min_revision)
+        return self._snapshots.fresh(min_revision) or await self._wait(min_revision)
+
+    async def _wait(self, min_revision: int) -> Snapshot:
+        """Waits (on the event loop, holding no thread) for a revision not applied here yet; a bounded number
+        of calls at once."""
+        self.waiting.acquire()
+        try:
+            return await self._snapshots.wait(min_revision)
+        finally:
+            self.waiting.release()
 
     def _check_user(self, user: str) -> None:
         if user:
@@ -319,7 +332,7 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self._check_user(request.user)
         if min_revision < 0:
             raise invalid_field("min_revision", "must not be negative")
-        snapshot = snapshot or await self._snapshots.wait(min_revision)
+        snapshot = snapshot or await self._wait(min_revision)
         outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
         return self._responses.response(outcome, snapshot, asked)
 
@@ -365,14 +378,15 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
 
 
 class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
         self._ctx = ctx
+        self._work = work
 
     @rpc
     async def CreateAccessToken(
         self, request: access_token_pb2.CreateAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> access_token_pb2.CreateAccessTokenResponse:
-        created = await asyncio.to_thread(
+        created = await self._work.write(
             access_tokens.create_access_token,
             self._ctx,
             current_caller(),
@@ -388,9 +402,7 @@ class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
     async def ListAccessTokens(
         self, request: access_token_pb2.ListAccessTokensRequest, context: grpc.aio.ServicerContext
     ) -> access_token_pb2.ListAccessTokensResponse:
-        page = await asyncio.to_thread(
-            access_tokens.list_access_tokens, self._ctx, request.page_size, request.page_token
-        )
+        page = await self._work.read(access_tokens.list_access_tokens, self._ctx, request.page_size, request.page_token)
         now = datetime.now(UTC)
         return access_token_pb2.ListAccessTokensResponse(
             access_tokens=[convert_security.access_token_to_proto(t, now) for t in page.items],
@@ -402,19 +414,20 @@ class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
         self, request: access_token_pb2.RevokeAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> access_token_pb2.AccessToken:
         token_id = convert_security.access_token_id_from_name(request.name, "name")
-        token = await asyncio.to_thread(access_tokens.revoke_access_token, self._ctx, current_caller(), token_id)
+        token = await self._work.write(access_tokens.revoke_access_token, self._ctx, current_caller(), token_id)
         return convert_security.access_token_to_proto(token, datetime.now(UTC))
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
         self._ctx = ctx
+        self._work = work
 
     @rpc
     async def ListAuditEvents(
         self, request: audit_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> audit_pb2.ListAuditEventsResponse:
-        page = await asyncio.to_thread(
+        page = await self._work.read(
             audit.list_audit_events,
             self._ctx,
             convert_security.audit_filter(request.filter),

@@ -19,8 +19,18 @@ from ..settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
-# grpc's Linux default (1) lets a second server bind the same port and silently take part of its traffic.
-SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+# Calls that have arrived but that the server has not taken up yet wait in gRPC's core. Past 1,000 of them
+# its default sheds at random, and after 30 s unclaimed it drops them, both answered CANCELLED although
+# no client cancelled (2,000 concurrent calls from one client are enough). The service takes calls up
+# as fast as they come and sheds by class itself, with RESOURCE_EXHAUSTED and a retry delay
+# (entrypoints/executors.py); the core's queue is only a backstop, far above what that lets build up.
+MAX_PENDING_CALLS = 20_000
+SERVER_OPTIONS = (
+    # grpc's Linux default (1) lets a second server bind the same port and silently take part of its traffic.
+    ("grpc.so_reuseport", 0),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+)
 
 
 def split_address(address: str) -> tuple[str, int]:
