@@ -1,4 +1,4 @@
-"""The change log (SPEC section 7): every change takes one sequence number, replicas re-read only what it
+"""The change log (docs/architecture.md): every change takes one sequence number, replicas re-read only what it
 names, catch up after missed announcements, and reload in full only when the log no longer reaches back."""
 
 from __future__ import annotations

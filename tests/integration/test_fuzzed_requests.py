@@ -1,5 +1,5 @@
 """Property: whatever a client sends, the answer is a success or a structured client error, never
-INTERNAL or UNKNOWN (SPEC section 9). Random requests go through the real server and database."""
+INTERNAL or UNKNOWN (docs/behaviour.md, "Errors"). Random requests go through the real server and database."""
 
 from __future__ import annotations
 

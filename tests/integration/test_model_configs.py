@@ -1,4 +1,4 @@
-"""Model configs through gRPC against real PostgreSQL (SPEC sections 3 and 10, issue 3).
+"""Model configs through gRPC against real PostgreSQL (docs/behaviour.md, "Model configs").
 
 Every rejected request is checked to change nothing: the whole configuration
 (every table, and the revision counter) is compared before and after.
@@ -858,7 +858,7 @@ def test_deleting_the_default_promotes_by_create_time_then_id(channel: grpc.Chan
 
 def test_an_eligible_model_fills_an_empty_default_slot(channel: grpc.Channel, engine: sa.Engine) -> None:
     """With no default at all, a model that becomes eligible (created, enabled, undeleted) becomes the default,
-    just as the first model created does. (SPEC is silent on enable/undelete; this is what an operator expects.)"""
+    just as the first model created does (docs/behaviour.md, "The default model")."""
     s = stubs(channel)
     create_provider(s, "p-a")
     create_model(s, "m-one", providers=("p-a",))

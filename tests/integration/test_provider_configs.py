@@ -1,4 +1,4 @@
-"""Provider configs through gRPC against real PostgreSQL (SPEC sections 1, 2, 9 and 10; issue 2).
+"""Provider configs through gRPC against real PostgreSQL (docs/behaviour.md: families, provider configs, errors).
 
 Every rejected request is checked to change nothing: every table and the
 revision counter are compared before and after the call. Keys used here are

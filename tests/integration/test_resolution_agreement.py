@@ -1,4 +1,5 @@
-"""ResolveModel, ListAvailableModels and ExplainResolution agree over the whole truth table (SPEC section 6)."""
+"""ResolveModel, ListAvailableModels and ExplainResolution agree over the whole truth table
+(docs/behaviour.md, "Resolution")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC trap 9 and section 7: steady-state resolution does no database round trip."""
+"""Guarantee 9 (docs/behaviour.md) and docs/architecture.md: steady-state resolution does no database round trip."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ResolverService end to end over gRPC against a real PostgreSQL (SPEC sections 5 and 6, traps 3 to 7)."""
+"""ResolverService end to end over gRPC against a real PostgreSQL (docs/behaviour.md: deployment keys,
+resolution, guarantees 3 to 7)."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def setup_row(
     The deployment key is configured while the config is set up (a policy that uses the central key needs
     a credential to be created); for rows without one it is removed afterwards, as an operator does when the
     service restarts with another environment. The user key of a (1,0,0) row was stored while the config
-    still allowed user keys; turning U off keeps it (SPEC section 4), so the resolver must ignore it.
+    still allowed user keys; turning U off keeps it (docs/behaviour.md, "User keys"), so the resolver must ignore it.
     """
     family_name, family = row_family(row)
     deployment_keys = env_keys(app)
@@ -606,7 +607,7 @@ def test_explain_override_naming_an_unknown_provider_is_not_found(channel: grpc.
     assert (error.code, error.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["user_key_overrides[0].provider_config"])
 
 
-# ---------------------------------------------------------------- SPEC traps 3 to 7
+# ---------------------------------------------------------------- guarantees 3 to 7 (docs/behaviour.md)
 
 
 def test_trap3_no_key_borrowed_from_sibling_config(app: Application, channel: grpc.Channel) -> None:

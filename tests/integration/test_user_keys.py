@@ -1,4 +1,4 @@
-"""User keys (bring your own key) through gRPC against real PostgreSQL (SPEC section 4, issue 3).
+"""User keys (bring your own key) through gRPC against real PostgreSQL (docs/behaviour.md, "User keys").
 
 The keys used here are fake; assertions compare them without printing them.
 """

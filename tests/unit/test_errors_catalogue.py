@@ -4,6 +4,7 @@ gRPC edge turns a DomainError into a status whose rich details round-trip."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -210,3 +211,12 @@ def test_an_internal_error_says_nothing_about_its_cause() -> None:
     assert status.code is grpc.StatusCode.INTERNAL
     (info,) = unpack(decode_status(status), error_details_pb2.ErrorInfo)
     assert (info.reason, info.domain, dict(info.metadata)) == ("INTERNAL_ERROR", ERROR_DOMAIN, {})
+
+
+def test_the_behaviour_reference_lists_every_reason_with_its_code() -> None:
+    """docs/behaviour.md's error table is for the service's users: it must not fall behind the catalogue."""
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "behaviour.md").read_text()
+    rows = [line for line in reference.splitlines() if line.startswith("| `")]
+    for reason in Reason:
+        (row,) = [line for line in rows if f"`{reason.value}`" in line]
+        assert f"| {reason.code.value} |" in row, row

@@ -1,6 +1,6 @@
-"""The pure resolver against the SPEC section 6 truth table, written out row by row.
+"""The pure resolver against the resolution rules of docs/behaviour.md, written out row by row.
 
-Every expectation below is written by hand from the SPEC rule order; nothing
+Every expectation below is written by hand from the rule order in docs/behaviour.md; nothing
 here re-implements the rules. The integration tests reuse `TRUTH_TABLE`.
 """
 
@@ -386,7 +386,7 @@ def test_invalid_config_is_skipped_and_the_walk_goes_on(family: Family, base_url
 
 
 def test_invalid_config_comes_after_the_key_rules() -> None:
-    """SPEC section 6 order: disabled, then the key, then the client check."""
+    """The rule order of docs/behaviour.md: disabled, then the key, then the client check."""
     disabled = make_provider("a", Family.AZURE, CredentialPolicy(), api_key=StoredKey("k"), base_url="", enabled=False)
     keyless = make_provider("b", Family.AZURE, CredentialPolicy(), base_url="")
     user_only = make_provider("c", Family.AZURE, CredentialPolicy(False, True, False), base_url="")

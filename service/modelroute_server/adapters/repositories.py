@@ -1,7 +1,7 @@
 """Repositories over SQLAlchemy Core: domain objects in, domain objects out.
 
 Every read of key material goes through `_open_provider_key` or
-`_open_user_key`, the one decrypting path (SPEC trap 2): no query hands a
+`_open_user_key`, the one decrypting path (guarantee 2 in docs/behaviour.md): no query hands a
 ciphertext to a caller.
 """
 

@@ -14,7 +14,7 @@ from .families import Family
 from .providers import ProviderConfig, provider_config_name
 
 DEFAULT_COMPRESSION_THRESHOLD = 70
-# Every attachment must fit in one error's details (SPEC section 6 lists them all).
+# Every attachment must fit in one error's details (docs/behaviour.md: the error lists them all).
 MAX_ATTACHMENTS = 25
 MAX_CONTEXT_LIMIT = 100_000_000
 

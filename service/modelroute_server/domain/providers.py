@@ -2,7 +2,7 @@
 
 `central_credential` is the ONE helper every read shape (provider read, model
 attachment read, user listing) and the resolver use to say whether and how a
-provider config's central credential is usable (SPEC trap 7).
+provider config's central credential is usable (guarantee 7 in docs/behaviour.md).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def central_credential(config: ProviderConfig, deployment_keys: Mapping[Family, 
     """The central credential of `config`: stored key, else deployment key, else ambient (bedrock).
 
     A deployment key applies only to configs of its own family with C=1 and no
-    stored key (SPEC section 5); nothing is ever borrowed from a sibling config.
+    stored key (docs/behaviour.md, "Deployment keys"); nothing is ever borrowed from a sibling config.
     """
     if not config.policy.central_api_key_enabled:
         return CentralCredential(None)
@@ -151,7 +151,7 @@ def validate_provider_config(
     *,
     check_central_key: bool = True,
 ) -> None:
-    """All SPEC section 1 and 2 rules for a config about to be stored.
+    """All the rules of docs/behaviour.md's "Provider families" and "Provider configs" for a config about to be stored.
 
     `check_central_key=False` skips the central-key requirement, for updates
     that touch neither the policy nor the key: a config that lost its

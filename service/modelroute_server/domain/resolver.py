@@ -3,7 +3,7 @@
 Pure: a model config, its attachments' provider configs, the user's keys and
 the deployment keys in; one ordered outcome per attachment out. ResolveModel,
 ListAvailableModels and ExplainResolution all call `resolve`, so they cannot
-disagree (SPEC section 6).
+disagree (docs/behaviour.md, "Resolution").
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def resolve(
     """Walk the attachments in order; record one outcome each.
 
     `user_keys` is keyed by provider config id: a key never leaks from one
-    config to a sibling of the same family (SPEC trap 3).
+    config to a sibling of the same family (guarantee 3 in docs/behaviour.md).
     """
     verdicts = {pid: prepare_provider(providers[pid], deployment_keys) for pid in model.attachments}
     return resolve_prepared(model, verdicts, user_keys, what_if)
@@ -228,7 +228,7 @@ def _attachment_outcome(
     if not enabled:
         return skipped(SkipReason.PROVIDER_DISABLED, FixableBy.ADMIN, "the provider config is disabled")
 
-    # 2. The credential policy decides the key (first matching rule, SPEC section 6).
+    # 2. The credential policy decides the key (first matching rule, docs/behaviour.md "Resolution").
     policy = provider.policy
     central = central_credential(provider, deployment_keys)
     has_central_key = central.source in (KeySource.STORED, KeySource.DEPLOYMENT)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from ..adapters import database
 from ..adapters.crypto import KeyringError, generate_keyring_spec
 from ..adapters.key_rotation import rotate_keys
+from ..adapters.repositories import WriteTimeouts
 from ..domain.access import ROLE_NAMES
 from ..domain.audit import AuditEntry, Caller, FieldChange
 from ..domain.errors import DomainError
@@ -159,7 +160,8 @@ def _service_context(settings: Settings) -> Iterator[tuple[sa.Engine, ServiceCon
             database.upgrade(engine)  # as `serve` does: embedded mode manages its own schema
         elif not database.schema_is_current(engine):
             raise SettingsError("the database schema is not current; run `modelroute-server migrate` first")
-        yield engine, sql_context(engine, keyring, settings.deployment_keys)
+        timeouts = WriteTimeouts(settings.write_lock_timeout, settings.write_statement_timeout)
+        yield engine, sql_context(engine, keyring, settings.deployment_keys, write_timeouts=timeouts)
 
 
 def _tokens(settings: Settings, options: argparse.Namespace) -> int:

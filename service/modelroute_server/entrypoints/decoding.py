@@ -1,7 +1,7 @@
 """A request that cannot be decoded is the caller's mistake: INVALID_ARGUMENT with an ErrorInfo.
 
 Without this, grpc answers a corrupt body (bad wire format, a string that is
-not UTF-8) with a bare UNKNOWN before any servicer runs (SPEC section 9).
+not UTF-8) with a bare UNKNOWN before any servicer runs (docs/behaviour.md, "Errors").
 """
 
 from __future__ import annotations

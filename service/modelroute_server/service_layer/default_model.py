@@ -1,4 +1,4 @@
-"""The default-model rule (SPEC section 3), in one place for every write that can move it."""
+"""The default-model rule (docs/behaviour.md, "Model configs"), in one place for every write that can move it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model config use cases: ordered attachments, the default model, soft delete (SPEC section 3)."""
+"""Model config use cases: ordered attachments, the default model, soft delete (docs/behaviour.md, "Model configs")."""
 
 from __future__ import annotations
 

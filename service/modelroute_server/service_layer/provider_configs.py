@@ -1,4 +1,4 @@
-"""Provider config use cases (SPEC sections 1-3)."""
+"""Provider config use cases (docs/behaviour.md, "Provider families" and "Provider configs")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Resolution use cases over the in-memory configuration snapshot (`snapshot.py`).
 
-Steady-state resolution does no database round trip (SPEC trap 9) and repeats
+Steady-state resolution does no database round trip (guarantee 9 in docs/behaviour.md) and repeats
 no work that depends only on the configuration: each provider config's verdict
 is prepared once per change; a call decrypts only the caller's own keys that
 can change a verdict.

@@ -1,4 +1,4 @@
-"""User keys: one per (user, provider config), encrypted like central keys (SPEC section 4)."""
+"""User keys: one per (user, provider config), encrypted like central keys (docs/behaviour.md, "User keys")."""
 
 from __future__ import annotations
 
