@@ -59,6 +59,7 @@ from .servicers import (
 
 log = logging.getLogger(__name__)
 
+SWITCH_INTERVAL_SECONDS = 0.0005
 SERVICE_NAMES = (
     provider_config_pb2.DESCRIPTOR.services_by_name["ProviderConfigService"].full_name,
     model_config_pb2.DESCRIPTOR.services_by_name["ModelConfigService"].full_name,
@@ -287,6 +288,10 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop)
     # Every `asyncio.to_thread` (all database work) runs below the event loop's priority.
     loop.set_default_executor(database_executor())
+    # Worker threads build and encode admin answers in Python, holding the interpreter lock; the event loop
+    # takes it back only when the holder's switch interval ends. At the default 5 ms, each step of a
+    # resolution or of a refusal could wait that long behind a busy admin read.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # The port was found free; it opens only once the snapshot is loaded.
     app = await asyncio.to_thread(build_application, settings, stop_loading)
     # The loaded snapshot is millions of long-lived objects: leave them out of the collector's full passes,

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from modelroute.client import DEFAULT_MODEL_METADATA_KEY
 from modelroute.v1 import (
@@ -70,6 +71,12 @@ def rpc(
     return wrapper
 
 
+def encoded(response: Callable[[], Message]) -> bytes:
+    """A List answer built and encoded where it is called: in a worker thread, since a 200-item page
+    costs milliseconds that the event loop owes to resolution (`RequestDecoding` passes bytes on)."""
+    return response().SerializeToString()
+
+
 def _default_name(change: DefaultChange) -> str:
     return model_config_name(change.model_config_id) if change.model_config_id else ""
 
@@ -107,20 +114,19 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         return convert.provider_to_proto(view)
 
     @rpc
-    async def ListProviderConfigs(
+    async def ListProviderConfigs(  # type: ignore[override]
         self, request: provider_config_pb2.ListProviderConfigsRequest, context: grpc.aio.ServicerContext
-    ) -> provider_config_pb2.ListProviderConfigsResponse:
-        page = await self._work.read(
-            provider_configs.list_provider_configs,
-            self._ctx,
-            convert.provider_filter(request.filter),
-            request.page_size,
-            request.page_token,
-        )
-        return provider_config_pb2.ListProviderConfigsResponse(
-            provider_configs=[convert.provider_to_proto(v) for v in page.items],
-            next_page_token=page.next_page_token,
-        )
+    ) -> bytes:
+        filter_ = convert.provider_filter(request.filter)
+
+        def response() -> provider_config_pb2.ListProviderConfigsResponse:
+            page = provider_configs.list_provider_configs(self._ctx, filter_, request.page_size, request.page_token)
+            return provider_config_pb2.ListProviderConfigsResponse(
+                provider_configs=[convert.provider_to_proto(v) for v in page.items],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._work.read(encoded, response)
 
     @rpc
     async def UpdateProviderConfig(
@@ -190,19 +196,18 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
         return convert.model_to_proto(await self._work.read(model_configs.get_model_config, self._ctx, model_id))
 
     @rpc
-    async def ListModelConfigs(
+    async def ListModelConfigs(  # type: ignore[override]
         self, request: model_config_pb2.ListModelConfigsRequest, context: grpc.aio.ServicerContext
-    ) -> model_config_pb2.ListModelConfigsResponse:
-        page = await self._work.read(
-            model_configs.list_model_configs,
-            self._ctx,
-            convert.model_filter(request.filter, request.show_deleted),
-            request.page_size,
-            request.page_token,
-        )
-        return model_config_pb2.ListModelConfigsResponse(
-            model_configs=[convert.model_to_proto(v) for v in page.items], next_page_token=page.next_page_token
-        )
+    ) -> bytes:
+        filter_ = convert.model_filter(request.filter, request.show_deleted)
+
+        def response() -> model_config_pb2.ListModelConfigsResponse:
+            page = model_configs.list_model_configs(self._ctx, filter_, request.page_size, request.page_token)
+            return model_config_pb2.ListModelConfigsResponse(
+                model_configs=[convert.model_to_proto(v) for v in page.items], next_page_token=page.next_page_token
+            )
+
+        return await self._work.read(encoded, response)
 
     @rpc
     async def UpdateModelConfig(
@@ -266,16 +271,17 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
         return empty_pb2.Empty()
 
     @rpc
-    async def ListUserProviderConfigs(
+    async def ListUserProviderConfigs(  # type: ignore[override]
         self, request: user_key_pb2.ListUserProviderConfigsRequest, context: grpc.aio.ServicerContext
-    ) -> user_key_pb2.ListUserProviderConfigsResponse:
-        page = await self._work.read(
-            user_keys.list_user_provider_configs, self._ctx, request.user, request.page_size, request.page_token
-        )
-        return user_key_pb2.ListUserProviderConfigsResponse(
-            user_provider_configs=[convert.user_provider_to_proto(v) for v in page.items],
-            next_page_token=page.next_page_token,
-        )
+    ) -> bytes:
+        def response() -> user_key_pb2.ListUserProviderConfigsResponse:
+            page = user_keys.list_user_provider_configs(self._ctx, request.user, request.page_size, request.page_token)
+            return user_key_pb2.ListUserProviderConfigsResponse(
+                user_provider_configs=[convert.user_provider_to_proto(v) for v in page.items],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._work.read(encoded, response)
 
 
 def _reject_duplicate_overrides(request: resolver_pb2.ExplainResolutionRequest) -> None:
@@ -399,15 +405,18 @@ class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
         )
 
     @rpc
-    async def ListAccessTokens(
+    async def ListAccessTokens(  # type: ignore[override]
         self, request: access_token_pb2.ListAccessTokensRequest, context: grpc.aio.ServicerContext
-    ) -> access_token_pb2.ListAccessTokensResponse:
-        page = await self._work.read(access_tokens.list_access_tokens, self._ctx, request.page_size, request.page_token)
-        now = datetime.now(UTC)
-        return access_token_pb2.ListAccessTokensResponse(
-            access_tokens=[convert_security.access_token_to_proto(t, now) for t in page.items],
-            next_page_token=page.next_page_token,
-        )
+    ) -> bytes:
+        def response() -> access_token_pb2.ListAccessTokensResponse:
+            page = access_tokens.list_access_tokens(self._ctx, request.page_size, request.page_token)
+            now = datetime.now(UTC)
+            return access_token_pb2.ListAccessTokensResponse(
+                access_tokens=[convert_security.access_token_to_proto(t, now) for t in page.items],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._work.read(encoded, response)
 
     @rpc
     async def RevokeAccessToken(
@@ -424,17 +433,16 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self._work = work
 
     @rpc
-    async def ListAuditEvents(
+    async def ListAuditEvents(  # type: ignore[override]
         self, request: audit_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
-    ) -> audit_pb2.ListAuditEventsResponse:
-        page = await self._work.read(
-            audit.list_audit_events,
-            self._ctx,
-            convert_security.audit_filter(request.filter),
-            request.page_size,
-            request.page_token,
-        )
-        return audit_pb2.ListAuditEventsResponse(
-            audit_events=[convert_security.audit_event_to_proto(e) for e in page.items],
-            next_page_token=page.next_page_token,
-        )
+    ) -> bytes:
+        filter_ = convert_security.audit_filter(request.filter)
+
+        def response() -> audit_pb2.ListAuditEventsResponse:
+            page = audit.list_audit_events(self._ctx, filter_, request.page_size, request.page_token)
+            return audit_pb2.ListAuditEventsResponse(
+                audit_events=[convert_security.audit_event_to_proto(e) for e in page.items],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._work.read(encoded, response)
