@@ -55,11 +55,11 @@ def database_executor(max_workers: int | None = None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelroute-db", initializer=lower_this_thread)
 
 
-ADMIN_READ_WORKERS = 4
+ADMIN_READ_WORKERS = 2
 ADMIN_WRITE_WORKERS = 4
 # Calls of a class in flight (running, or waiting for one of its threads) past which more are refused at
 # once: a flood is answered in microseconds instead of queueing until the callers' deadlines.
-MAX_ADMIN_READS_IN_FLIGHT = 32
+MAX_ADMIN_READS_IN_FLIGHT = 16
 MAX_WRITES_IN_FLIGHT = 16
 # Resolution answers from memory at once; only a call waiting for a revision (`min_revision`, or this
 # replica's own write) stays in flight, and this many of those are taken at most.
