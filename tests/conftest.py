@@ -130,7 +130,9 @@ class RunningServer:
         server, port = create_server(self.app, "127.0.0.1:0", self._certificates)
         await mark_not_serving(self.app.health)
         await server.start()
-        self._health_task = asyncio.ensure_future(watch_health(self.app.health, self.app.start_probe()))
+        self._health_task = asyncio.ensure_future(
+            watch_health(self.app.health, self.app.start_probe(), self.app.resolver_serving)
+        )
         return server, port
 
     def _call(self, coroutine: Any) -> Any:

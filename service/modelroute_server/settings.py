@@ -52,6 +52,9 @@ class Settings:
     # either it fails as UNAVAILABLE DATABASE_BUSY with a retry delay (set per transaction: PgBouncer-safe).
     write_lock_timeout: timedelta = timedelta(seconds=5)
     write_statement_timeout: timedelta = timedelta(seconds=15)
+    # Opt-in: a replica cut off from PostgreSQL for longer stops answering resolutions (and says so in its
+    # health) rather than serve a configuration, or tokens, that may have been revoked since.
+    max_snapshot_age: timedelta | None = None
 
     @property
     def embedded(self) -> bool:
@@ -217,6 +220,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             ),
             write_statement_timeout=parse_duration(
                 env.get("MODELROUTE_WRITE_STATEMENT_TIMEOUT", "15s"), "MODELROUTE_WRITE_STATEMENT_TIMEOUT"
+            ),
+            max_snapshot_age=(
+                parse_duration(env["MODELROUTE_MAX_SNAPSHOT_AGE"], "MODELROUTE_MAX_SNAPSHOT_AGE")
+                if env.get("MODELROUTE_MAX_SNAPSHOT_AGE")
+                else None
             ),
         )
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from modelroute.v1 import provider_config_pb2, resolver_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.entrypoints.health import ADMIN_SERVICES, NOT_SERVING, RESOLVER_SERVICE, SERVING
+from modelroute_server.settings import Settings
 
 from ..conftest import RunningServer, all_roles_token, build_app
 from ..helpers import call_error, create_model, create_provider, provider_request, stubs
@@ -103,6 +105,44 @@ def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> Non
             for p in s.providers.ListProviderConfigs(provider_config_pb2.ListProviderConfigsRequest()).provider_configs
         ]
         assert names == ["providerConfigs/a", "providerConfigs/b"]
+    finally:
+        server.stop()
+        app.close()
+
+
+def test_a_max_snapshot_age_stops_a_replica_cut_off_for_longer(own_postgres: OwnPostgres, keyring: Keyring) -> None:
+    """Opt-in: past MODELROUTE_MAX_SNAPSHOT_AGE without its database, a replica stops resolving and says so in
+    its health; it serves again by itself once the database is back."""
+    settings = Settings(database_url=own_postgres.url, max_snapshot_age=timedelta(seconds=2))
+    app = build_app(own_postgres.url, keyring, settings)
+    app.start_listener(retry_seconds=0.2)
+    server = RunningServer(app, all_roles_token(app))
+    try:
+        s = stubs(server.channel)
+        health = health_pb2_grpc.HealthStub(server.channel)
+
+        def resolver_status() -> int:
+            return int(health.Check(health_pb2.HealthCheckRequest(service=RESOLVER_SERVICE), timeout=10).status)
+
+        wait_for(lambda: resolver_status() == SERVING)
+        create_provider(s, "a", api_key="sk-before")
+        create_model(s, "m")
+        request = resolver_pb2.ResolveModelRequest(model="m")
+        before = s.resolver.ResolveModel(request)
+
+        own_postgres.stop()
+        # Within the age it still answers from its snapshot; past it (the listener notices the loss at
+        # once), it refuses, and its health follows.
+        assert s.resolver.ResolveModel(request) == before
+        wait_for(lambda: resolver_status() == NOT_SERVING, seconds=30)
+        assert int(health.Check(health_pb2.HealthCheckRequest(), timeout=10).status) == NOT_SERVING
+        error = call_error(s.resolver.ResolveModel, request)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "CONFIGURATION_STALE")
+        assert "MODELROUTE_MAX_SNAPSHOT_AGE" in error.message
+
+        own_postgres.start()
+        wait_for(lambda: resolver_status() == SERVING, seconds=30)
+        assert s.resolver.ResolveModel(request).selected == before.selected
     finally:
         server.stop()
         app.close()

@@ -62,6 +62,7 @@ class Reason(enum.Enum):
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     DATABASE_BUSY = "DATABASE_BUSY"
     TOO_MANY_CALLS = "TOO_MANY_CALLS"
+    CONFIGURATION_STALE = "CONFIGURATION_STALE"
     ACCESS_TOKEN_NOT_FOUND = "ACCESS_TOKEN_NOT_FOUND"
     ACCESS_TOKEN_ALREADY_EXISTS = "ACCESS_TOKEN_ALREADY_EXISTS"
     CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
@@ -109,6 +110,8 @@ REASON_CODES: Mapping[Reason, ErrorCode] = {
     Reason.DATABASE_BUSY: ErrorCode.UNAVAILABLE,
     # This replica already has as many calls of the class in flight as it takes: refused at once.
     Reason.TOO_MANY_CALLS: ErrorCode.RESOURCE_EXHAUSTED,
+    # This replica has been cut off from the database for longer than its operator allows.
+    Reason.CONFIGURATION_STALE: ErrorCode.UNAVAILABLE,
     Reason.ACCESS_TOKEN_NOT_FOUND: ErrorCode.NOT_FOUND,
     Reason.ACCESS_TOKEN_ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
     Reason.CREDENTIALS_MISSING: ErrorCode.UNAUTHENTICATED,

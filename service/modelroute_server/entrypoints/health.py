@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import sqlalchemy as sa
@@ -51,11 +51,13 @@ PROBE_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 3.0  # a database slower than this to say its schema revision is not answering
 
 
-def service_statuses(database_ready: bool) -> dict[str, int]:
-    """What each health name reports: the resolver (and "") always, while this process serves; the
-    administration services only while the database is ready."""
+def service_statuses(database_ready: bool, resolver_serving: bool = True) -> dict[str, int]:
+    """What each health name reports: the resolver (and "") while this process serves, unless it has been
+    cut off from the database for longer than MODELROUTE_MAX_SNAPSHOT_AGE allows; the administration
+    services only while the database is ready."""
     admin = SERVING if database_ready else NOT_SERVING
-    return {OVERALL: SERVING, RESOLVER_SERVICE: SERVING, **dict.fromkeys(ADMIN_SERVICES, admin)}
+    resolver = SERVING if resolver_serving else NOT_SERVING
+    return {OVERALL: resolver, RESOLVER_SERVICE: resolver, **dict.fromkeys(ADMIN_SERVICES, admin)}
 
 
 class DatabaseProbe:
@@ -102,15 +104,19 @@ async def mark_not_serving(servicer: health.aio.HealthServicer) -> None:
     await publish(servicer, dict.fromkeys(HEALTH_NAMES, NOT_SERVING))
 
 
-async def watch_health(servicer: health.aio.HealthServicer, probe: DatabaseProbe) -> None:
+async def watch_health(
+    servicer: health.aio.HealthServicer,
+    probe: DatabaseProbe,
+    resolver_serving: Callable[[], bool] = lambda: True,
+) -> None:
     """Publishes each name's status now (the administration services not yet ready: the database has
-    not been asked), then again whenever the database's readiness changes."""
-    last = False
-    await publish(servicer, service_statuses(last))
+    not been asked), then again whenever the database's readiness or the resolver's state changes."""
+    last = (False, resolver_serving())
+    await publish(servicer, service_statuses(*last))
     while True:
-        ready = await probe.ready()
-        if ready != last:
-            await publish(servicer, service_statuses(ready))
-            log.info("health changed", extra={"database_ready": ready, "resolver_serving": True})
-            last = ready
+        now = (await probe.ready(), resolver_serving())
+        if now != last:
+            await publish(servicer, service_statuses(*now))
+            log.info("health changed", extra={"database_ready": now[0], "resolver_serving": now[1]})
+            last = now
         await asyncio.sleep(PROBE_INTERVAL_SECONDS)

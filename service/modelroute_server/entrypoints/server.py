@@ -40,7 +40,7 @@ from ..adapters.repositories import DEFAULT_WRITE_TIMEOUTS, UnitOfWork, WriteTim
 from ..domain.families import Family
 from ..service_layer.access_tokens import AccessTokenCache
 from ..service_layer.context import ServiceContext
-from ..service_layer.snapshot import SnapshotStore
+from ..service_layer.snapshot import SnapshotStore, configuration_stale
 from ..settings import Settings, SettingsError, private_file_problem
 from . import transport
 from .authorization import Authenticator, Authorization
@@ -87,6 +87,10 @@ class Application:
     work: AdminWork = field(default_factory=AdminWork)
     # The admin reads' and writes' own connection pools (closed with the application).
     admin_engines: tuple[sa.Engine, ...] = ()
+
+    def resolver_serving(self) -> bool:
+        """False only when MODELROUTE_MAX_SNAPSHOT_AGE is set and this replica has been cut off for longer."""
+        return configuration_stale(self.snapshots.seconds_cut_off(), self.settings.max_snapshot_age) is None
 
     def start_probe(self) -> DatabaseProbe:
         self.probe = DatabaseProbe(self.database_url)
@@ -252,7 +256,7 @@ def create_server(
     provider_config_pb2_grpc.add_ProviderConfigServiceServicer_to_server(provider_configs, server)
     model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx, app.work), server)
     user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx, app.work), server)
-    resolver = ResolverServicer(app.ctx, app.snapshots, app.settings.kept_answers)
+    resolver = ResolverServicer(app.ctx, app.snapshots, app.settings.kept_answers, app.settings.max_snapshot_age)
     resolver_pb2_grpc.add_ResolverServiceServicer_to_server(resolver, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.ctx, app.work), server)
     access_token_pb2_grpc.add_AccessTokenServiceServicer_to_server(AccessTokenServicer(app.ctx, app.work), server)
@@ -305,7 +309,7 @@ async def serve(settings: Settings) -> None:
         raise
     await mark_not_serving(app.health)
     await server.start()
-    watcher = asyncio.create_task(watch_health(app.health, app.start_probe()))
+    watcher = asyncio.create_task(watch_health(app.health, app.start_probe(), app.resolver_serving))
     log.info(
         "modelroute listening",
         extra={

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -39,7 +39,7 @@ from ..domain.resolver import WhatIf
 from ..service_layer import access_tokens, audit, model_configs, provider_configs, resolution, user_keys
 from ..service_layer.context import ServiceContext
 from ..service_layer.default_model import DefaultChange
-from ..service_layer.snapshot import Snapshot, SnapshotStore
+from ..service_layer.snapshot import Snapshot, SnapshotStore, configuration_stale
 from ..service_layer.views import ModelConfigView
 from . import convert, convert_security
 from .authorization import current_caller
@@ -299,13 +299,27 @@ def _reject_duplicate_overrides(request: resolver_pb2.ExplainResolutionRequest) 
 
 
 class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
-    def __init__(self, ctx: ServiceContext, snapshots: SnapshotStore, kept_answers: int = 10_000) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        snapshots: SnapshotStore,
+        kept_answers: int = 10_000,
+        max_snapshot_age: timedelta | None = None,
+    ) -> None:
         self._ctx = ctx
         self._snapshots = snapshots
+        self._max_snapshot_age = max_snapshot_age
         self._responses = convert.ResolveResponses(ctx.keyring, kept_answers)
         self.waiting = CallBound("resolutions waiting for a revision", MAX_WAITING_RESOLUTIONS)
 
+    def _refuse_if_stale(self) -> None:
+        stale = configuration_stale(self._snapshots.seconds_cut_off(), self._max_snapshot_age)
+        if stale is not None:
+            raise stale
+
     async def _snapshot(self, min_revision: int = 0) -> Snapshot:
+        if self._max_snapshot_age is not None:
+            self._refuse_if_stale()
         return self._snapshots.fresh(min_revision) or await self._wait(min_revision)
 
     async def _wait(self, min_revision: int) -> Snapshot:
@@ -326,6 +340,8 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self, request: resolver_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         """Answers with the response already encoded (kept per snapshot; `RequestDecoding` passes it on)."""
+        if self._max_snapshot_age is not None:  # opt-in: one comparison on the hot path otherwise
+            self._refuse_if_stale()
         asked = (request.model, request.user)
         min_revision = request.min_revision
         snapshot = self._snapshots.fresh(min_revision) if min_revision >= 0 else None

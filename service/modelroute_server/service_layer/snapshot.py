@@ -195,6 +195,18 @@ def revision_not_reached(snapshot: Snapshot, min_revision: int) -> DomainError:
     )
 
 
+def configuration_stale(seconds_cut_off: float, max_age: timedelta | None) -> DomainError | None:
+    """The refusal of a replica cut off from its database for longer than `max_age` (None: never refused)."""
+    if max_age is None or seconds_cut_off <= max_age.total_seconds():
+        return None
+    return DomainError(
+        Reason.CONFIGURATION_STALE,
+        f"this replica has not reached its database for {seconds_cut_off:.0f} s, longer than "
+        f"MODELROUTE_MAX_SNAPSHOT_AGE allows ({max_age.total_seconds():.0f} s): its configuration and access "
+        "tokens may be out of date; ask another replica",
+    )
+
+
 def database_unavailable() -> DomainError:
     return DomainError(Reason.DATABASE_UNAVAILABLE, "the configuration database is not answering")
 
@@ -267,6 +279,7 @@ class SnapshotStore:
         self._committed_sequence = 0
         self._full_load_needed = True
         self._failing_since: float | None = None
+        self._last_success: float | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -300,6 +313,13 @@ class SnapshotStore:
         """Reload in full now (and, if that fails, at the applier's next round)."""
         self._full_load_needed = True
         self.catch_up()
+
+    def seconds_cut_off(self) -> float:
+        """How long since this replica last reached the database, once a failed catch-up has shown that it
+        cannot (0 while it can: between rounds the change listener tells it of every change)."""
+        if self._failing_since is None or self._last_success is None:
+            return 0.0
+        return time.monotonic() - self._last_success
 
     # -- reads
 
@@ -417,6 +437,7 @@ class SnapshotStore:
                 snapshot = self._advance()
                 self._snapshot = snapshot
                 self._failing_since = None
+                self._last_success = time.monotonic()
                 failed = False
                 return snapshot
             except Exception:
