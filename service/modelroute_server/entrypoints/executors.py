@@ -58,7 +58,7 @@ def database_executor(max_workers: int | None = None) -> ThreadPoolExecutor:
 ADMIN_READ_WORKERS = 2
 ADMIN_WRITE_WORKERS = 4
 # Calls of a class in flight (running, or waiting for one of its threads) past which more are refused at
-# once: a flood is answered in microseconds instead of queueing until the callers' deadlines.
+# once, instead of queueing until the callers' deadlines.
 MAX_ADMIN_READS_IN_FLIGHT = 16
 MAX_WRITES_IN_FLIGHT = 16
 # Resolution answers from memory at once; only a call waiting for a revision (`min_revision`, or this
