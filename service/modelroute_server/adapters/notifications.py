@@ -28,9 +28,9 @@ ChangeCallback = Callable[[int | None], None]
 
 class ChangeListener:
     """A daemon thread that reports every announced change sequence to `on_change`, and None after every
-    (re)connect: notifications sent while it was away are lost, so the reader then catches up from the
-    change log. Its connection is its own (`MODELROUTE_LISTEN_DATABASE_URL`): LISTEN cannot go through a
-    transaction-pooling PgBouncer.
+    (re)connect (notifications sent while it was away are lost, so the reader then catches up from the
+    change log) and when it loses the database. Its connection is its own
+    (`MODELROUTE_LISTEN_DATABASE_URL`): LISTEN cannot go through a transaction-pooling PgBouncer.
     """
 
     def __init__(self, conninfo: str, on_change: ChangeCallback, retry_seconds: float = 1.0) -> None:
@@ -60,9 +60,12 @@ class ChangeListener:
                         for notify in connection.notifies(timeout=0.5):
                             self._on_change(parse_change_payload(notify.payload))
             except psycopg.Error as exc:
-                if self.connected.is_set():
-                    log.warning("change listener lost the database: %s", type(exc).__name__)
-                # No change is reported here: resolution keeps its last snapshot
-                # until the database is back (the reconnect reports one).
+                lost = self.connected.is_set()
                 self.connected.clear()
+                if lost:
+                    log.warning("change listener lost the database: %s", type(exc).__name__)
+                    # Reported (None) so that the snapshot's applier tries the database now and learns that it
+                    # is away: the snapshot stays as it is, and the replica knows since when it has been cut
+                    # off (MODELROUTE_MAX_SNAPSHOT_AGE), instead of finding out at its next poll.
+                    self._on_change(None)
                 self._stop.wait(self._retry_seconds)

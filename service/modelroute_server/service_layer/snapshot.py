@@ -279,7 +279,6 @@ class SnapshotStore:
         self._committed_sequence = 0
         self._full_load_needed = True
         self._failing_since: float | None = None
-        self._last_success: float | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -315,11 +314,12 @@ class SnapshotStore:
         self.catch_up()
 
     def seconds_cut_off(self) -> float:
-        """How long since this replica last reached the database, once a failed catch-up has shown that it
-        cannot (0 while it can: between rounds the change listener tells it of every change)."""
-        if self._failing_since is None or self._last_success is None:
+        """How long this replica has been finding its database away: since the first catch-up that failed
+        after one that succeeded (0 while it reaches it; the change listener's losing its connection starts
+        a catch-up at once, so this is also about how long the database has been gone)."""
+        if self._failing_since is None or self._snapshot is None:
             return 0.0
-        return time.monotonic() - self._last_success
+        return time.monotonic() - self._failing_since
 
     # -- reads
 
@@ -437,7 +437,6 @@ class SnapshotStore:
                 snapshot = self._advance()
                 self._snapshot = snapshot
                 self._failing_since = None
-                self._last_success = time.monotonic()
                 failed = False
                 return snapshot
             except Exception:
