@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from modelroute import ModelrouteClient, ModelrouteError
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2
 from modelroute_server.adapters import database
-from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
 from modelroute_server.entrypoints.health import ADMIN_SERVICES, RESOLVER_SERVICE
 from modelroute_server.entrypoints.server import Application
 from modelroute_server.settings import settings_from_env
@@ -342,3 +342,51 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path, variable: str, valu
     assert done.returncode == 2
     assert says in done.stderr.decode()
     assert "Traceback" not in done.stderr.decode()
+
+
+def _serve_once(url: str, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
+    env = clean_env(MODELROUTE_DATABASE_URL=url, MODELROUTE_KEYRING=generate_keyring_spec())
+    return subprocess.run(
+        [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_serve_refuses_a_database_without_the_schema_in_one_line(postgres: PostgresForTests, tmp_path: Path) -> None:
+    done = _serve_once(postgres.create_database(), tmp_path)
+    assert done.returncode != 0
+    (line,) = done.stderr.decode().splitlines()  # one line, and no "listening" before it
+    assert "no modelroute schema" in line and "modelroute-server migrate" in line and "--migrate" in line
+
+
+def test_serve_refuses_a_schema_newer_than_it_serves(postgres: PostgresForTests, tmp_path: Path) -> None:
+    url = postgres.create_database()
+    engine = database.create_engine(url)
+    try:
+        database.upgrade(engine)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    finally:
+        engine.dispose()
+    done = _serve_once(url, tmp_path)
+    assert done.returncode != 0
+    (line,) = done.stderr.decode().splitlines()
+    assert "9999_from_the_future" in line and "newer build" in line
+    assert f"--downgrade --to {database.head_revision()}" in line
+
+
+def test_serve_refuses_an_older_schema_naming_the_migration(postgres: PostgresForTests, tmp_path: Path) -> None:
+    url = postgres.create_database()
+    engine = database.create_engine(url)
+    try:
+        database.upgrade(engine, "0001")
+    finally:
+        engine.dispose()
+    done = _serve_once(url, tmp_path)
+    assert done.returncode != 0
+    (line,) = done.stderr.decode().splitlines()
+    assert "revision 0001" in line and "older" in line and "modelroute-server migrate" in line

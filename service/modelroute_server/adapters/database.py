@@ -95,9 +95,38 @@ def schema_is_current(engine: sa.Engine) -> bool:
         return schema_is_served(connection)
 
 
+def served_schema_revisions() -> frozenset[str]:
+    """The schema revisions this build can serve: today its own head only. (When a migration is written
+    expand-then-contract, the revision before it is served too, so that replicas one version apart run side
+    by side during a rolling upgrade.)"""
+    return frozenset({head_revision()})
+
+
 def schema_is_served(connection: sa.Connection) -> bool:
-    """The database's schema is the one this build serves."""
-    return MigrationContext.configure(connection).get_current_revision() == head_revision()
+    """The database's schema is one this build serves."""
+    return MigrationContext.configure(connection).get_current_revision() in served_schema_revisions()
+
+
+def schema_problem(connection: sa.Connection) -> str | None:
+    """Why this build cannot serve the database's schema, saying what to do; None when it can."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    served = served_schema_revisions()
+    if current in served:
+        return None
+    serves = ", ".join(sorted(served))
+    if current is None:
+        return "the database has no modelroute schema yet; run `modelroute-server migrate` (or serve --migrate)"
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current in known:
+        return (
+            f"the database schema is at revision {current}, older than this build serves ({serves}); "
+            "run `modelroute-server migrate` (or serve --migrate)"
+        )
+    return (
+        f"the database schema is at revision {current}, which this build does not know (it serves {serves}): "
+        "a newer build has migrated it; run that build, or downgrade with its `modelroute-server migrate "
+        f"--downgrade --to {head_revision()}`"
+    )
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ..service_layer import access_tokens, audit
 from ..service_layer.context import ServiceContext
 from ..settings import URL_SCHEMES, Settings, SettingsError, parse_duration, settings_from_env
 from .logs import configure_logging
-from .server import load_keyring, serve, sql_context
+from .server import check_schema_served, load_keyring, serve, sql_context
 
 log = logging.getLogger("modelroute")
 
@@ -158,8 +158,8 @@ def _service_context(settings: Settings) -> Iterator[tuple[sa.Engine, ServiceCon
     with database.engine_for(settings.database_url, settings.data_dir) as engine:
         if settings.embedded:
             database.upgrade(engine)  # as `serve` does: embedded mode manages its own schema
-        elif not database.schema_is_current(engine):
-            raise SettingsError("the database schema is not current; run `modelroute-server migrate` first")
+        else:
+            check_schema_served(engine, wait=False)
         timeouts = WriteTimeouts(settings.write_lock_timeout, settings.write_statement_timeout)
         yield engine, sql_context(engine, keyring, settings.deployment_keys, write_timeouts=timeouts)
 

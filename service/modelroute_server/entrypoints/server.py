@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,12 +205,38 @@ def build_application(settings: Settings, stopping: threading.Event | None = Non
     engine = database.create_engine(url)
     if settings.embedded or settings.migrate:
         database.upgrade(engine)
+    else:
+        check_schema_served(engine, stopping)
     ctx, work, admin_engines = admin_context(url, keyring, settings)
     if settings.embedded:
         announce_token_files(settings, ensure_role_tokens(ctx, settings.data_dir))
     return wire_application(
         settings, engine, ctx, url, embedded, stopping=stopping, work=work, admin_engines=admin_engines
     )
+
+
+def check_schema_served(engine: sa.Engine, stopping: threading.Event | None = None, *, wait: bool = True) -> None:
+    """Waits (with backoff, logged) for the database to answer, then refuses to start, in one line saying what
+    to do, when its schema is not one this build serves: never a server answering every call INTERNAL.
+    `wait=False` (a one-off command): a database that does not answer is refused at once too."""
+    delay = 0.5
+    while True:
+        try:
+            with engine.connect() as connection:
+                problem = database.schema_problem(connection)
+            break
+        except sa.exc.OperationalError as exc:
+            if not wait:
+                raise SettingsError(f"the database does not answer ({type(exc).__name__})") from None
+            log.warning("the database does not answer yet (%s); retrying in %.1f s", type(exc).__name__, delay)
+            if stopping is not None and stopping.wait(delay):
+                raise SettingsError("stopped before the database answered") from None
+            if stopping is None:
+                time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    if problem is not None:
+        engine.dispose()
+        raise SettingsError(problem)
 
 
 def admin_context(
