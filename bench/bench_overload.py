@@ -122,31 +122,10 @@ async def resolve_worker(target: str, token: str, seconds: float) -> dict[str, l
     return {"latencies_ms": latencies, "failures": failures}  # type: ignore[dict-item]
 
 
-async def flood_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
-    """FLOOD_CLIENTS clients, each on its own connection, looping ListModelConfigs(page_size=200)."""
-    metadata = (("authorization", f"Bearer {token}"),)
-    codes: dict[str, int] = {}
-    request = model_config_pb2.ListModelConfigsRequest(page_size=200)
-    deadline = time.monotonic() + seconds
-
-    async def client() -> None:
-        async with grpc.aio.insecure_channel(target, options=(("grpc.use_local_subchannel_pool", 1),)) as channel:
-            models = model_config_pb2_grpc.ModelConfigServiceStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    await models.ListModelConfigs(request, metadata=metadata, timeout=60)
-                    code = "OK"
-                except grpc.aio.AioRpcError as error:
-                    code = error.code().name
-                codes[code] = codes.get(code, 0) + 1
-
-    await asyncio.gather(*(client() for _ in range(FLOOD_CLIENTS)))
-    return {"codes": codes}  # type: ignore[dict-item]
-
-
-async def saturate_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
-    """More clients looping ListModelConfigs than the admin reads take at once, each waiting out the retry
-    delay it is given when refused, as a client honouring RetryInfo does: how long each refusal takes."""
+async def list_clients(target: str, token: str, seconds: float, clients: int) -> dict[str, list[float]]:
+    """`clients` clients, each on its own connection, looping ListModelConfigs(page_size=200). A refused one
+    waits out the retry delay it is given, as a client honouring RetryInfo does; how long each refusal took
+    to be answered is returned with the count of each status."""
     metadata = (("authorization", f"Bearer {token}"),)
     shed: list[float] = []
     codes: dict[str, int] = {}
@@ -169,8 +148,18 @@ async def saturate_worker(target: str, token: str, seconds: float) -> dict[str, 
                         await asyncio.sleep(int(pushback) / 1000)
                 codes[code] = codes.get(code, 0) + 1
 
-    await asyncio.gather(*(client() for _ in range(SATURATING_CLIENTS)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     return {"shed_ms": shed, "codes": codes}  # type: ignore[dict-item]
+
+
+async def flood_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
+    """The flood resolution is measured under: FLOOD_CLIENTS List clients, within the admin reads' bound."""
+    return await list_clients(target, token, seconds, FLOOD_CLIENTS)
+
+
+async def saturate_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
+    """More List clients than the admin reads take at once: how long each refusal takes."""
+    return await list_clients(target, token, seconds, SATURATING_CLIENTS)
 
 
 WORKERS = {"resolve": resolve_worker, "flood": flood_worker, "saturate": saturate_worker}

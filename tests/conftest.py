@@ -82,13 +82,18 @@ def keyring() -> Keyring:
     return Keyring.parse(generate_keyring_spec("test-1"))
 
 
-@pytest.fixture(scope="session")
-def migrated_url(postgres: PostgresForTests) -> str:
+def migrated_database(postgres: PostgresForTests) -> str:
+    """A new database of its own on the test PostgreSQL, migrated to head; its URL."""
     url = postgres.create_database()
     engine = database.create_engine(url)
     database.upgrade(engine)
     engine.dispose()
     return url
+
+
+@pytest.fixture(scope="session")
+def migrated_url(postgres: PostgresForTests) -> str:
+    return migrated_database(postgres)
 
 
 ALL_ROLES_TOKEN = "tests-all-roles"

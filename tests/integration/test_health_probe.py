@@ -11,15 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from modelroute_server.adapters import database
 from modelroute_server.entrypoints.health import DatabaseProbe
 
-from ..conftest import PostgresForTests
-
-
-def migrated(postgres: PostgresForTests) -> str:
-    url = postgres.create_database()
-    engine = database.create_engine(url)
-    database.upgrade(engine)
-    engine.dispose()
-    return url
+from ..conftest import PostgresForTests, migrated_database
 
 
 def ask(probe: DatabaseProbe) -> tuple[bool, float]:
@@ -31,7 +23,7 @@ def ask(probe: DatabaseProbe) -> tuple[bool, float]:
 
 
 def test_ready_on_a_migrated_database_and_not_on_an_empty_one(postgres: PostgresForTests) -> None:
-    for url, expected in ((migrated(postgres), True), (postgres.create_database(), False)):
+    for url, expected in ((migrated_database(postgres), True), (postgres.create_database(), False)):
         probe = DatabaseProbe(url, timeout=5)
         try:
             assert ask(probe)[0] is expected
@@ -40,7 +32,7 @@ def test_ready_on_a_migrated_database_and_not_on_an_empty_one(postgres: Postgres
 
 
 def test_a_locked_schema_table_is_not_ready_within_the_timeout(postgres: PostgresForTests) -> None:
-    url = migrated(postgres)
+    url = migrated_database(postgres)
     probe = DatabaseProbe(url, timeout=1)
     try:
         holder = database.create_engine(url)
@@ -60,7 +52,7 @@ def test_a_locked_schema_table_is_not_ready_within_the_timeout(postgres: Postgre
 
 
 def test_a_full_worker_pool_does_not_hold_the_probe(postgres: PostgresForTests) -> None:
-    url = migrated(postgres)
+    url = migrated_database(postgres)
     probe = DatabaseProbe(url, timeout=5)
     release = threading.Event()
 

@@ -20,7 +20,7 @@ from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.entrypoints.health import ADMIN_SERVICES, SERVING
 from modelroute_server.settings import Settings
 
-from ..conftest import PostgresForTests, RunningServer, all_roles_token, build_app
+from ..conftest import PostgresForTests, RunningServer, all_roles_token, build_app, migrated_database
 from ..helpers import create_model, create_provider, decode, stubs, wait_for_health
 
 WRITES = 12
@@ -39,9 +39,8 @@ def retry_delay(error: grpc.RpcError) -> timedelta | None:
 
 
 def test_a_held_row_lock_holds_only_the_writes_behind_it(postgres: PostgresForTests, keyring: Keyring) -> None:
-    url = postgres.create_database()
+    url = migrated_database(postgres)
     engine = database.create_engine(url)
-    database.upgrade(engine)
     settings = Settings(database_url=url, write_lock_timeout=timedelta(seconds=2))
     app = build_app(url, keyring, settings)
     server = RunningServer(app, all_roles_token(app))

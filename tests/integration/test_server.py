@@ -23,7 +23,7 @@ from modelroute_server.entrypoints.health import ADMIN_SERVICES, RESOLVER_SERVIC
 from modelroute_server.entrypoints.server import Application
 from modelroute_server.settings import settings_from_env
 
-from ..conftest import PostgresForTests, RunningServer, ServerProcesses, build_app
+from ..conftest import PostgresForTests, RunningServer, ServerProcesses, build_app, migrated_database
 from ..helpers import ADMIN_BINARY, SERVER_BINARY, clean_env, decode, free_port, health_status, wait_for_health
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -152,17 +152,25 @@ def test_the_default_listen_address_is_loopback() -> None:
 # ---------------------------------------------------------------- the CLI
 
 
-def test_serve_without_a_keyring_refuses_to_start_and_says_what_to_set(tmp_path: Path) -> None:
-    env = clean_env(MODELROUTE_DATABASE_URL="postgresql://modelroute@127.0.0.1:1/modelroute")
-    started = time.monotonic()
-    done = subprocess.run(
+def _serve_once(url: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """`serve` on `url`, run until it exits (every caller expects a refusal); a fresh keyring unless `env`
+    sets MODELROUTE_KEYRING (empty: none)."""
+    return subprocess.run(
         [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
         cwd=tmp_path,
-        env=env,
+        env=clean_env(MODELROUTE_DATABASE_URL=url, **{"MODELROUTE_KEYRING": generate_keyring_spec(), **env}),
         capture_output=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
+
+
+UNREACHABLE = "postgresql://modelroute@127.0.0.1:1/modelroute"
+
+
+def test_serve_without_a_keyring_refuses_to_start_and_says_what_to_set(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = _serve_once(UNREACHABLE, tmp_path, MODELROUTE_KEYRING="")
     assert done.returncode != 0
     assert time.monotonic() - started < 30
     stderr = done.stderr.decode()
@@ -173,15 +181,7 @@ def test_serve_without_a_keyring_refuses_to_start_and_says_what_to_set(tmp_path:
 
 
 def test_serve_with_a_malformed_keyring_refuses_to_start(tmp_path: Path) -> None:
-    env = clean_env(MODELROUTE_DATABASE_URL="postgresql://modelroute@127.0.0.1:1/modelroute", MODELROUTE_KEYRING="k1")
-    done = subprocess.run(
-        [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = _serve_once(UNREACHABLE, tmp_path, MODELROUTE_KEYRING="k1")
     assert done.returncode != 0
     assert "MODELROUTE_KEYRING" in done.stderr.decode()
 
@@ -344,18 +344,6 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path, variable: str, valu
     assert "Traceback" not in done.stderr.decode()
 
 
-def _serve_once(url: str, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
-    env = clean_env(MODELROUTE_DATABASE_URL=url, MODELROUTE_KEYRING=generate_keyring_spec())
-    return subprocess.run(
-        [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_serve_refuses_a_database_without_the_schema_in_one_line(postgres: PostgresForTests, tmp_path: Path) -> None:
     done = _serve_once(postgres.create_database(), tmp_path)
     assert done.returncode != 0
@@ -364,10 +352,9 @@ def test_serve_refuses_a_database_without_the_schema_in_one_line(postgres: Postg
 
 
 def test_serve_refuses_a_schema_newer_than_it_serves(postgres: PostgresForTests, tmp_path: Path) -> None:
-    url = postgres.create_database()
+    url = migrated_database(postgres)
     engine = database.create_engine(url)
     try:
-        database.upgrade(engine)
         with engine.begin() as connection:
             connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
     finally:

@@ -90,11 +90,6 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def schema_is_current(engine: sa.Engine) -> bool:
-    with engine.connect() as connection:
-        return schema_is_served(connection)
-
-
 def served_schema_revisions() -> frozenset[str]:
     """The schema revisions this build can serve: today its own head only. (When a migration is written
     expand-then-contract, the revision before it is served too, so that replicas one version apart run side

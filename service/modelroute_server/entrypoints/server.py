@@ -19,17 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelroute.v1 import (
-    access_token_pb2,
     access_token_pb2_grpc,
-    audit_pb2,
     audit_pb2_grpc,
-    model_config_pb2,
     model_config_pb2_grpc,
-    provider_config_pb2,
     provider_config_pb2_grpc,
-    resolver_pb2,
     resolver_pb2_grpc,
-    user_key_pb2,
     user_key_pb2_grpc,
 )
 
@@ -48,7 +42,7 @@ from .authorization import Authenticator, Authorization
 from .bootstrap import ensure_role_tokens
 from .decoding import RequestDecoding
 from .executors import AdminWork, database_executor
-from .health import DatabaseProbe, mark_not_serving, watch_health
+from .health import ADMIN_SERVICES, RESOLVER_SERVICE, DatabaseProbe, mark_not_serving, watch_health
 from .servicers import (
     AccessTokenServicer,
     AuditServicer,
@@ -61,14 +55,8 @@ from .servicers import (
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_SECONDS = 0.0005
-SERVICE_NAMES = (
-    provider_config_pb2.DESCRIPTOR.services_by_name["ProviderConfigService"].full_name,
-    model_config_pb2.DESCRIPTOR.services_by_name["ModelConfigService"].full_name,
-    user_key_pb2.DESCRIPTOR.services_by_name["UserKeyService"].full_name,
-    resolver_pb2.DESCRIPTOR.services_by_name["ResolverService"].full_name,
-    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-    access_token_pb2.DESCRIPTOR.services_by_name["AccessTokenService"].full_name,
-)
+# Every modelroute service, as reflection lists them (health reports each by name too).
+SERVICE_NAMES = (RESOLVER_SERVICE, *ADMIN_SERVICES)
 
 
 @dataclass
