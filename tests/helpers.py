@@ -161,8 +161,10 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any modelroute setting, plus `extra`."""
+    """This process's environment without any modelroute setting, plus `extra`; metrics on any free port
+    (servers that tests start side by side would otherwise all want the default one)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("MODELROUTE_")}
+    env["MODELROUTE_METRICS_LISTEN"] = "127.0.0.1:0"
     env.update(extra)
     return env
 

@@ -14,6 +14,8 @@ from .domain.access import ROLE_NAMES, Role, role_from_name
 from .domain.families import Family
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+METRICS_OFF = "off"
 DEFAULT_DATA_DIR = ".modelroute"
 DEPLOYMENT_KEY_PREFIX = "MODELROUTE_DEPLOYMENT_KEY_"
 
@@ -55,6 +57,8 @@ class Settings:
     # Opt-in: a replica cut off from PostgreSQL for longer stops answering resolutions (and says so in its
     # health) rather than serve a configuration, or tokens, that may have been revoked since.
     max_snapshot_age: timedelta | None = None
+    # Prometheus metrics over HTTP (host:port; port 0 takes any free one); None: no metrics server.
+    metrics_listen: str | None = DEFAULT_METRICS_LISTEN
 
     @property
     def embedded(self) -> bool:
@@ -226,5 +230,22 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 if env.get("MODELROUTE_MAX_SNAPSHOT_AGE")
                 else None
             ),
+            metrics_listen=_metrics_listen(env.get("MODELROUTE_METRICS_LISTEN") or DEFAULT_METRICS_LISTEN),
         )
     )
+
+
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$")
+
+
+def _metrics_listen(value: str) -> str | None:
+    """HOST:PORT, or `off` for no metrics server."""
+    if value.strip().lower() == METRICS_OFF:
+        return None
+    match = _ADDRESS.match(value.strip())
+    if not match or int(match.group(2)) > 65535:
+        raise SettingsError(
+            f"MODELROUTE_METRICS_LISTEN must be HOST:PORT (for example {DEFAULT_METRICS_LISTEN}) or {METRICS_OFF}, "
+            f"got {value!r}"
+        )
+    return value.strip()

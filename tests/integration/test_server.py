@@ -328,6 +328,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(tmp_path: Path, server_
         ("MODELROUTE_DATABASE_URL", "mysql://x", "MODELROUTE_DATABASE_URL must be a PostgreSQL URL"),
         ("MODELROUTE_LOG_LEVEL", "verbose", "MODELROUTE_LOG_LEVEL must be one of"),
         ("MODELROUTE_DEPLOYMENT_KEY_MISTRAL", "k", "names no family"),
+        ("MODELROUTE_METRICS_LISTEN", "everywhere", "MODELROUTE_METRICS_LISTEN must be HOST:PORT"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(tmp_path: Path, variable: str, value: str, says: str) -> None:

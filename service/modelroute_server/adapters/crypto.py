@@ -52,6 +52,8 @@ class SealedKey:
 
 class Keyring:
     def __init__(self, keys: dict[str, bytes], primary_key_id: str) -> None:
+        # Keys that did not open (unknown key id, or data that does not match its row), for the metrics.
+        self.open_failures = 0
         if primary_key_id not in keys:
             raise KeyringError(f"primary key id {primary_key_id!r} is not in the keyring")
         self._ciphers = {key_id: AESGCM(material) for key_id, material in keys.items()}
@@ -105,20 +107,20 @@ class Keyring:
         What it holds is the sealed key and its binding, never the plaintext."""
         cipher = self._ciphers.get(sealed.key_id)
         if cipher is None or len(sealed.ciphertext) <= NONCE_BYTES:
-            return _opens_nothing
+            return self._opens_nothing
         nonce, body = sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:]
 
         def opened() -> str | None:
             try:
                 return cipher.decrypt(nonce, body, row_binding).decode()
             except (InvalidTag, UnicodeDecodeError):
+                self.open_failures += 1
                 return None
 
         return opened
 
-
-def _opens_nothing() -> None:
-    return None
+    def _opens_nothing(self) -> None:
+        self.open_failures += 1
 
 
 def _bound(base: bytes, incarnation: bytes | None) -> bytes:

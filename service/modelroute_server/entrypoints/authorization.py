@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -29,7 +30,10 @@ from ..domain.access import (
 from ..domain.audit import Caller
 from ..domain.errors import DomainError
 from ..service_layer.access_tokens import AccessTokenCache
-from .errors import abort
+from .errors import GRPC_CODES, abort
+
+if TYPE_CHECKING:
+    from .metrics import MethodMetrics, Metrics
 
 ADMIN, READER, RESOLVER, USER_KEYS = Role.ADMIN, Role.READER, Role.RESOLVER, Role.USER_KEYS
 _P = "/modelroute.v1.ProviderConfigService/"
@@ -148,7 +152,9 @@ class Authenticator:
 class _Guard:
     """One method's door: its roles, its handler, and the callers already let through."""
 
-    def __init__(self, method: str, handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> None:
+    def __init__(
+        self, method: str, handler: grpc.RpcMethodHandler, authenticator: Authenticator, metrics: Metrics
+    ) -> None:
         if handler.unary_unary is None:
             # Every modelroute method is unary; a streaming one would need its own guard. Fail closed.
             raise AssertionError(f"{method} is not unary: no guard for it")
@@ -157,6 +163,8 @@ class _Guard:
         self.roles = METHOD_ROLES.get(method, frozenset())
         self.handler = handler
         self._authenticator = authenticator
+        self._metrics = metrics
+        self._method_metrics: MethodMetrics = metrics.method(method)
         # One Caller per principal that passed the role check: nothing is built per call. Keyed by name: a
         # token's roles never change, names are never reused, and token names (slugs) and certificate
         # identities (`spiffe://`, `dns:`, `cn:`) cannot collide.
@@ -170,8 +178,14 @@ class _Guard:
             caller = self._callers.setdefault(principal.name, Caller(principal.name, self.name))
         return caller
 
+    def refused(self, error: DomainError, started: float) -> None:
+        """Counts a call refused here (it never reaches the handler that counts the others)."""
+        self._metrics.authentication_failed(error)
+        self._method_metrics.observe(GRPC_CODES[error.code], started)
+
     def refusal(self, error: DomainError) -> grpc.RpcMethodHandler:
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self.refused(error, time.perf_counter())
             await abort(context, error)
 
         return grpc.unary_unary_rpc_method_handler(refuse, response_serializer=self.handler.response_serializer)
@@ -184,6 +198,7 @@ class _Guard:
             try:
                 caller = self.caller(self._authenticator.from_certificate(context.auth_context()))
             except DomainError as error:
+                self.refused(error, time.perf_counter())
                 await abort(context, error)
                 raise AssertionError("unreachable: abort raises") from error
             _CALLER.set(caller)
@@ -204,8 +219,9 @@ class Authorization(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     Only a call without a token waits for its handler, where the client certificate can be read.
     """
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: Metrics) -> None:
         self._authenticator = authenticator
+        self._metrics = metrics
         self._guards: dict[str, _Guard] = {}  # only methods that exist: bounded
 
     async def intercept_service(
@@ -219,7 +235,7 @@ class Authorization(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             handler = await continuation(handler_call_details)
             if handler is None or method.startswith(OPEN_SERVICES):
                 return handler
-            guard = self._guards.setdefault(method, _Guard(method, handler, self._authenticator))
+            guard = self._guards.setdefault(method, _Guard(method, handler, self._authenticator, self._metrics))
         try:
             principal = self._authenticator.from_metadata(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
             if principal is None:

@@ -482,6 +482,16 @@ class _KeptAnswer:
     user_keys: bytes | None
     # The encoded answer without its config_revision field, in parts where a caller's key goes.
     parts: tuple[bytes | _CallerKey, ...]
+    # Counts the answer in the metrics each time it is given.
+    tally: Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
+
+
+def _uncounted(resolution: Resolution) -> Callable[[], None]:
+    return _nothing
 
 
 class ResolveResponses:
@@ -503,8 +513,14 @@ class ResolveResponses:
 
     MAX_ENTRIES = 50_000  # bounds memory when callers walk a hundred thousand models
 
-    def __init__(self, keyring: Keyring, kept_answers: int = 10_000) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        kept_answers: int = 10_000,
+        tally_of: Callable[[Resolution], Callable[[], None]] | None = None,
+    ) -> None:
         self._keyring = keyring
+        self._tally_of = tally_of or _uncounted
         self._answers: OrderedDict[tuple[str, str], _KeptAnswer] = OrderedDict()
         self._kept_answers = kept_answers
         self._snapshot: Snapshot | None = None
@@ -531,7 +547,10 @@ class ResolveResponses:
         ):
             return None
         self._use(snapshot)
-        return self._rendered(entry.parts)
+        answer = self._rendered(entry.parts)
+        if answer is not None:
+            entry.tally()
+        return answer
 
     def response(self, resolution: Resolution, snapshot: Snapshot, asked: tuple[str, str]) -> bytes:
         """The encoded answer, decided over `snapshot`; kept for `asked` (the request's model and user
@@ -539,11 +558,13 @@ class ResolveResponses:
         self._use(snapshot)
         user = asked[1]
         parts = self._parts(resolution, snapshot, user)
+        tally = self._tally_of(resolution)
+        tally()
         if self._kept_answers > 0:
             if len(self._answers) >= self._kept_answers:
                 self._answers.popitem(last=False)
             user_keys = snapshot.user_keys.get(user) if user else None
-            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, parts)
+            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, parts, tally)
         # The caller's keys this resolution opened: a kept answer's first call does not open them again.
         opened = {o.provider_config_id: o.secret for o in resolution.outcomes if o.key_source is KeySource.USER}
         answer = self._rendered(parts, opened)

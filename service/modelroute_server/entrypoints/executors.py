@@ -85,10 +85,12 @@ class CallBound:
         self.work_class, self.limit = work_class, limit
         self._lock = threading.Lock()  # released from worker threads too
         self.in_flight = 0
+        self.refused = 0  # since start, for the metrics
 
     def acquire(self) -> None:
         with self._lock:
             if self.in_flight >= self.limit:
+                self.refused += 1
                 raise too_many_calls(self.work_class, self.limit)
             self.in_flight += 1
 

@@ -41,8 +41,9 @@ from . import transport
 from .authorization import Authenticator, Authorization
 from .bootstrap import ensure_role_tokens
 from .decoding import RequestDecoding
-from .executors import AdminWork, database_executor
+from .executors import AdminWork, CallBound, database_executor
 from .health import ADMIN_SERVICES, RESOLVER_SERVICE, DatabaseProbe, mark_not_serving, watch_health
+from .metrics import Metrics, NamedPool, serve_metrics
 from .servicers import (
     AccessTokenServicer,
     AuditServicer,
@@ -76,6 +77,23 @@ class Application:
     work: AdminWork = field(default_factory=AdminWork)
     # The admin reads' and writes' own connection pools (closed with the application).
     admin_engines: tuple[sa.Engine, ...] = ()
+    metrics: Metrics = field(default_factory=Metrics)
+    # The resolver's bound on calls waiting for a revision (set when the server is created).
+    resolution_bound: CallBound | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics.watch(self)
+
+    def call_bounds(self) -> list[CallBound]:
+        bounds = [self.work.reads.bound, self.work.writes.bound]
+        return bounds if self.resolution_bound is None else [self.resolution_bound, *bounds]
+
+    def named_pools(self) -> list[NamedPool]:
+        """Every connection pool, named for the metrics: the snapshot's, then the admin reads' and writes'."""
+        names = ("admin_reads", "writes")
+        return [NamedPool("snapshot", self.engine)] + [
+            NamedPool(name, engine) for name, engine in zip(names, self.admin_engines, strict=False)
+        ]
 
     def resolver_serving(self) -> bool:
         """False only when MODELROUTE_MAX_SNAPSHOT_AGE is set and this replica has been cut off for longer."""
@@ -264,14 +282,17 @@ def create_server(
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if authorization:
         authenticator = Authenticator(app.tokens, app.settings.client_identity_roles)
-        interceptors.append(Authorization(authenticator))
-    interceptors.append(RequestDecoding())
+        interceptors.append(Authorization(authenticator, app.metrics))
+    interceptors.append(RequestDecoding(app.metrics))
     server = grpc.aio.server(interceptors=interceptors, options=transport.SERVER_OPTIONS)
     provider_configs = ProviderConfigServicer(app.ctx, app.work)
     provider_config_pb2_grpc.add_ProviderConfigServiceServicer_to_server(provider_configs, server)
     model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx, app.work), server)
     user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx, app.work), server)
-    resolver = ResolverServicer(app.ctx, app.snapshots, app.settings.kept_answers, app.settings.max_snapshot_age)
+    resolver = ResolverServicer(
+        app.ctx, app.snapshots, app.settings.kept_answers, app.settings.max_snapshot_age, app.metrics
+    )
+    app.resolution_bound = resolver.waiting
     resolver_pb2_grpc.add_ResolverServiceServicer_to_server(resolver, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.ctx, app.work), server)
     access_token_pb2_grpc.add_AccessTokenServiceServicer_to_server(AccessTokenServicer(app.ctx, app.work), server)
@@ -290,6 +311,8 @@ def check_before_start(settings: Settings) -> transport.CertificateFiles | None:
     if certificates is not None:
         transport.ReloadingCertificates(certificates)  # reads and checks them
     transport.check_port_free(settings.listen)
+    if settings.metrics_listen is not None:
+        transport.check_port_free(settings.metrics_listen)
     return certificates
 
 
@@ -322,6 +345,14 @@ async def serve(settings: Settings) -> None:
     except SettingsError:
         await asyncio.to_thread(app.close)
         raise
+    stop_metrics = None
+    if settings.metrics_listen is not None:
+        try:
+            metrics_port, stop_metrics = serve_metrics(app.metrics, settings.metrics_listen)
+        except OSError as exc:
+            await asyncio.to_thread(app.close)
+            raise SettingsError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
+        log.info("metrics listening", extra={"address": settings.metrics_listen, "port": metrics_port})
     await mark_not_serving(app.health)
     await server.start()
     watcher = asyncio.create_task(watch_health(app.health, app.start_probe(), app.resolver_serving))
@@ -339,4 +370,6 @@ async def serve(settings: Settings) -> None:
     await app.health.enter_graceful_shutdown()
     await server.stop(grace=5)
     watcher.cancel()
+    if stop_metrics is not None:
+        await asyncio.to_thread(stop_metrics)
     await asyncio.to_thread(app.close)

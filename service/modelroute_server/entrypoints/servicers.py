@@ -45,6 +45,7 @@ from . import convert, convert_security
 from .authorization import current_caller
 from .errors import abort, internal_error
 from .executors import MAX_WAITING_RESOLUTIONS, AdminWork, CallBound
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -305,11 +306,13 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         snapshots: SnapshotStore,
         kept_answers: int = 10_000,
         max_snapshot_age: timedelta | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._ctx = ctx
         self._snapshots = snapshots
         self._max_snapshot_age = max_snapshot_age
-        self._responses = convert.ResolveResponses(ctx.keyring, kept_answers)
+        self._metrics = metrics or Metrics()
+        self._responses = convert.ResolveResponses(ctx.keyring, kept_answers, self._metrics.resolution_tally)
         self.waiting = CallBound("resolutions waiting for a revision", MAX_WAITING_RESOLUTIONS)
 
     def _refuse_if_stale(self) -> None:
@@ -340,22 +343,26 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self, request: resolver_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         """Answers with the response already encoded (kept per snapshot; `RequestDecoding` passes it on)."""
-        if self._max_snapshot_age is not None:  # opt-in: one comparison on the hot path otherwise
-            self._refuse_if_stale()
         asked = (request.model, request.user)
         min_revision = request.min_revision
-        snapshot = self._snapshots.fresh(min_revision) if min_revision >= 0 else None
-        if snapshot is not None:
-            # Only an answer that was given is kept, so these very strings passed every check below.
-            kept = self._responses.kept(snapshot, asked)
-            if kept is not None:
-                return kept
-        model_id = convert.model_ref(request.model, "model")
-        self._check_user(request.user)
-        if min_revision < 0:
-            raise invalid_field("min_revision", "must not be negative")
-        snapshot = snapshot or await self._wait(min_revision)
-        outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
+        try:
+            if self._max_snapshot_age is not None:  # opt-in: one comparison on the hot path otherwise
+                self._refuse_if_stale()
+            snapshot = self._snapshots.fresh(min_revision) if min_revision >= 0 else None
+            if snapshot is not None:
+                # Only an answer that was given is kept, so these very strings passed every check below.
+                kept = self._responses.kept(snapshot, asked)
+                if kept is not None:
+                    return kept
+            model_id = convert.model_ref(request.model, "model")
+            self._check_user(request.user)
+            if min_revision < 0:
+                raise invalid_field("min_revision", "must not be negative")
+            snapshot = snapshot or await self._wait(min_revision)
+            outcome = resolution.resolve_model(self._ctx, snapshot, model_id, request.user)
+        except DomainError as error:
+            self._metrics.resolution_refused(error)
+            raise
         return self._responses.response(outcome, snapshot, asked)
 
     @rpc

@@ -242,6 +242,13 @@ class _Waiter:
 class StoreStatistics:
     full_loads: int = 0
     applied_batches: int = 0
+    # Time spent in each kind of catch-up (for the metrics), and when one last succeeded.
+    full_load_seconds: float = 0.0
+    apply_seconds: float = 0.0
+    caught_up_at: float | None = None  # time.monotonic()
+
+    def seconds_since_caught_up(self) -> float:
+        return 0.0 if self.caught_up_at is None else time.monotonic() - self.caught_up_at
 
 
 class SnapshotStore:
@@ -436,6 +443,7 @@ class SnapshotStore:
             try:
                 snapshot = self._advance()
                 self._snapshot = snapshot
+                self.statistics.caught_up_at = time.monotonic()
                 self._failing_since = None
                 failed = False
                 return snapshot
@@ -453,6 +461,7 @@ class SnapshotStore:
             if batch is not None and batch.sequence == current.sequence:
                 return current
             if batch is not None:
+                started = time.perf_counter()
                 try:
                     snapshot = apply_changes(current, batch, self._deployment_keys)
                 except Exception:
@@ -462,10 +471,12 @@ class SnapshotStore:
                     if self._tokens is not None and batch.tokens:
                         self._tokens.apply(batch.tokens)
                     self.statistics.applied_batches += 1
+                    self.statistics.apply_seconds += time.perf_counter() - started
                     return snapshot
             else:
                 log.info("the change log no longer reaches this replica's position: loading in full")
         self._full_load_needed = False
+        started = time.perf_counter()
         with _collector_paused():
             try:
                 state = self._source.load_all()
@@ -476,6 +487,7 @@ class SnapshotStore:
         if self._tokens is not None:
             self._tokens.replace_all(state.tokens)
         self.statistics.full_loads += 1
+        self.statistics.full_load_seconds += time.perf_counter() - started
         return snapshot
 
     # -- the applier thread

@@ -1,0 +1,251 @@
+"""Prometheus metrics on their own HTTP port (docs/operations.md, "Metrics").
+
+Counters that calls move are prometheus-client's own, with every label child looked up once per method
+(or once per kept answer), so a call pays an increment and an observation, never a label lookup. What
+the service already counts (the snapshot, the call bounds, the pools, the listener, the keyring) is read
+at scrape time by one collector, so those modules need no metrics library.
+
+Label values are bounded: method names that exist, status code names, reason and skip-reason names,
+key sources, classes of work and pool names; never a user, a token name or a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from ..domain.errors import DomainError
+from ..domain.resolver import Resolution, SkipReason
+from .authorization import short_method
+from .executors import CallBound
+from .transport import split_address
+
+if TYPE_CHECKING:
+    from .server import Application
+
+log = logging.getLogger(__name__)
+
+# From a kept ResolveModel answer (a fraction of a millisecond) to a write stuck behind a lock timeout.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RESOLVED = "RESOLVED"
+NO_KEY = "NONE"
+
+
+class MethodMetrics:
+    """One method's call counter (a child per status code, made on first use) and latency histogram."""
+
+    __slots__ = ("_by_code", "_calls", "_seconds", "method")
+
+    def __init__(self, method: str, calls: Counter, seconds: Histogram) -> None:
+        self.method = method
+        self._calls = calls
+        self._by_code: dict[grpc.StatusCode, Counter] = {}
+        self._seconds = seconds.labels(method)
+
+    def observe(self, code: grpc.StatusCode, started: float) -> None:
+        """One call of this method ended with `code`; it started at `started` (time.perf_counter())."""
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code.setdefault(code, self._calls.labels(self.method, code.name))
+        child.inc()
+        self._seconds.observe(time.perf_counter() - started)
+
+
+class Metrics:
+    """Every metric family of one running service, in a registry of its own (several services may share
+    a process: the tests run many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self._calls = Counter(
+            "modelroute_calls", "Calls answered, by method and gRPC status code.", ["method", "code"], registry=registry
+        )
+        self._seconds = Histogram(
+            "modelroute_call_duration_seconds",
+            "Time from a call's handler starting to its answer, by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._resolutions = Counter(
+            "modelroute_resolutions",
+            "ResolveModel answers, by outcome (RESOLVED or the error's reason) and the selected attachment's key "
+            "source (NONE when nothing was selected).",
+            ["outcome", "key_source"],
+            registry=registry,
+        )
+        self._skips = Counter(
+            "modelroute_resolution_skips",
+            "Attachments skipped in ResolveModel answers, by skip reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._authentication_failures = Counter(
+            "modelroute_authentication_failures",
+            "Calls refused for their credentials (missing, unknown, expired or revoked) or for a role they do not "
+            "hold, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._methods: dict[str, MethodMetrics] = {}
+
+    def method(self, method: str) -> MethodMetrics:
+        """The metrics of `method` (a full gRPC method path; only methods that exist are asked for)."""
+        found = self._methods.get(method)
+        if found is None:
+            found = self._methods.setdefault(method, MethodMetrics(short_method(method), self._calls, self._seconds))
+        return found
+
+    def authentication_failed(self, error: DomainError) -> None:
+        self._authentication_failures.labels(error.reason.value).inc()
+
+    def resolution_tally(self, resolution: Resolution) -> Callable[[], None]:
+        """Counts one answer given from `resolution`, with every child found now: a kept answer given
+        again counts itself with this."""
+        selected = resolution.selected
+        source = selected.key_source.value if selected is not None and selected.key_source else NO_KEY
+        children = [self._resolutions.labels(RESOLVED, source)]
+        children += [self._skips.labels(o.skip_reason.value) for o in resolution.skipped if o.skip_reason is not None]
+
+        def tally() -> None:
+            for child in children:
+                child.inc()
+
+        return tally
+
+    def resolution_refused(self, error: DomainError) -> None:
+        """A ResolveModel call answered with an error; an unusable model's details name each skip."""
+        self._resolutions.labels(error.reason.value, NO_KEY).inc()
+        skip_reasons = {r.value for r in SkipReason}
+        for violation in error.precondition_violations:
+            if violation.type in skip_reasons:
+                self._skips.labels(violation.type).inc()
+
+    def watch(self, app: Application) -> None:
+        """Reads what `app` counts itself at every scrape."""
+        self.registry.register(ApplicationCollector(app))
+
+
+@dataclass(frozen=True)
+class NamedPool:
+    name: str
+    engine: sa.Engine
+
+
+class ApplicationCollector(Collector):
+    """What the running service knows about itself, read when scraped."""
+
+    def __init__(self, app: Application) -> None:
+        self._app = app
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families are created per scrape; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        app = self._app
+        yield from _snapshot_families(app)
+        yield from _bound_families(app.call_bounds())
+        yield from _pool_families(app.named_pools())
+        connected = GaugeMetricFamily(
+            "modelroute_change_listener_connected",
+            "1 while the change listener holds its LISTEN connection to PostgreSQL, else 0.",
+        )
+        connected.add_metric([], 1.0 if app.listener is not None and app.listener.connected.is_set() else 0.0)
+        yield connected
+        failures = CounterMetricFamily(
+            "modelroute_decrypt_failures",
+            "Stored keys that did not decrypt with this replica's keyring (unknown key id, or data that does not "
+            "match its row).",
+        )
+        failures.add_metric([], float(app.ctx.keyring.open_failures))
+        yield failures
+
+
+def _snapshot_families(app: Application) -> Iterator[Metric]:
+    store = app.snapshots
+    snapshot = store.snapshot
+    statistics = store.statistics
+    revision = GaugeMetricFamily("modelroute_snapshot_revision", "The config revision this replica answers from.")
+    sequence = GaugeMetricFamily("modelroute_snapshot_change_sequence", "The change sequence this replica has applied.")
+    age = GaugeMetricFamily(
+        "modelroute_snapshot_age_seconds",
+        "Seconds since this replica last caught up with its database (its snapshot is at most this old).",
+    )
+    cut_off = GaugeMetricFamily(
+        "modelroute_snapshot_cut_off_seconds",
+        "Seconds this replica has been failing to reach its database (0 while it reaches it).",
+    )
+    if snapshot is not None:
+        revision.add_metric([], float(snapshot.revision))
+        sequence.add_metric([], float(snapshot.sequence))
+    age.add_metric([], statistics.seconds_since_caught_up())
+    cut_off.add_metric([], store.seconds_cut_off())
+    applies = SummaryMetricFamily(
+        "modelroute_snapshot_apply_duration_seconds",
+        "Time to bring the snapshot up to date (a change applied, or a full load), by kind.",
+        labels=["kind"],
+    )
+    applies.add_metric(["changes"], statistics.applied_batches, statistics.apply_seconds)
+    applies.add_metric(["full"], statistics.full_loads, statistics.full_load_seconds)
+    yield from (revision, sequence, age, cut_off, applies)
+
+
+def _bound_families(bounds: Sequence[CallBound]) -> Iterator[Metric]:
+    in_flight = GaugeMetricFamily(
+        "modelroute_calls_in_flight", "Calls of a class of work running or queued now.", labels=["work_class"]
+    )
+    limit = GaugeMetricFamily(
+        "modelroute_calls_in_flight_limit", "The bound past which a class refuses calls.", labels=["work_class"]
+    )
+    shed = CounterMetricFamily(
+        "modelroute_shed_calls",
+        "Calls refused at once (RESOURCE_EXHAUSTED) because their class of work was at its bound.",
+        labels=["work_class"],
+    )
+    for bound in bounds:
+        label = [bound.work_class.replace(" ", "_")]
+        in_flight.add_metric(label, float(bound.in_flight))
+        limit.add_metric(label, float(bound.limit))
+        shed.add_metric(label, float(bound.refused))
+    yield from (in_flight, limit, shed)
+
+
+def _pool_families(pools: Sequence[NamedPool]) -> Iterator[Metric]:
+    in_use = GaugeMetricFamily(
+        "modelroute_database_connections_in_use", "Connections checked out of a pool now.", labels=["pool"]
+    )
+    size = GaugeMetricFamily(
+        "modelroute_database_connections_max", "The most connections a pool opens.", labels=["pool"]
+    )
+    for pool in pools:
+        queue = pool.engine.pool
+        checked_out = getattr(queue, "checkedout", None)
+        if checked_out is None:  # a pool without counts (NullPool): nothing to say
+            continue
+        in_use.add_metric([pool.name], float(checked_out()))
+        size.add_metric([pool.name], float(queue.size() + max(0, getattr(queue, "_max_overflow", 0))))  # type: ignore[attr-defined]
+    yield from (in_use, size)
+
+
+def serve_metrics(metrics: Metrics, address: str) -> tuple[int, Callable[[], None]]:
+    """Serves `metrics` on `address` (host:port, port 0 for any free one) in a daemon thread; returns the
+    port and the function that stops it."""
+    host, port = split_address(address)
+    server, thread = start_http_server(port, host or "127.0.0.1", registry=metrics.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return int(server.server_port), stop
