@@ -32,7 +32,7 @@ from modelroute_server.service_layer import access_tokens
 from modelroute_server.settings import Settings
 
 from .audit_support import Api, make_api
-from .helpers import SERVER_BINARY, TEST_CALLER, clean_env, health_status
+from .helpers import SERVER_BINARY, TEST_CALLER, clean_env, health_status, server_log
 
 TEST_DATABASE_URL_ENV = "MODELROUTE_TEST_DATABASE_URL"
 
@@ -232,6 +232,9 @@ class ServerProcesses:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=10)
+            # Whatever the test did not read itself: every line must be JSON too.
+            if process.stderr is not None and not process.stderr.closed:
+                server_log(process.stderr.read())
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -158,6 +160,31 @@ def free_port() -> int:
         port: int = probe.getsockname()[1]
     assert port != 50051
     return port
+
+
+def server_log(stderr: bytes | str) -> list[dict[str, Any]]:
+    """What a `modelroute-server` process wrote to stderr, line by line: every line is one JSON object
+    (the service writes nothing else there, the gRPC runtime's own lines included)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    entries = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"a stderr line of modelroute-server is not JSON: {line[:300]!r}") from None
+        assert isinstance(entry, dict), f"a stderr line of modelroute-server is not a JSON object: {line[:300]!r}"
+        entries.append(entry)
+    return entries
+
+
+def run_server_command(arguments: list[str], **options: Any) -> subprocess.CompletedProcess[bytes]:
+    """`subprocess.run` of a `modelroute-server` command, checking that every stderr line it wrote is JSON."""
+    done: subprocess.CompletedProcess[bytes] = subprocess.run(arguments, **options)
+    if done.stderr is not None:
+        server_log(done.stderr)
+    return done
 
 
 def clean_env(**extra: str) -> dict[str, str]:

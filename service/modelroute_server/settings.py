@@ -59,6 +59,8 @@ class Settings:
     max_snapshot_age: timedelta | None = None
     # Prometheus metrics over HTTP (host:port; port 0 takes any free one); None: no metrics server.
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
+    # One JSON line per call (method, status code, duration, actor) on the `modelroute.access` logger.
+    access_log: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -230,6 +232,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 if env.get("MODELROUTE_MAX_SNAPSHOT_AGE")
                 else None
             ),
+            access_log=env.get("MODELROUTE_ACCESS_LOG", "").lower() in TRUE_VALUES,
             metrics_listen=_metrics_listen(env.get("MODELROUTE_METRICS_LISTEN") or DEFAULT_METRICS_LISTEN),
         )
     )

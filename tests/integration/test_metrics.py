@@ -5,7 +5,6 @@ knows about itself; no label carries a user, a token name or a key."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,7 +20,16 @@ from modelroute_server.entrypoints.metrics import serve_metrics
 from modelroute_server.entrypoints.server import Application
 
 from ..conftest import RunningServer, ServerProcesses
-from ..helpers import SERVER_BINARY, call_error, clean_env, create_model, create_provider, free_port, stubs
+from ..helpers import (
+    SERVER_BINARY,
+    call_error,
+    clean_env,
+    create_model,
+    create_provider,
+    free_port,
+    run_server_command,
+    stubs,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -174,7 +182,7 @@ def test_an_occupied_metrics_port_is_one_clear_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
+        done = run_server_command(
             [str(SERVER_BINARY), "serve", "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}"],
             cwd=tmp_path,
             env=clean_env(MODELROUTE_METRICS_LISTEN=f"127.0.0.1:{port}"),

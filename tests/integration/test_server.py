@@ -24,7 +24,16 @@ from modelroute_server.entrypoints.server import Application
 from modelroute_server.settings import settings_from_env
 
 from ..conftest import PostgresForTests, RunningServer, ServerProcesses, build_app, migrated_database
-from ..helpers import ADMIN_BINARY, SERVER_BINARY, clean_env, decode, free_port, health_status, wait_for_health
+from ..helpers import (
+    ADMIN_BINARY,
+    SERVER_BINARY,
+    clean_env,
+    decode,
+    free_port,
+    health_status,
+    run_server_command,
+    wait_for_health,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -155,7 +164,7 @@ def test_the_default_listen_address_is_loopback() -> None:
 def _serve_once(url: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
     """`serve` on `url`, run until it exits (every caller expects a refusal); a fresh keyring unless `env`
     sets MODELROUTE_KEYRING (empty: none)."""
-    return subprocess.run(
+    return run_server_command(
         [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
         cwd=tmp_path,
         env=clean_env(MODELROUTE_DATABASE_URL=url, **{"MODELROUTE_KEYRING": generate_keyring_spec(), **env}),
@@ -187,7 +196,7 @@ def test_serve_with_a_malformed_keyring_refuses_to_start(tmp_path: Path) -> None
 
 
 def test_generate_key_prints_a_usable_keyring_entry() -> None:
-    done = subprocess.run(
+    done = run_server_command(
         [str(SERVER_BINARY), "generate-key"], env=clean_env(), capture_output=True, timeout=60, check=True
     )
     keyring = Keyring.parse(done.stdout.decode().strip())
@@ -203,7 +212,7 @@ def test_the_migrate_command_upgrades_and_downgrades(fresh_database_url: str, tm
             (["migrate", "--to", "head"], database.head_revision()),
             (["migrate", "--downgrade", "--to", "base"], None),
         ):
-            done = subprocess.run(
+            done = run_server_command(
                 [str(SERVER_BINARY), *arguments],
                 cwd=tmp_path,
                 env=clean_env(MODELROUTE_DATABASE_URL=fresh_database_url),
@@ -309,7 +318,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(tmp_path: Path, server_
 
     # Restarting without the keyring file would make every stored key unreadable: refused.
     keyring_file.rename(tmp_path / "keyring.saved")
-    done = subprocess.run(
+    done = run_server_command(
         [str(SERVER_BINARY), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"],
         cwd=tmp_path,
         env=clean_env(),
@@ -332,7 +341,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(tmp_path: Path, server_
     ],
 )
 def test_bad_configuration_is_one_clear_line(tmp_path: Path, variable: str, value: str, says: str) -> None:
-    done = subprocess.run(
+    done = run_server_command(
         [str(SERVER_BINARY), "serve", "--listen", f"127.0.0.1:{free_port()}"],
         cwd=tmp_path,
         env=clean_env(**{variable: value}),

@@ -18,14 +18,14 @@ from modelroute.v1 import common_pb2, provider_config_pb2
 from modelroute_server.adapters.crypto import generate_keyring_spec
 
 from ..conftest import ServerProcesses
-from ..helpers import SERVER_BINARY, clean_env, free_port
+from ..helpers import SERVER_BINARY, clean_env, free_port, run_server_command
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def refusal(args: list[str], cwd: Path, **env: str) -> str:
     """Runs `modelroute-server serve ...` expecting a refusal; returns its one line of output."""
-    done = subprocess.run(
+    done = run_server_command(
         [str(SERVER_BINARY), "serve", *args],
         cwd=cwd,
         env=clean_env(**env),
@@ -75,7 +75,7 @@ def test_the_bootstrap_commands_work_beside_a_running_server_and_the_port_is_its
         assert not other_dir.exists()
 
         def server_command(*args: str) -> subprocess.CompletedProcess[bytes]:
-            done = subprocess.run(
+            done = run_server_command(
                 [str(SERVER_BINARY), *args, "--data-dir", str(data_dir)],
                 cwd=tmp_path,
                 env=clean_env(MODELROUTE_LOG_LEVEL="WARNING"),

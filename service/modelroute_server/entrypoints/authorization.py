@@ -82,6 +82,10 @@ def current_caller() -> Caller:
     return caller
 
 
+def current_caller_or_none() -> Caller | None:
+    return _CALLER.get(None)
+
+
 def short_method(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 

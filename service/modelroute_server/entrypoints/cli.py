@@ -25,7 +25,7 @@ from ..domain.errors import DomainError
 from ..service_layer import access_tokens, audit
 from ..service_layer.context import ServiceContext
 from ..settings import URL_SCHEMES, Settings, SettingsError, parse_duration, settings_from_env
-from .logs import configure_logging
+from .logs import configure_logging, route_native_stderr
 from .server import check_schema_served, load_keyring, serve, sql_context
 
 log = logging.getLogger("modelroute")
@@ -108,12 +108,19 @@ def _apply_flags(settings: Settings, options: argparse.Namespace) -> Settings:
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 
+def _refuse(message: str, **details: object) -> None:
+    """One line, and nothing else: the operator reads it before any log (JSON, as every line is)."""
+    log.error(f"modelroute-server: {message}", extra=details)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = _parser().parse_args(argv)
+    route_native_stderr()
+    configure_logging("INFO")
     try:
         settings = _apply_flags(settings_from_env(), options)
     except SettingsError as exc:
-        print(f"modelroute-server: {exc}", file=sys.stderr)
+        _refuse(str(exc))
         return 2
     configure_logging(settings.log_level)
     command = options.command
@@ -131,13 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(serve(settings))
     except (SettingsError, KeyringError, RuntimeError) as exc:
-        # One line, and nothing else: the operator reads it before any log.
-        print(f"modelroute-server: {exc}", file=sys.stderr)
+        _refuse(str(exc))
         return 2
     except DomainError as error:
-        print(f"modelroute-server: {error.message}", file=sys.stderr)
-        for violation in error.field_violations:
-            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        violations = {v.field: v.description for v in error.field_violations}
+        _refuse(error.message + "".join(f"; {f}: {d}" for f, d in violations.items()), reason=error.reason.value)
         return 1
     return 0
 
@@ -172,10 +177,10 @@ def _tokens(settings: Settings, options: argparse.Namespace) -> int:
                 roles=access_tokens.parse_roles(options.role), ttl=options.expires_in
             )
             created = access_tokens.create_access_token(ctx, Caller(actor, "CreateAccessToken"), options.name, request)
-            print(
+            # A warning, so that it shows at every log level: the secret is never shown again.
+            log.warning(
                 f"created {created.token.name} ({', '.join(created.token.role_names)}); "
-                "its secret follows, shown this once:",
-                file=sys.stderr,
+                "its secret is on standard output, shown this once: store it now"
             )
             print(created.secret)
         elif options.verb == "revoke":
@@ -242,7 +247,7 @@ def _rotate_keys(settings: Settings) -> int:
     )
     print(f"re-encrypted {report.resealed} key(s) under {keyring.primary_key_id!r}")
     for label in report.undecryptable:
-        print(f"cannot decrypt with this keyring (left as is): {label}", file=sys.stderr)
+        log.error("cannot decrypt with this keyring (left as is)", extra={"key": label})
     return 1 if report.undecryptable else 0
 
 

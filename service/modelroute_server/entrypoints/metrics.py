@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from ..domain.errors import DomainError
 from ..domain.resolver import Resolution, SkipReason
-from .authorization import short_method
+from .authorization import current_caller_or_none, short_method
 from .executors import CallBound
 from .transport import split_address
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .server import Application
 
 log = logging.getLogger(__name__)
+# The access log's own logger, so that it can be routed or silenced apart from the rest.
+access = logging.getLogger("modelroute.access")
 
 # From a kept ResolveModel answer (a fraction of a millisecond) to a write stuck behind a lock timeout.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -41,15 +43,17 @@ NO_KEY = "NONE"
 
 
 class MethodMetrics:
-    """One method's call counter (a child per status code, made on first use) and latency histogram."""
+    """One method's call counter (a child per status code, made on first use) and latency histogram,
+    and the access log's line when it is on: where every call of the method ends."""
 
-    __slots__ = ("_by_code", "_calls", "_seconds", "method")
+    __slots__ = ("_access_log", "_by_code", "_calls", "_seconds", "method")
 
-    def __init__(self, method: str, calls: Counter, seconds: Histogram) -> None:
+    def __init__(self, method: str, calls: Counter, seconds: Histogram, access_log: bool = False) -> None:
         self.method = method
         self._calls = calls
         self._by_code: dict[grpc.StatusCode, Counter] = {}
         self._seconds = seconds.labels(method)
+        self._access_log = access_log
 
     def observe(self, code: grpc.StatusCode, started: float) -> None:
         """One call of this method ended with `code`; it started at `started` (time.perf_counter())."""
@@ -57,14 +61,29 @@ class MethodMetrics:
         if child is None:
             child = self._by_code.setdefault(code, self._calls.labels(self.method, code.name))
         child.inc()
-        self._seconds.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._seconds.observe(seconds)
+        if self._access_log:
+            # The actor is the authorized caller's name; a refused call has none (its token's name is
+            # not known, and a token it merely claims is not written).
+            caller = current_caller_or_none()
+            access.info(
+                "call",
+                extra={
+                    "method": self.method,
+                    "code": code.name,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "actor": caller.actor if caller is not None else "",
+                },
+            )
 
 
 class Metrics:
     """Every metric family of one running service, in a registry of its own (several services may share
     a process: the tests run many)."""
 
-    def __init__(self) -> None:
+    def __init__(self, access_log: bool = False) -> None:
+        self._access_log = access_log
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self._calls = Counter(
@@ -103,7 +122,9 @@ class Metrics:
         """The metrics of `method` (a full gRPC method path; only methods that exist are asked for)."""
         found = self._methods.get(method)
         if found is None:
-            found = self._methods.setdefault(method, MethodMetrics(short_method(method), self._calls, self._seconds))
+            found = self._methods.setdefault(
+                method, MethodMetrics(short_method(method), self._calls, self._seconds, self._access_log)
+            )
         return found
 
     def authentication_failed(self, error: DomainError) -> None:

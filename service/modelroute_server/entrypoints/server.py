@@ -192,7 +192,16 @@ def wire_application(
     )
     ctx.on_commit.append(snapshots.committed)
     app = Application(
-        settings, engine, ctx, snapshots, tokens, url, embedded, work=work or AdminWork(), admin_engines=admin_engines
+        settings,
+        engine,
+        ctx,
+        snapshots,
+        tokens,
+        url,
+        embedded,
+        work=work or AdminWork(),
+        admin_engines=admin_engines,
+        metrics=Metrics(settings.access_log),
     )
     if listen:
         app.start_listener()
@@ -260,15 +269,15 @@ def admin_context(
 
 
 def announce_token_files(settings: Settings, written: list[Path]) -> None:
-    """Says on the terminal where the embedded tokens are, so the quick start needs no other step."""
+    """Says where the embedded tokens are, so the quick start needs no other step."""
     files = sorted(str(p) for p in settings.data_dir.glob("*.token"))
-    log.info("embedded access tokens", extra={"token_files": files, "written": [str(p) for p in written]})
+    message = "embedded access tokens"
     if written:
-        print(
-            f"modelroute: wrote access tokens (one per role) to {settings.data_dir}/"
-            "{admin,reader,resolver,user-keys}.token; modelroute-admin finds them there",
-            file=sys.stderr,
+        message = (
+            f"wrote access tokens (one per role) to {settings.data_dir}/"
+            "{admin,reader,resolver,user-keys}.token; modelroute-admin finds them there"
         )
+    log.info(message, extra={"token_files": files, "written": [str(p) for p in written]})
 
 
 def create_server(
