@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +285,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and report.longrepr is not None:
         report.longrepr = _KEY_LIKE.sub("<redacted key>", str(report.longrepr))
     report.sections = [(name, _KEY_LIKE.sub("<redacted key>", content)) for name, content in report.sections]
+
+
+# ---------------------------------------------------------------- the fault suite's own PostgreSQL
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+class OwnPostgres:
+    """An embedded PostgreSQL this test may stop and start again on the same data."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.server = database.EmbeddedPostgres(pgdata)
+        self.url = self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        assert self.server.start() == self.url
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
+    postgres = OwnPostgres(tmp_path / "pgdata")
+    engine = database.create_engine(postgres.url)
+    database.upgrade(engine)
+    engine.dispose()
+    yield postgres
+    postgres.stop()

@@ -1,57 +1,27 @@
 """With PostgreSQL gone, resolution answers from the last snapshot and its health stays SERVING
 (so does the overall name), writes are UNAVAILABLE and the administration services' health says
-NOT_SERVING, and everything recovers by itself when it returns (docs/operations.md, "Health")."""
+NOT_SERVING, and everything recovers by itself when it returns (docs/operations.md, "Health").
+Part of the fault suite (marker `faults`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelroute.v1 import provider_config_pb2, resolver_pb2
-from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.entrypoints.health import ADMIN_SERVICES, NOT_SERVING, RESOLVER_SERVICE, SERVING
 from modelroute_server.settings import Settings
 
-from ..conftest import RunningServer, all_roles_token, build_app
+from ..conftest import OwnPostgres, RunningServer, all_roles_token, build_app, wait_for
 from ..helpers import call_error, create_model, create_provider, provider_request, stubs
 
-
-def wait_for(condition: Callable[[], bool], seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
-class OwnPostgres:
-    """An embedded PostgreSQL this test may stop and start again on the same data."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.server = database.EmbeddedPostgres(pgdata)
-        self.url = self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        assert self.server.start() == self.url
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
-    postgres = OwnPostgres(tmp_path / "pgdata")
-    engine = database.create_engine(postgres.url)
-    database.upgrade(engine)
-    engine.dispose()
-    yield postgres
-    postgres.stop()
+# Part of the fault suite (docs/operations.md).
+pytestmark = pytest.mark.faults
 
 
 def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> None:

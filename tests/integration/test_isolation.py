@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,6 +23,9 @@ from modelroute_server.settings import Settings
 
 from ..conftest import PostgresForTests, RunningServer, all_roles_token, build_app, migrated_database
 from ..helpers import create_model, create_provider, decode, stubs, wait_for_health
+
+# Part of the fault suite (docs/operations.md).
+pytestmark = pytest.mark.faults
 
 WRITES = 12
 LOCK_SECONDS = 10

@@ -1,5 +1,6 @@
 """A flood of admin reads from one client: every call ends OK or RESOURCE_EXHAUSTED (TOO_MANY_CALLS, with a
-retry delay), none CANCELLED, and the server's memory stays bounded (docs/operations.md, "Overload")."""
+retry delay), none CANCELLED, the server's memory stays bounded, and a bystander's resolutions keep being
+answered throughout (docs/operations.md, "Overload"; how fast: bench/bench_overload.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from modelroute.v1 import common_pb2, model_config_pb2, model_config_pb2_grpc, provider_config_pb2
+from modelroute.v1 import (
+    common_pb2,
+    model_config_pb2,
+    model_config_pb2_grpc,
+    provider_config_pb2,
+    resolver_pb2,
+    resolver_pb2_grpc,
+)
 
 from ..conftest import ServerProcesses
 from ..helpers import free_port, stubs
+
+# Part of the fault suite (docs/operations.md).
+pytestmark = pytest.mark.faults
 
 FLOOD = 2000
 MODELS = 250
@@ -78,10 +90,27 @@ def test_a_flood_of_list_calls_is_shed_not_cancelled(server_process: ServerProce
             )
     before = resident_bytes(process)
 
+    resolver_metadata = (("authorization", f"Bearer {(data_dir / 'resolver.token').read_text().strip()}"),)
+    resolutions: collections.Counter[str] = collections.Counter()
+
     async def flood() -> tuple[collections.Counter[str], list[grpc.aio.AioRpcError], int]:
         codes: collections.Counter[str] = collections.Counter()
         shed: list[grpc.aio.AioRpcError] = []
         peak = before
+        flooding = True
+
+        async def resolve() -> None:
+            # A bystander on a connection of its own: resolution keeps answering through the flood.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as own:
+                resolver = resolver_pb2_grpc.ResolverServiceStub(own)
+                while flooding:
+                    try:
+                        await resolver.ResolveModel(
+                            resolver_pb2.ResolveModelRequest(model="m0"), metadata=resolver_metadata, timeout=10
+                        )
+                        resolutions["OK"] += 1
+                    except grpc.aio.AioRpcError as error:
+                        resolutions[error.code().name] += 1
 
         async def watch() -> None:
             nonlocal peak
@@ -103,11 +132,15 @@ def test_a_flood_of_list_calls_is_shed_not_cancelled(server_process: ServerProce
                         shed.append(error)
 
             watcher = asyncio.ensure_future(watch())
+            bystander = asyncio.ensure_future(resolve())
             await asyncio.gather(*(one() for _ in range(FLOOD)))
+            flooding = False
+            await bystander
             watcher.cancel()
         return codes, shed, peak
 
     codes, shed, peak = asyncio.run(flood())
+    assert set(resolutions) == {"OK"}, resolutions
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert sum(codes.values()) == FLOOD
     assert codes["OK"] > 0 and codes["RESOURCE_EXHAUSTED"] > 0, codes
