@@ -90,16 +90,33 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+# The revisions before this build's head that it still serves: each later migration up to the head was
+# expand-only, and this build's code does not need what they added (0005 only adds the compatibility
+# record, which the start-up check reads when it is there).
+OLDER_REVISIONS_SERVED = frozenset({"0004"})
+
+
 def served_schema_revisions() -> frozenset[str]:
-    """The schema revisions this build can serve: today its own head only. (When a migration is written
-    expand-then-contract, the revision before it is served too, so that replicas one version apart run side
-    by side during a rolling upgrade.)"""
-    return frozenset({head_revision()})
+    """The schema revisions this build knows it can serve: its own head and OLDER_REVISIONS_SERVED. A newer
+    revision is served too when the database's compatibility record names this build's head
+    (`schema_problem`)."""
+    return frozenset({head_revision()}) | OLDER_REVISIONS_SERVED
+
+
+def newer_schema_serves_this_build(connection: sa.Connection, current: str) -> bool:
+    """A revision this build does not know, whose migrations say this build can still serve it."""
+    present = connection.exec_driver_sql("SELECT to_regclass('schema_compatibility') IS NOT NULL").scalar()
+    if not present:
+        return False
+    served_by = connection.execute(
+        sa.text("SELECT served_by FROM schema_compatibility WHERE revision = :revision"), {"revision": current}
+    ).scalar()
+    return served_by is not None and head_revision() in served_by
 
 
 def schema_is_served(connection: sa.Connection) -> bool:
     """The database's schema is one this build serves."""
-    return MigrationContext.configure(connection).get_current_revision() in served_schema_revisions()
+    return schema_problem(connection) is None
 
 
 def schema_problem(connection: sa.Connection) -> str | None:
@@ -117,10 +134,12 @@ def schema_problem(connection: sa.Connection) -> str | None:
             f"the database schema is at revision {current}, older than this build serves ({serves}); "
             "run `modelroute-server migrate` (or serve --migrate)"
         )
+    if newer_schema_serves_this_build(connection, current):
+        return None
     return (
-        f"the database schema is at revision {current}, which this build does not know (it serves {serves}): "
-        "a newer build has migrated it; run that build, or downgrade with its `modelroute-server migrate "
-        f"--downgrade --to {head_revision()}`"
+        f"the database schema is at revision {current}, which this build does not know and cannot serve (it "
+        f"serves {serves}): a newer build has migrated it past what this one understands; run that build, or "
+        f"downgrade with its `modelroute-server migrate --downgrade --to {head_revision()}`"
     )
 
 
