@@ -119,6 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELROUTE_")}
         env["MODELROUTE_LOG_LEVEL"] = "WARNING"
+        env["MODELROUTE_METRICS_LISTEN"] = "127.0.0.1:0"  # never the default port another server may hold
         data_dir = Path(scratch) / "data"
         server = subprocess.Popen([str(SERVER), "serve", "--data-dir", str(data_dir), "--listen", target], env=env)
         try:

@@ -139,6 +139,8 @@ def seed(url: str, keyring_spec: str) -> dict[Role, str]:
 def server_env(url: str, keyring_spec: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELROUTE_")}
     env.update(MODELROUTE_DATABASE_URL=url, MODELROUTE_KEYRING=keyring_spec, MODELROUTE_LOG_LEVEL="WARNING")
+    # Replicas side by side on one machine: metrics on any free port each (the default one is one port).
+    env["MODELROUTE_METRICS_LISTEN"] = "127.0.0.1:0"
     return env
 
 
