@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -298,17 +299,40 @@ def wait_for(condition: Callable[[], bool], seconds: float = 15) -> None:
 
 
 class OwnPostgres:
-    """An embedded PostgreSQL this test may stop and start again on the same data."""
+    """An embedded PostgreSQL this test may stop, kill and start again on the same data, kept by a process of
+    its own (tests/postgres_keeper.py says why)."""
 
     def __init__(self, pgdata: Path) -> None:
-        self.server = database.EmbeddedPostgres(pgdata)
-        self.url = self.server.start()
+        self.pgdata = pgdata
+        self._keeper = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("postgres_keeper.py")), str(pgdata)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.url = self._command("start")
+
+    def _command(self, command: str) -> str:
+        assert self._keeper.stdin is not None and self._keeper.stdout is not None
+        self._keeper.stdin.write(command + "\n")
+        self._keeper.stdin.flush()
+        answer = self._keeper.stdout.readline().strip()
+        assert answer.startswith("ok"), f"PostgreSQL keeper, {command}: {answer or 'no answer'}"
+        return answer[3:]
 
     def stop(self) -> None:
-        self.server.stop()
+        self._command("stop")
+
+    def kill(self) -> None:
+        """SIGKILL to every PostgreSQL process."""
+        self._command("kill")
 
     def start(self) -> None:
-        assert self.server.start() == self.url
+        assert self._command("start") == self.url
+
+    def close(self) -> None:
+        self._command("exit")
+        self._keeper.wait(timeout=60)
 
 
 @pytest.fixture
@@ -317,5 +341,7 @@ def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
     engine = database.create_engine(postgres.url)
     database.upgrade(engine)
     engine.dispose()
-    yield postgres
-    postgres.stop()
+    try:
+        yield postgres
+    finally:
+        postgres.close()

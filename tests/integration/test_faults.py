@@ -7,12 +7,8 @@ machine's."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -29,39 +25,6 @@ from ..helpers import create_model, create_provider, provider_request, stubs
 pytestmark = pytest.mark.faults
 
 RESOLVING_CLIENTS = 4
-
-
-def postgres_processes(pgdata: Path) -> list[int]:
-    """The postmaster (from its pid file) and every process it started."""
-    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == postmaster:
-                children.append(int(entry.name))
-    return [postmaster, *children]
-
-
-def kill_postgres(postgres: OwnPostgres) -> None:
-    """SIGKILL to every PostgreSQL process, as the kernel's OOM killer or a lost machine would."""
-    pgdata = postgres.server.pgdata.resolve()
-    processes = postgres_processes(pgdata)
-    for pid in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() for pid in processes):
-        assert time.monotonic() < deadline, "PostgreSQL processes outlived SIGKILL"
-        time.sleep(0.05)
-    # pgserver keeps one handle per data directory: forget the dead one, so that starting again runs a new
-    # postmaster (which recovers from the crash).
-    handle = postgres.server._server
-    type(handle)._instances.pop(pgdata, None)
-    postgres.server._server = None
 
 
 def test_postgres_killed_under_resolve_load(own_postgres: OwnPostgres, keyring: Keyring) -> None:
@@ -125,7 +88,7 @@ def test_postgres_killed_under_resolve_load(own_postgres: OwnPostgres, keyring: 
             thread.start()
         wait_for(lambda: min(resolved) > 20 and len(acknowledged) > 3)
 
-        kill_postgres(own_postgres)
+        own_postgres.kill()
         during = sum(resolved)
         wait_for(lambda: status(ADMIN_SERVICES[0]) == NOT_SERVING)
         wait_for(lambda: sum(resolved) > during + 100)  # resolution goes on with the database gone
