@@ -5,7 +5,9 @@ Each run measures:
   * ResolveModel latency (4 calls in flight) alone, then while 16 clients loop ListModelConfigs(page_size=200):
     the ratio of the two p99s;
   * more clients looping ListModelConfigs than the admin reads' bound takes, each waiting out the retry
-    delay it is refused with: how long the refused calls (RESOURCE_EXHAUSTED) take to be answered;
+    delay it is refused with, and a probe in a process of its own sending one more List call every 20 ms:
+    how long the probe's refused calls (RESOURCE_EXHAUSTED) take to be answered (the saturating clients'
+    own view, which includes their process decoding 200-item pages, is printed beside it);
   * GetModelConfig latency while a row lock is held from outside for 10 s with 12 UpdateModelConfig calls
     waiting on that row.
 
@@ -60,6 +62,7 @@ LOCK_SECONDS = 10
 QUEUED_WRITES = 12
 PHASE_SECONDS = 6.0
 RESOLVE_IN_FLIGHT = 4
+PROBE_INTERVAL_SECONDS = 0.02
 
 
 def p99(samples: list[float]) -> float:
@@ -158,11 +161,43 @@ async def flood_worker(target: str, token: str, seconds: float) -> dict[str, lis
 
 
 async def saturate_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
-    """More List clients than the admin reads take at once: how long each refusal takes."""
+    """More List clients than the admin reads take at once, keeping the bound full."""
     return await list_clients(target, token, seconds, SATURATING_CLIENTS)
 
 
-WORKERS = {"resolve": resolve_worker, "flood": flood_worker, "saturate": saturate_worker}
+async def probe_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
+    """One more List call every PROBE_INTERVAL_SECONDS (not waiting for the previous one) while the bound is
+    full, from a process that does nothing else: how long a refusal takes to reach a client that is not
+    itself busy (the saturating clients' own figures also hold the time their process spends decoding
+    200-item pages)."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    shed: list[float] = []
+    codes: dict[str, int] = {}
+    request = model_config_pb2.ListModelConfigsRequest(page_size=200)
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+        models = model_config_pb2_grpc.ModelConfigServiceStub(channel)
+
+        async def probe() -> None:
+            started = time.perf_counter()
+            try:
+                await models.ListModelConfigs(request, metadata=metadata, timeout=60)
+                code = "OK"
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+                if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    shed.append((time.perf_counter() - started) * 1000)
+            codes[code] = codes.get(code, 0) + 1
+
+        probes = []
+        while time.monotonic() < deadline:
+            probes.append(asyncio.ensure_future(probe()))
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+        await asyncio.gather(*probes)
+    return {"shed_ms": shed, "codes": codes}  # type: ignore[dict-item]
+
+
+WORKERS = {"resolve": resolve_worker, "flood": flood_worker, "saturate": saturate_worker, "probe": probe_worker}
 
 
 def run_worker(name: str, target: str, token: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -228,6 +263,8 @@ class RunResult:
     shed_median_ms: float
     shed_p99_ms: float
     burst_codes: dict[str, int]
+    probe_codes: dict[str, int]
+    saturating_shed_p99_ms: float
     held_get_p99_ms: float
     held_write_codes: dict[str, int]
 
@@ -243,9 +280,13 @@ def one_run(target: str, tokens: dict[Role, str], url: str) -> RunResult:
     time.sleep(1.0)  # the flood is running
     flooded = result_of(run_worker("resolve", target, resolver, PHASE_SECONDS))
     flood_result = result_of(flood)
-    burst = result_of(run_worker("saturate", target, reader, PHASE_SECONDS))
+    saturating = run_worker("saturate", target, reader, PHASE_SECONDS + 2)
+    time.sleep(1.0)  # the bound is full
+    probe = result_of(run_worker("probe", target, reader, PHASE_SECONDS))
+    burst = result_of(saturating)
     held, held_codes = held_lock_reads(target, admin, url)
-    shed = burst["shed_ms"] or [float("nan")]
+    shed = probe["shed_ms"] or [float("nan")]
+    saturating_shed = burst["shed_ms"] or [float("nan")]
     return RunResult(
         p99(alone["latencies_ms"]),
         p99(flooded["latencies_ms"]),
@@ -254,6 +295,8 @@ def one_run(target: str, tokens: dict[Role, str], url: str) -> RunResult:
         statistics.median(shed),
         p99(shed),
         burst["codes"],  # type: ignore[arg-type]
+        probe["codes"],  # type: ignore[arg-type]
+        p99(saturating_shed),
         p99(held),
         held_codes,
     )
@@ -290,8 +333,10 @@ def main() -> None:
             print(
                 f"run {number}: ResolveModel p99 {result.resolve_alone_p99_ms:.2f} ms alone, "
                 f"{result.resolve_flooded_p99_ms:.2f} ms flooded (flood answers {result.flood_codes}, "
-                f"resolve failures {result.resolve_failures}); saturated {result.burst_codes}, shed answered in "
-                f"median {result.shed_median_ms:.1f} ms, p99 {result.shed_p99_ms:.1f} ms; GetModelConfig p99 "
+                f"resolve failures {result.resolve_failures}); saturated {result.burst_codes}, "
+                f"probe {result.probe_codes}, "
+                f"shed answered in median {result.shed_median_ms:.1f} ms, p99 {result.shed_p99_ms:.1f} ms (p99 "
+                f"{result.saturating_shed_p99_ms:.1f} ms as the saturating clients saw it); GetModelConfig p99 "
                 f"{result.held_get_p99_ms:.1f} ms behind the lock (writes {result.held_write_codes})",
                 flush=True,
             )
@@ -304,7 +349,7 @@ def main() -> None:
             lambda v: v <= 3,
         ),
         (
-            f"shed calls (RESOURCE_EXHAUSTED), {SATURATING_CLIENTS} clients past the bound: p99 time to answer",
+            f"shed calls (RESOURCE_EXHAUSTED) with {SATURATING_CLIENTS} clients past the bound: p99 time to answer",
             "< 10 ms",
             statistics.median(r.shed_p99_ms for r in results),
             " ms",
