@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,6 +19,8 @@ from grpc_status import rpc_status
 from modelroute.v1 import model_config_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring
+from modelroute_server.adapters.repositories import UnitOfWork
+from modelroute_server.domain.errors import DomainError, Reason
 from modelroute_server.entrypoints.health import ADMIN_SERVICES, SERVING
 from modelroute_server.settings import Settings
 
@@ -106,3 +109,16 @@ def test_a_held_row_lock_holds_only_the_writes_behind_it(postgres: PostgresForTe
         server.stop()
         app.close()
         engine.dispose()
+
+
+def test_an_admin_read_past_its_statement_timeout_ends_as_database_busy(engine: sa.Engine, keyring: Keyring) -> None:
+    """So that one slow query cannot hold the admin reads' one thread for long."""
+    read = UnitOfWork(engine, keyring, read_only=True, read_timeout=timedelta(milliseconds=100))
+    with pytest.raises(DomainError) as raised, read as uow:
+        assert uow.now is not None  # the transaction is open and answers
+        uow._connection.execute(sa.text("SELECT pg_sleep(2)"))
+    assert raised.value.reason is Reason.DATABASE_BUSY
+    assert raised.value.retry_delay == timedelta(seconds=1)
+    # The timeout was the transaction's own: the connection it returns to the pool has none.
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SHOW statement_timeout")).scalar_one() == "0"

@@ -585,6 +585,10 @@ def connect(engine: sa.Engine) -> sa.Connection:
 
 # Bounds any one query; per transaction, so it holds behind a transaction-pooling PgBouncer too.
 STATEMENT_TIMEOUT = sa.text("SET LOCAL statement_timeout = '60s'")
+# An admin read is a page of indexed rows; one that runs longer would hold the one thread admin reads get
+# (entrypoints/executors.py) from every other, so it ends sooner, as DATABASE_BUSY.
+READ_STATEMENT_TIMEOUT = timedelta(seconds=10)
+READ_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :statement_ms, true)")
 # A write's own timeouts, also per transaction (set_config(..., true) is SET LOCAL with bound values).
 WRITE_TIMEOUTS = sa.text(
     "SELECT set_config('lock_timeout', :lock_ms, true), set_config('statement_timeout', :statement_ms, true)"
@@ -633,11 +637,13 @@ class UnitOfWork:
         *,
         read_only: bool = False,
         write_timeouts: WriteTimeouts = DEFAULT_WRITE_TIMEOUTS,
+        read_timeout: timedelta = READ_STATEMENT_TIMEOUT,
     ) -> None:
         self._engine = engine
         self._keyring = keyring
         self._read_only = read_only
         self._write_timeouts = write_timeouts
+        self._read_timeout = read_timeout
 
     def __enter__(self) -> UnitOfWork:
         self._connection = connect(self._engine)
@@ -648,7 +654,9 @@ class UnitOfWork:
             )
         self._transaction = self._connection.begin()
         if self._read_only:
-            self._connection.execute(STATEMENT_TIMEOUT)
+            self._connection.execute(
+                READ_TIMEOUT, {"statement_ms": str(int(self._read_timeout.total_seconds() * 1000))}
+            )
         else:
             timeouts = self._write_timeouts
             self._connection.execute(

@@ -55,7 +55,7 @@ from .servicers import (
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL_SECONDS = 0.0005
+SWITCH_INTERVAL_SECONDS = 0.0002
 # Every modelroute service, as reflection lists them (health reports each by name too).
 SERVICE_NAMES = (RESOLVER_SERVICE, *ADMIN_SERVICES)
 
@@ -341,7 +341,7 @@ async def serve(settings: Settings) -> None:
     loop.set_default_executor(database_executor())
     # Worker threads build and encode admin answers in Python, holding the interpreter lock; the event loop
     # takes it back only when the holder's switch interval ends. At the default 5 ms, each step of a
-    # resolution or of a refusal could wait that long behind a busy admin read.
+    # resolution or of a refusal could wait that long behind a busy admin read (0.2 ms: bench_overload.py).
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # The port was found free; it opens only once the snapshot is loaded.
     app = await asyncio.to_thread(build_application, settings, stop_loading)
