@@ -125,34 +125,52 @@ async def resolve_worker(target: str, token: str, seconds: float) -> dict[str, l
     return {"latencies_ms": latencies, "failures": failures}  # type: ignore[dict-item]
 
 
+class ListCalls:
+    """ListModelConfigs(page_size=200) calls of one load generator: the count of each status, and how long
+    each refusal (RESOURCE_EXHAUSTED) took to be answered."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.request = model_config_pb2.ListModelConfigsRequest(page_size=200)
+        self.shed: list[float] = []
+        self.codes: dict[str, int] = {}
+
+    async def call(self, models: model_config_pb2_grpc.ModelConfigServiceStub) -> grpc.aio.AioRpcError | None:
+        """One call; the refusal, if it was refused."""
+        started = time.perf_counter()
+        refusal = None
+        try:
+            await models.ListModelConfigs(self.request, metadata=self.metadata, timeout=60)
+            code = "OK"
+        except grpc.aio.AioRpcError as error:
+            code = error.code().name
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.shed.append((time.perf_counter() - started) * 1000)
+                refusal = error
+        self.codes[code] = self.codes.get(code, 0) + 1
+        return refusal
+
+    def result(self) -> dict[str, list[float]]:
+        return {"shed_ms": self.shed, "codes": self.codes}  # type: ignore[dict-item]
+
+
 async def list_clients(target: str, token: str, seconds: float, clients: int) -> dict[str, list[float]]:
     """`clients` clients, each on its own connection, looping ListModelConfigs(page_size=200). A refused one
-    waits out the retry delay it is given, as a client honouring RetryInfo does; how long each refusal took
-    to be answered is returned with the count of each status."""
-    metadata = (("authorization", f"Bearer {token}"),)
-    shed: list[float] = []
-    codes: dict[str, int] = {}
-    request = model_config_pb2.ListModelConfigsRequest(page_size=200)
+    waits out the retry delay it is given, as a client honouring RetryInfo does."""
+    calls = ListCalls(token)
     deadline = time.monotonic() + seconds
 
     async def client() -> None:
         async with grpc.aio.insecure_channel(target, options=(("grpc.use_local_subchannel_pool", 1),)) as channel:
             models = model_config_pb2_grpc.ModelConfigServiceStub(channel)
             while time.monotonic() < deadline:
-                started = time.perf_counter()
-                try:
-                    await models.ListModelConfigs(request, metadata=metadata, timeout=60)
-                    code = "OK"
-                except grpc.aio.AioRpcError as error:
-                    code = error.code().name
-                    if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        shed.append((time.perf_counter() - started) * 1000)
-                        pushback = dict(error.trailing_metadata() or ()).get("grpc-retry-pushback-ms", "250")
-                        await asyncio.sleep(int(pushback) / 1000)
-                codes[code] = codes.get(code, 0) + 1
+                refusal = await calls.call(models)
+                if refusal is not None:
+                    pushback = dict(refusal.trailing_metadata() or ()).get("grpc-retry-pushback-ms", "250")
+                    await asyncio.sleep(int(pushback) / 1000)
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    return {"shed_ms": shed, "codes": codes}  # type: ignore[dict-item]
+    return calls.result()
 
 
 async def flood_worker(target: str, token: str, seconds: float) -> dict[str, list[float]]:
@@ -170,31 +188,16 @@ async def probe_worker(target: str, token: str, seconds: float) -> dict[str, lis
     full, from a process that does nothing else: how long a refusal takes to reach a client that is not
     itself busy (the saturating clients' own figures also hold the time their process spends decoding
     200-item pages)."""
-    metadata = (("authorization", f"Bearer {token}"),)
-    shed: list[float] = []
-    codes: dict[str, int] = {}
-    request = model_config_pb2.ListModelConfigsRequest(page_size=200)
+    calls = ListCalls(token)
     deadline = time.monotonic() + seconds
     async with grpc.aio.insecure_channel(target) as channel:
         models = model_config_pb2_grpc.ModelConfigServiceStub(channel)
-
-        async def probe() -> None:
-            started = time.perf_counter()
-            try:
-                await models.ListModelConfigs(request, metadata=metadata, timeout=60)
-                code = "OK"
-            except grpc.aio.AioRpcError as error:
-                code = error.code().name
-                if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    shed.append((time.perf_counter() - started) * 1000)
-            codes[code] = codes.get(code, 0) + 1
-
         probes = []
         while time.monotonic() < deadline:
-            probes.append(asyncio.ensure_future(probe()))
+            probes.append(asyncio.ensure_future(calls.call(models)))
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
         await asyncio.gather(*probes)
-    return {"shed_ms": shed, "codes": codes}  # type: ignore[dict-item]
+    return calls.result()
 
 
 WORKERS = {"resolve": resolve_worker, "flood": flood_worker, "saturate": saturate_worker, "probe": probe_worker}

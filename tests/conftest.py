@@ -303,7 +303,6 @@ class OwnPostgres:
     its own (tests/postgres_keeper.py says why)."""
 
     def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
         self._keeper = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("postgres_keeper.py")), str(pgdata)],
             stdin=subprocess.PIPE,

@@ -600,6 +600,11 @@ _BUSY_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
 BUSY_RETRY_DELAY = timedelta(seconds=1)
 
 
+def milliseconds(delta: timedelta) -> str:
+    """A timeout as PostgreSQL's settings take it through set_config."""
+    return str(int(delta.total_seconds() * 1000))
+
+
 @dataclass(frozen=True)
 class WriteTimeouts:
     lock: timedelta = timedelta(seconds=5)
@@ -654,16 +659,14 @@ class UnitOfWork:
             )
         self._transaction = self._connection.begin()
         if self._read_only:
-            self._connection.execute(
-                READ_TIMEOUT, {"statement_ms": str(int(self._read_timeout.total_seconds() * 1000))}
-            )
+            self._connection.execute(READ_TIMEOUT, {"statement_ms": milliseconds(self._read_timeout)})
         else:
             timeouts = self._write_timeouts
             self._connection.execute(
                 WRITE_TIMEOUTS,
                 {
-                    "lock_ms": str(int(timeouts.lock.total_seconds() * 1000)),
-                    "statement_ms": str(int(timeouts.statement.total_seconds() * 1000)),
+                    "lock_ms": milliseconds(timeouts.lock),
+                    "statement_ms": milliseconds(timeouts.statement),
                 },
             )
         self.changes = ChangeSequence(self._connection)
