@@ -51,6 +51,7 @@ from modelroute_server.adapters.crypto import Keyring
 from modelroute_server.domain.access import Role
 from modelroute_server.domain.audit import Caller
 from modelroute_server.domain.families import Family
+from modelroute_server.domain.models import Attachment
 from modelroute_server.entrypoints.server import sql_context
 from modelroute_server.service_layer import model_configs, provider_configs
 from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
@@ -90,7 +91,7 @@ def seed(url: str, keyring_spec: str) -> dict[Role, str]:
                     model=f"gpt-{m}",
                     display_name=f"Model {m}, " + "a long display name " * 8,
                     context_limit=128_000,
-                    provider_config_ids=ids,
+                    attachments=tuple(Attachment(i) for i in ids),
                 ),
             )
     finally:

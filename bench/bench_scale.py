@@ -204,12 +204,13 @@ def seed_catalogue(url: str, keyring_spec: str, shape: Shape) -> dict[Role, str]
                 for i in range(shape.models):
                     copy.write_row((f"m{i}", "openai", "gpt-4o", f"Model {i}", True, i == 0, 128_000, revision))
             with cursor.copy(
-                "COPY model_attachments (model_config_id, provider_config_id, family, position) FROM STDIN"
+                "COPY model_attachments (model_config_id, provider_config_id, family, position, model_family) "
+                "FROM STDIN"
             ) as copy:
                 for i in range(shape.models):
                     model_id = f"m{i}"
                     for position, j in enumerate(shape.attached(i)):
-                        copy.write_row((model_id, f"p{j}", "openai", position))
+                        copy.write_row((model_id, f"p{j}", "openai", position, "openai"))
             with cursor.copy(
                 "COPY user_provider_keys (user_id, provider_config_id, api_key_ciphertext, api_key_key_id, "
                 "key_incarnation) FROM STDIN"

@@ -25,6 +25,7 @@ from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
 from modelroute_server.domain.access import Role
 from modelroute_server.domain.audit import Caller
 from modelroute_server.domain.families import Family
+from modelroute_server.domain.models import Attachment
 from modelroute_server.entrypoints.server import sql_context
 from modelroute_server.service_layer import access_tokens, model_configs, provider_configs, user_keys
 from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
@@ -127,7 +128,9 @@ def seed(url: str, keyring_spec: str) -> dict[Role, str]:
                 ctx,
                 BENCH_CALLER,
                 f"m{m}",
-                ModelConfigInput(family=Family.OPENAI, model="gpt", context_limit=1000, provider_config_ids=ids),
+                ModelConfigInput(
+                    family=Family.OPENAI, model="gpt", context_limit=1000, attachments=tuple(Attachment(i) for i in ids)
+                ),
             )
         for u in range(USERS):
             user_keys.set_user_provider_key(ctx, BENCH_CALLER, f"user-{u}", f"p{u % PROVIDERS}", f"uk-{u}")

@@ -194,6 +194,9 @@ class _Models:
         current = self._rows[model_config_id]
         self._put(replace(current, is_default=is_default, revision=revision, update_time=self._uow.now))
 
+    def overrides_accepted(self) -> bool:
+        return True
+
     def _put(self, model: ModelConfig) -> None:
         # The database's partial unique index: at most one live default, at every statement.
         others = [m.id for m in self._rows.values() if m.is_default and m.live and m.id != model.id]

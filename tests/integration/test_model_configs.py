@@ -588,11 +588,17 @@ def test_update_naming_the_list_with_no_entries_is_rejected(channel: grpc.Channe
     assert list(get(s, "m").provider_configs) == [pc("p-a")]
 
 
+CROSS = ": an attachment of another family needs its own upstream model name (model)"
+
+
 def _attachment_cases() -> list[tuple[tuple[str, ...], list[tuple[str, str]]]]:
     field = "model_config.provider_configs"
     return [
         (("p-a", "p-b", "p-a"), [(f"{field}[0]", "providerConfigs/p-a is listed 2 times")]),
-        (("p-a", "an-1"), [(f"{field}[1]", "providerConfigs/an-1 is of family anthropic, the model is openai")]),
+        (
+            ("p-a", "an-1"),
+            [(f"{field}[1]", "providerConfigs/an-1 is of family anthropic, the model is openai" + CROSS)],
+        ),
         (("p-a", "ghost"), [(f"{field}[1]", "providerConfigs/ghost does not exist")]),
         (
             ("ghost", "p-a", "ghost", "an-1"),
@@ -600,7 +606,7 @@ def _attachment_cases() -> list[tuple[tuple[str, ...], list[tuple[str, str]]]]:
                 (f"{field}[0]", "providerConfigs/ghost is listed 2 times"),
                 (f"{field}[0]", "providerConfigs/ghost does not exist"),
                 (f"{field}[2]", "providerConfigs/ghost does not exist"),
-                (f"{field}[3]", "providerConfigs/an-1 is of family anthropic, the model is openai"),
+                (f"{field}[3]", "providerConfigs/an-1 is of family anthropic, the model is openai" + CROSS),
             ],
         ),
     ]
@@ -643,7 +649,7 @@ def test_invalid_lists_on_update_are_rejected_naming_the_ids(channel: grpc.Chann
 # ---------------------------------------------------------------- family changes (trap 8)
 
 
-def test_family_change_needs_a_new_list_of_the_new_family(channel: grpc.Channel, engine: sa.Engine) -> None:
+def test_family_change_needs_a_new_list_or_overrides(channel: grpc.Channel, engine: sa.Engine) -> None:
     s = stubs(channel)
     create_provider(s, "oa-1")
     create_provider(s, "oa-2")
@@ -655,13 +661,17 @@ def test_family_change_needs_a_new_list_of_the_new_family(channel: grpc.Channel,
         request = update_request("m", paths, family=ANTHROPIC, model="claude-sonnet-4.5")
         error = rejected(engine, s.models.UpdateModelConfig, request)
         assert (error.code, error.reason) == (INVALID, "ATTACHMENTS_INVALID"), paths
-        assert error.field_violations == [("model_config.provider_configs", "must be given when the family changes")]
+        # Each attachment that would be of another family without an override is named.
+        assert error.fields == ["model_config.attachments[0]", "model_config.attachments[1]"], paths
+        assert error.field_violations[0][1] == (
+            "providerConfigs/oa-1 is of family openai, the model would be anthropic" + CROSS
+        )
 
     request = update_request("m", ["family", "provider_configs"], family=ANTHROPIC, providers=("an-1", "oa-1"))
     error = rejected(engine, s.models.UpdateModelConfig, request)
     assert (error.code, error.reason) == (INVALID, "ATTACHMENTS_INVALID")
     assert error.field_violations == [
-        ("model_config.provider_configs[1]", "providerConfigs/oa-1 is of family openai, the model is anthropic")
+        ("model_config.provider_configs[1]", "providerConfigs/oa-1 is of family openai, the model is anthropic" + CROSS)
     ]
     assert get(s, "m") == model
 
@@ -1109,8 +1119,11 @@ def test_database_refuses_a_second_default_duplicate_positions_and_cross_family_
         ("INSERT INTO model_attachments VALUES ('m-one', 'p-b', 'openai', 0)", "model_attachments_model_position"),
         # ... and (model, provider config).
         ("INSERT INTO model_attachments VALUES ('m-one', 'p-a', 'openai', 1)", "model_attachments_pkey"),
-        # An attachment's family is its model's and its provider config's.
-        ("INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'anthropic', 1)", "model_attachments_model_fk"),
+        # An attachment's family is its provider config's, and without an override its model's too.
+        (
+            "INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'anthropic', 1)",
+            "model_attachments_same_family_or_override",
+        ),
         ("INSERT INTO model_attachments VALUES ('m-one', 'an-1', 'openai', 1)", "model_attachments_provider_fk"),
         (
             "INSERT INTO model_attachments VALUES ('m-one', 'p-b', 'openai', -1)",

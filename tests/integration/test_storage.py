@@ -23,6 +23,7 @@ from modelroute.v1 import provider_config_pb2, user_key_pb2
 from modelroute_server.adapters import database
 from modelroute_server.adapters.crypto import Keyring, provider_key_binding
 from modelroute_server.domain.families import Family
+from modelroute_server.domain.models import Attachment
 from modelroute_server.entrypoints.server import Application, sql_context
 from modelroute_server.service_layer import model_configs, provider_configs
 from modelroute_server.service_layer.context import ServiceContext
@@ -215,6 +216,68 @@ def test_a_downgrade_that_would_drop_rows_is_refused_unless_allowed(fresh_engine
     assert database.current_revision(fresh_engine) == "0001"
     database.downgrade(fresh_engine, "base", allow_data_loss=True)
     assert database.current_revision(fresh_engine) is None
+
+
+def _with_overrides(ctx: ServiceContext, model_id: str, *entries: tuple[str, str]) -> None:
+    model_configs.create_model_config(
+        ctx,
+        TEST_CALLER,
+        model_id,
+        ModelConfigInput(
+            family=Family.OPENAI,
+            model="gpt-4o",
+            context_limit=1000,
+            attachments=tuple(Attachment(p, o) for p, o in entries),
+            attachments_field="model_config.attachments",
+            overrides_given=True,
+        ),
+    )
+
+
+def _attachments(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        query = "SELECT model_config_id, provider_config_id, family, position FROM model_attachments ORDER BY 1, 4"
+        return [tuple(r) for r in conn.execute(sa.text(query))]
+
+
+def _models(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        query = "SELECT id, is_default, delete_time IS NOT NULL FROM model_configs ORDER BY id"
+        return [tuple(r) for r in conn.execute(sa.text(query))]
+
+
+def test_a_downgrade_below_overrides_is_refused_unless_allowed_then_drops_only_them(
+    fresh_engine: sa.Engine, keyring: Keyring
+) -> None:
+    database.upgrade(fresh_engine)
+    ctx = sql_context(fresh_engine, keyring)
+    seed(ctx)  # openai-main, anthropic-byok, azure-eu (disabled), ...
+    provider_configs.create_provider_config(
+        ctx, TEST_CALLER, "openai-eu", ProviderConfigInput(family=Family.OPENAI, api_key="sk-openai-eu-0005")
+    )
+    _with_overrides(ctx, "only-claude", ("anthropic-byok", "claude-sonnet-4.5"))  # the first: the default
+    _with_overrides(ctx, "chain", ("azure-eu", "gpt4o-eu"), ("openai-main", ""), ("anthropic-byok", "claude-x"))
+    _with_overrides(ctx, "pinned", ("openai-eu", "gpt-4o-2024-08-06"), ("openai-main", ""))
+    attachments_before, models_before = _attachments(fresh_engine), _models(fresh_engine)
+    for target in ("0006", "0005"):
+        with pytest.raises(RuntimeError, match="would drop every upstream model name override"):
+            database.downgrade(fresh_engine, target)
+        assert database.current_revision(fresh_engine) == database.head_revision()
+        assert (_attachments(fresh_engine), _models(fresh_engine)) == (attachments_before, models_before)
+
+    database.downgrade(fresh_engine, "0005", allow_data_loss=True)
+    assert database.current_revision(fresh_engine) == "0005"
+    # Cross-family attachments went with their overrides, the rest renumbered; a same-family override is
+    # dropped and its attachment kept. The model left with nothing is soft-deleted, the default moved on.
+    assert _attachments(fresh_engine) == [
+        ("chain", "openai-main", "openai", 0),
+        ("pinned", "openai-eu", "openai", 0),
+        ("pinned", "openai-main", "openai", 1),
+    ]
+    assert _models(fresh_engine) == [("chain", True, False), ("only-claude", False, True), ("pinned", False, False)]
+    # Back up again: the rows are the schema's, and usable.
+    database.upgrade(fresh_engine)
+    _with_overrides(ctx, "again", ("anthropic-byok", "claude-x"))
 
 
 def test_downgrade_to_base_and_upgrade_again(fresh_engine: sa.Engine, keyring: Keyring) -> None:

@@ -10,9 +10,11 @@ import pytest
 from modelroute_server.domain.errors import DomainError, Reason
 from modelroute_server.domain.families import Family
 from modelroute_server.domain.models import (
+    Attachment,
     CallOptions,
     ModelConfig,
     auto_attachments,
+    check_family_change,
     next_default,
     validate_attachments,
     validate_model_fields,
@@ -44,28 +46,75 @@ def model(mid: str, *, enabled: bool = True, minute: int = 0, deleted: bool = Fa
 PROVIDERS = {"a": provider("a"), "b": provider("b"), "claude": provider("claude", Family.ANTHROPIC)}
 
 
+def entries(*ids: str) -> list[Attachment]:
+    """`id` or `id=override` for each attachment."""
+    return [Attachment(*i.split("=", 1)) for i in ids]
+
+
 @pytest.mark.parametrize(
     ("ids", "expected_fields", "expected_text"),
     [
         ((), ["p"], "a model needs at least one provider config"),
         (("a", "a"), ["p[0]"], "providerConfigs/a is listed 2 times"),
+        (("a", "a=other"), ["p[0]"], "providerConfigs/a is listed 2 times"),
         (("a", "ghost"), ["p[1]"], "providerConfigs/ghost does not exist"),
-        (("claude",), ["p[0]"], "providerConfigs/claude is of family anthropic"),
+        (("ghost=x",), ["p[0]"], "providerConfigs/ghost does not exist"),
+        (("claude",), ["p[0]"], "providerConfigs/claude is of family anthropic, the model is openai"),
+        (("a", "b", "claude"), ["p[2]"], "an attachment of another family needs its own upstream model name"),
         (("ghost", "claude", "b", "b"), ["p[0]", "p[1]", "p[2]"], "providerConfigs/ghost does not exist"),
     ],
 )
-def test_bad_attachment_lists_name_the_offending_ids(
+def test_bad_attachment_lists_name_the_offending_entries(
     ids: tuple[str, ...], expected_fields: list[str], expected_text: str
 ) -> None:
     with pytest.raises(DomainError) as caught:
-        validate_attachments(Family.OPENAI, ids, PROVIDERS, "p")
+        validate_attachments(Family.OPENAI, entries(*ids), PROVIDERS, "p")
     assert caught.value.reason is Reason.ATTACHMENTS_INVALID
     assert [v.field for v in caught.value.field_violations] == expected_fields
     assert expected_text in caught.value.message
 
 
-def test_a_good_list_passes() -> None:
-    validate_attachments(Family.OPENAI, ("b", "a"), PROVIDERS, "p")
+@pytest.mark.parametrize("ids", [("b", "a"), ("claude=claude-sonnet-4.5", "a"), ("a=gpt-4o-eu", "b=gpt-4o-us")])
+def test_good_lists_pass_an_attachment_of_another_family_only_with_an_override(ids: tuple[str, ...]) -> None:
+    validate_attachments(Family.OPENAI, entries(*ids), PROVIDERS, "p")
+
+
+@pytest.mark.parametrize(
+    ("ids", "new_family", "expected_fields"),
+    [
+        (("a", "b"), Family.ANTHROPIC, ["p[0]", "p[1]"]),
+        (("a=gpt", "b"), Family.ANTHROPIC, ["p[1]"]),
+        (("a", "claude=claude-x"), Family.ANTHROPIC, ["p[0]"]),
+        (("a=gpt", "b=gpt"), Family.ANTHROPIC, []),
+        (("a=gpt", "claude"), Family.ANTHROPIC, []),
+        (("a", "claude"), Family.OPENAI, ["p[1]"]),  # a hand-made row; the same rule whatever changed
+    ],
+)
+def test_a_family_change_keeping_the_list_needs_an_override_on_each_attachment_of_another_family(
+    ids: tuple[str, ...], new_family: Family, expected_fields: list[str]
+) -> None:
+    changed = replace(model("m").with_attachments(entries(*ids)), family=new_family)
+    if not expected_fields:
+        check_family_change(changed, PROVIDERS, "p")
+        return
+    with pytest.raises(DomainError) as caught:
+        check_family_change(changed, PROVIDERS, "p")
+    assert caught.value.reason is Reason.ATTACHMENTS_INVALID
+    assert [v.field for v in caught.value.field_violations] == expected_fields
+    assert "would be" in caught.value.field_violations[0].description
+
+
+def test_the_two_tuples_hold_overrides_only_when_an_attachment_has_one() -> None:
+    plain = model("m").with_attachments(entries("a", "b"))
+    assert (plain.attachments, plain.overrides) == (("a", "b"), ())
+    assert [plain.upstream_model_at(i) for i in range(2)] == ["gpt", "gpt"]
+    mixed = plain.with_attachments(entries("a", "claude=claude-x", "b"))
+    assert mixed.overrides == ("", "claude-x", "")
+    assert [mixed.upstream_model_at(i) for i in range(3)] == ["gpt", "claude-x", "gpt"]
+    assert mixed.attachment_entries == tuple(entries("a", "claude=claude-x", "b"))
+    # Removing a provider keeps the others' overrides at their new positions; the last override gone, none.
+    assert mixed.without_provider("a").attachment_entries == tuple(entries("claude=claude-x", "b"))
+    assert mixed.without_provider("claude").overrides == ()
 
 
 def test_auto_attachment_is_enabled_same_family_by_create_time_then_id() -> None:

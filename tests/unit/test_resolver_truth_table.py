@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from modelroute_server.domain.families import Family
-from modelroute_server.domain.models import ModelConfig
+from modelroute_server.domain.models import Attachment, ModelConfig
 from modelroute_server.domain.providers import CredentialPolicy, KeySource, ProviderConfig, StoredKey
 from modelroute_server.domain.resolver import (
     AttachmentOutcome,
@@ -23,7 +23,9 @@ from modelroute_server.domain.resolver import (
     Resolution,
     SkipReason,
     WhatIf,
+    prepare_provider,
     resolve,
+    resolve_prepared,
 )
 
 STORED_KEY = "sk-stored-central"
@@ -215,17 +217,39 @@ def test_truth_table_is_complete() -> None:
     assert combos == expected
 
 
+# How the attachment sits in its model: (the model's family is the provider config's, the override). An
+# attachment of another family exists only with an override; the verdict never depends on either.
+ATTACHMENT_SHAPES = {
+    "same-family": (True, ""),
+    "same-family-override": (True, "deployment-7"),
+    "cross-family-override": (False, "vendor/upstream-7"),
+}
+
+
+def shaped(model: ModelConfig, provider_family: Family, shape: str) -> ModelConfig:
+    same_family, override = ATTACHMENT_SHAPES[shape]
+    other = Family.OPENROUTER if provider_family is not Family.OPENROUTER else Family.OPENAI
+    family = provider_family if same_family else other
+    return replace(model, family=family).with_attachments([Attachment(a, override) for a in model.attachments])
+
+
+@pytest.mark.parametrize("shape", ATTACHMENT_SHAPES)
 @pytest.mark.parametrize("row", TRUTH_TABLE, ids=lambda r: r.id)
-def test_truth_table(row: Row) -> None:
+def test_truth_table(row: Row, shape: str) -> None:
     families = (Family.BEDROCK,) if row.family == "bedrock" else OTHER_FAMILIES
+    override = ATTACHMENT_SHAPES[shape][1]
     for family in families:
         model, providers, user_keys, deployment_keys = row_inputs(row, family)
+        model = shaped(model, family, shape)
         resolution = resolve(model, providers, user_keys, deployment_keys)
         outcome = only(resolution)
         assert outcome.provider_config_id == "p"
         assert outcome.position == 0
-        assert outcome.family is family
+        assert outcome.family is family  # the provider config's own, whatever the model's
         assert outcome.base_url == BASE_URLS.get(family)
+        # The name it carries is the only difference an override makes.
+        assert outcome.model_override == override
+        assert resolution.upstream_model(outcome) == (override or "upstream-model")
         if isinstance(row.expected, KeySource):
             assert_usable(outcome, row.expected, row.secret)
             assert resolution.selected == outcome
@@ -615,3 +639,20 @@ def test_white_space_deployment_key_is_no_key(blank: str) -> None:
     provider = make_provider("p", Family.OPENAI, CredentialPolicy())
     outcome = only(resolve(make_model(Family.OPENAI, ("p",)), {"p": provider}, {}, {Family.OPENAI: blank}))
     assert_skipped(outcome, CENTRAL_KEY_MISSING, FixableBy.ADMIN)
+
+
+# ---------------------------------------------------------------- overrides through the prepared verdicts
+
+
+def test_models_sharing_a_prepared_verdict_each_carry_their_own_override() -> None:
+    """One verdict per provider config serves every model; the name stays each model's (what-if too)."""
+    provider = make_provider("p", Family.AZURE, CredentialPolicy(True, True, True), api_key=StoredKey(STORED_KEY))
+    verdicts = {"p": prepare_provider(provider, {})}
+    names = []
+    for override in ("", "deployment-a", "deployment-b", ""):
+        model = make_model(Family.OPENAI, ()).with_attachments([Attachment("p", override)])
+        for user_keys, what_if in (({}, None), ({"p": StoredKey(USER_KEY)}, None), ({}, WhatIf({"p": True}))):
+            resolution = resolve_prepared(model, verdicts, user_keys, what_if)
+            assert resolution.selected is not None
+            names.append(resolution.upstream_model(resolution.selected))
+    assert names == ["upstream-model"] * 3 + ["deployment-a"] * 3 + ["deployment-b"] * 3 + ["upstream-model"] * 3

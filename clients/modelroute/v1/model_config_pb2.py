@@ -29,13 +29,35 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelroute.v1 import common_pb2 as modelroute_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n modelroute/v1/model_config.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelroute/v1/common.proto\"\xa0\x04\n\x10ModelCallOptions\x12\x1e\n\x11max_output_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12!\n\x14input_price_per_mtok\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\"\n\x15output_price_per_mtok\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12&\n\x19\x63\x61\x63he_read_price_per_mtok\x18\t \x01(\x01H\x08\x88\x01\x01\x12\'\n\x1a\x63\x61\x63he_write_price_per_mtok\x18\n \x01(\x01H\t\x88\x01\x01\x42\x14\n\x12_max_output_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x17\n\x15_input_price_per_mtokB\x18\n\x16_output_price_per_mtokB\x1c\n\x1a_cache_read_price_per_mtokB\x1d\n\x1b_cache_write_price_per_mtok\"\x96\x02\n\nAttachment\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0bhas_api_key\x18\x06 \x01(\x08\x12!\n\x19\x63\x65ntral_credential_usable\x18\x07 \x01(\x08\x12;\n\x19\x63\x65ntral_credential_source\x18\x08 \x01(\x0e\x32\x18.modelroute.v1.KeySource\x12\x1a\n\x12\x61llow_user_api_key\x18\t \x01(\x08\"\xb1\x05\n\x0bModelConfig\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12+\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x15.modelroute.v1.FamilyB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x14\n\x07\x65nabled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nis_default\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x1b\n\rcontext_limit\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\"\n\x15\x63ompression_threshold\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x30\n\x07options\x18\t \x01(\x0b\x32\x1f.modelroute.v1.ModelCallOptions\x12\x18\n\x10provider_configs\x18\n \x03(\t\x12\x34\n\x0b\x61ttachments\x18\x0b \x03(\x0b\x32\x19.modelroute.v1.AttachmentB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t:\\\xea\x41Y\n\x1fmodelroute.internal/ModelConfig\x12\x1bmodelConfigs/{model_config}*\x0cmodelConfigs2\x0bmodelConfigB\n\n\x08_enabledB\r\n\x0b_is_defaultB\x18\n\x16_compression_threshold\"q\n\x18\x43reateModelConfigRequest\x12\x36\n\x0cmodel_config\x18\x01 \x01(\x0b\x32\x1a.modelroute.v1.ModelConfigB\x04\xe2\x41\x01\x02\x12\x1d\n\x0fmodel_config_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x15GetModelConfigRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fmodelroute.internal/ModelConfig\"f\n\x17ListModelConfigsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x04 \x01(\x08\"f\n\x18ListModelConfigsResponse\x12\x31\n\rmodel_configs\x18\x01 \x03(\x0b\x32\x1a.modelroute.v1.ModelConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x18UpdateModelConfigRequest\x12\x36\n\x0cmodel_config\x18\x01 \x01(\x0b\x32\x1a.modelroute.v1.ModelConfigB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"`\n\x18\x44\x65leteModelConfigRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fmodelroute.internal/ModelConfig\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"b\n\x1aUndeleteModelConfigRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fmodelroute.internal/ModelConfig\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t2\xb9\x04\n\x12ModelConfigService\x12X\n\x11\x43reateModelConfig\x12\'.modelroute.v1.CreateModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12R\n\x0eGetModelConfig\x12$.modelroute.v1.GetModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12\x63\n\x10ListModelConfigs\x12&.modelroute.v1.ListModelConfigsRequest\x1a\'.modelroute.v1.ListModelConfigsResponse\x12X\n\x11UpdateModelConfig\x12\'.modelroute.v1.UpdateModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12X\n\x11\x44\x65leteModelConfig\x12\'.modelroute.v1.DeleteModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12\\\n\x13UndeleteModelConfig\x12).modelroute.v1.UndeleteModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfigb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n modelroute/v1/model_config.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelroute/v1/common.proto\"\xa0\x04\n\x10ModelCallOptions\x12\x1e\n\x11max_output_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12!\n\x14input_price_per_mtok\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\"\n\x15output_price_per_mtok\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12&\n\x19\x63\x61\x63he_read_price_per_mtok\x18\t \x01(\x01H\x08\x88\x01\x01\x12\'\n\x1a\x63\x61\x63he_write_price_per_mtok\x18\n \x01(\x01H\t\x88\x01\x01\x42\x14\n\x12_max_output_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x17\n\x15_input_price_per_mtokB\x18\n\x16_output_price_per_mtokB\x1c\n\x1a_cache_read_price_per_mtokB\x1d\n\x1b_cache_write_price_per_mtok\"\x80\x03\n\nAttachment\x12\x1d\n\x0fprovider_config\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08position\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12+\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.FamilyB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x65nabled\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bhas_api_key\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\'\n\x19\x63\x65ntral_credential_usable\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x41\n\x19\x63\x65ntral_credential_source\x18\x08 \x01(\x0e\x32\x18.modelroute.v1.KeySourceB\x04\xe2\x41\x01\x03\x12 \n\x12\x61llow_user_api_key\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x1d\n\x0f\x65\x66\x66\x65\x63tive_model\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\"\xab\x05\n\x0bModelConfig\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12+\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x15.modelroute.v1.FamilyB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x14\n\x07\x65nabled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nis_default\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x1b\n\rcontext_limit\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\"\n\x15\x63ompression_threshold\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x30\n\x07options\x18\t \x01(\x0b\x32\x1f.modelroute.v1.ModelCallOptions\x12\x18\n\x10provider_configs\x18\n \x03(\t\x12.\n\x0b\x61ttachments\x18\x0b \x03(\x0b\x32\x19.modelroute.v1.Attachment\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t:\\\xea\x41Y\n\x1fmodelroute.internal/ModelConfig\x12\x1bmodelConfigs/{model_config}*\x0cmodelConfigs2\x0bmodelConfigB\n\n\x08_enabledB\r\n\x0b_is_defaultB\x18\n\x16_compression_threshold\"q\n\x18\x43reateModelConfigRequest\x12\x36\n\x0cmodel_config\x18\x01 \x01(\x0b\x32\x1a.modelroute.v1.ModelConfigB\x04\xe2\x41\x01\x02\x12\x1d\n\x0fmodel_config_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x15GetModelConfigRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fmodelroute.internal/ModelConfig\"f\n\x17ListModelConfigsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x04 \x01(\x08\"f\n\x18ListModelConfigsResponse\x12\x31\n\rmodel_configs\x18\x01 \x03(\x0b\x32\x1a.modelroute.v1.ModelConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x18UpdateModelConfigRequest\x12\x36\n\x0cmodel_config\x18\x01 \x01(\x0b\x32\x1a.modelroute.v1.ModelConfigB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"`\n\x18\x44\x65leteModelConfigRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fmodelroute.internal/ModelConfig\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"b\n\x1aUndeleteModelConfigRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fmodelroute.internal/ModelConfig\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t2\xb9\x04\n\x12ModelConfigService\x12X\n\x11\x43reateModelConfig\x12\'.modelroute.v1.CreateModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12R\n\x0eGetModelConfig\x12$.modelroute.v1.GetModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12\x63\n\x10ListModelConfigs\x12&.modelroute.v1.ListModelConfigsRequest\x1a\'.modelroute.v1.ListModelConfigsResponse\x12X\n\x11UpdateModelConfig\x12\'.modelroute.v1.UpdateModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12X\n\x11\x44\x65leteModelConfig\x12\'.modelroute.v1.DeleteModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfig\x12\\\n\x13UndeleteModelConfig\x12).modelroute.v1.UndeleteModelConfigRequest\x1a\x1a.modelroute.v1.ModelConfigb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelroute.v1.model_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['provider_config']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002'
+  _globals['_ATTACHMENT'].fields_by_name['position']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['position']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['family']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['family']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['display_name']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['display_name']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['enabled']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['enabled']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['has_api_key']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['has_api_key']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['central_credential_usable']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['central_credential_usable']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['central_credential_source']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['central_credential_source']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['allow_user_api_key']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['allow_user_api_key']._serialized_options = b'\342A\001\003'
+  _globals['_ATTACHMENT'].fields_by_name['model']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['model']._serialized_options = b'\342A\001\001'
+  _globals['_ATTACHMENT'].fields_by_name['effective_model']._loaded_options = None
+  _globals['_ATTACHMENT'].fields_by_name['effective_model']._serialized_options = b'\342A\001\003'
   _globals['_MODELCONFIG'].fields_by_name['name']._loaded_options = None
   _globals['_MODELCONFIG'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_MODELCONFIG'].fields_by_name['family']._loaded_options = None
@@ -44,8 +66,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELCONFIG'].fields_by_name['model']._serialized_options = b'\342A\001\002'
   _globals['_MODELCONFIG'].fields_by_name['context_limit']._loaded_options = None
   _globals['_MODELCONFIG'].fields_by_name['context_limit']._serialized_options = b'\342A\001\002'
-  _globals['_MODELCONFIG'].fields_by_name['attachments']._loaded_options = None
-  _globals['_MODELCONFIG'].fields_by_name['attachments']._serialized_options = b'\342A\001\003'
   _globals['_MODELCONFIG'].fields_by_name['create_time']._loaded_options = None
   _globals['_MODELCONFIG'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_MODELCONFIG'].fields_by_name['update_time']._loaded_options = None
@@ -69,23 +89,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELCALLOPTIONS']._serialized_start=207
   _globals['_MODELCALLOPTIONS']._serialized_end=751
   _globals['_ATTACHMENT']._serialized_start=754
-  _globals['_ATTACHMENT']._serialized_end=1032
-  _globals['_MODELCONFIG']._serialized_start=1035
-  _globals['_MODELCONFIG']._serialized_end=1724
-  _globals['_CREATEMODELCONFIGREQUEST']._serialized_start=1726
-  _globals['_CREATEMODELCONFIGREQUEST']._serialized_end=1839
-  _globals['_GETMODELCONFIGREQUEST']._serialized_start=1841
-  _globals['_GETMODELCONFIGREQUEST']._serialized_end=1920
-  _globals['_LISTMODELCONFIGSREQUEST']._serialized_start=1922
-  _globals['_LISTMODELCONFIGSREQUEST']._serialized_end=2024
-  _globals['_LISTMODELCONFIGSRESPONSE']._serialized_start=2026
-  _globals['_LISTMODELCONFIGSRESPONSE']._serialized_end=2128
-  _globals['_UPDATEMODELCONFIGREQUEST']._serialized_start=2131
-  _globals['_UPDATEMODELCONFIGREQUEST']._serialized_end=2262
-  _globals['_DELETEMODELCONFIGREQUEST']._serialized_start=2264
-  _globals['_DELETEMODELCONFIGREQUEST']._serialized_end=2360
-  _globals['_UNDELETEMODELCONFIGREQUEST']._serialized_start=2362
-  _globals['_UNDELETEMODELCONFIGREQUEST']._serialized_end=2460
-  _globals['_MODELCONFIGSERVICE']._serialized_start=2463
-  _globals['_MODELCONFIGSERVICE']._serialized_end=3032
+  _globals['_ATTACHMENT']._serialized_end=1138
+  _globals['_MODELCONFIG']._serialized_start=1141
+  _globals['_MODELCONFIG']._serialized_end=1824
+  _globals['_CREATEMODELCONFIGREQUEST']._serialized_start=1826
+  _globals['_CREATEMODELCONFIGREQUEST']._serialized_end=1939
+  _globals['_GETMODELCONFIGREQUEST']._serialized_start=1941
+  _globals['_GETMODELCONFIGREQUEST']._serialized_end=2020
+  _globals['_LISTMODELCONFIGSREQUEST']._serialized_start=2022
+  _globals['_LISTMODELCONFIGSREQUEST']._serialized_end=2124
+  _globals['_LISTMODELCONFIGSRESPONSE']._serialized_start=2126
+  _globals['_LISTMODELCONFIGSRESPONSE']._serialized_end=2228
+  _globals['_UPDATEMODELCONFIGREQUEST']._serialized_start=2231
+  _globals['_UPDATEMODELCONFIGREQUEST']._serialized_end=2362
+  _globals['_DELETEMODELCONFIGREQUEST']._serialized_start=2364
+  _globals['_DELETEMODELCONFIGREQUEST']._serialized_end=2460
+  _globals['_UNDELETEMODELCONFIGREQUEST']._serialized_start=2462
+  _globals['_UNDELETEMODELCONFIGREQUEST']._serialized_end=2560
+  _globals['_MODELCONFIGSERVICE']._serialized_start=2563
+  _globals['_MODELCONFIGSERVICE']._serialized_end=3132
 # @@protoc_insertion_point(module_scope)

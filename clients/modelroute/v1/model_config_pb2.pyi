@@ -111,7 +111,10 @@ Global___ModelCallOptions: _TypeAlias = ModelCallOptions  # noqa: Y015
 
 @_typing.final
 class Attachment(_message.Message):
-    """One entry of a model's priority list, with the provider config's facts."""
+    """One entry of a model's priority list: a provider config and, optionally, the
+    upstream model name to send it instead of the model's own. On output it
+    carries the provider config's facts.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -124,17 +127,30 @@ class Attachment(_message.Message):
     CENTRAL_CREDENTIAL_USABLE_FIELD_NUMBER: _builtins.int
     CENTRAL_CREDENTIAL_SOURCE_FIELD_NUMBER: _builtins.int
     ALLOW_USER_API_KEY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_MODEL_FIELD_NUMBER: _builtins.int
     provider_config: _builtins.str
     """`providerConfigs/{provider_config}`."""
     position: _builtins.int
-    """0 is tried first."""
+    """0 is tried first: the attachment's place in the list."""
     family: _common_pb2.Family.ValueType
+    """The provider config's family. An attachment of another family than the
+    model's needs an override.
+    """
     display_name: _builtins.str
     enabled: _builtins.bool
     has_api_key: _builtins.bool
     central_credential_usable: _builtins.bool
     central_credential_source: _common_pb2.KeySource.ValueType
     allow_user_api_key: _builtins.bool
+    model: _builtins.str
+    """The override only (an Azure deployment name, `openai/gpt-4o`, a Bedrock
+    model id); empty: the model's own name. Trimmed; at most 256 characters.
+    """
+    effective_model: _builtins.str
+    """The upstream name this attachment is sent: the override, else the
+    model's own.
+    """
     def __init__(
         self,
         *,
@@ -147,10 +163,12 @@ class Attachment(_message.Message):
         central_credential_usable: _builtins.bool = ...,
         central_credential_source: _common_pb2.KeySource.ValueType = ...,
         allow_user_api_key: _builtins.bool = ...,
+        model: _builtins.str = ...,
+        effective_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_user_api_key", b"allow_user_api_key", "central_credential_source", b"central_credential_source", "central_credential_usable", b"central_credential_usable", "display_name", b"display_name", "enabled", b"enabled", "family", b"family", "has_api_key", b"has_api_key", "position", b"position", "provider_config", b"provider_config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_user_api_key", b"allow_user_api_key", "central_credential_source", b"central_credential_source", "central_credential_usable", b"central_credential_usable", "display_name", b"display_name", "effective_model", b"effective_model", "enabled", b"enabled", "family", b"family", "has_api_key", b"has_api_key", "model", b"model", "position", b"position", "provider_config", b"provider_config"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -197,11 +215,20 @@ class ModelConfig(_message.Message):
     @_builtins.property
     def provider_configs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ordered provider config names; position 0 is tried first. Omitted on
-        create: every enabled config of the family, by (create time, id).
+        create (with `attachments`): every enabled config of the family, by
+        (create time, id). The plain form of `attachments`, for callers that need
+        no overrides: written alone, it sets the order and each provider config
+        listed again keeps its override.
         """
 
     @_builtins.property
-    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]: ...
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """The ordered attachments with their overrides. Given with a non-empty
+        `provider_configs`, both must list the same provider configs in the same
+        order. The update mask path `attachments` (or `provider_configs`) names
+        the list; a named list replaces it entirely.
+        """
+
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -355,7 +382,7 @@ class UpdateModelConfigRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Omitted: every populated field. `*`: every updatable field. A named
-        `provider_configs` replaces the whole list.
+        `attachments` or `provider_configs` replaces the whole list.
         """
 
     def __init__(

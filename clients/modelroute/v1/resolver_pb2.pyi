@@ -83,7 +83,9 @@ class ResolvedAttachment(_message.Message):
     position: _builtins.int
     family: _common_pb2.Family.ValueType
     model: _builtins.str
-    """Upstream model name."""
+    """The upstream model name to send this provider config: the attachment's
+    override, else the model's own.
+    """
     base_url: _builtins.str
     key_source: _common_pb2.KeySource.ValueType
     api_key: _builtins.str
@@ -119,6 +121,7 @@ class SkippedAttachment(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FIXABLE_BY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     provider_config: _builtins.str
     position: _builtins.int
     family: _common_pb2.Family.ValueType
@@ -126,6 +129,8 @@ class SkippedAttachment(_message.Message):
     fixable_by: _common_pb2.FixableBy.ValueType
     message: _builtins.str
     """Human-readable detail; never contains a secret."""
+    model: _builtins.str
+    """The upstream model name this attachment would have been sent."""
     def __init__(
         self,
         *,
@@ -135,10 +140,11 @@ class SkippedAttachment(_message.Message):
         reason: _common_pb2.SkipReason.ValueType = ...,
         fixable_by: _common_pb2.FixableBy.ValueType = ...,
         message: _builtins.str = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "fixable_by", b"fixable_by", "message", b"message", "position", b"position", "provider_config", b"provider_config", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "fixable_by", b"fixable_by", "message", b"message", "model", b"model", "position", b"position", "provider_config", b"provider_config", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,6 +225,7 @@ class AvailableModel(_message.Message):
     USABLE_FIELD_NUMBER: _builtins.int
     SELECTED_PROVIDER_CONFIG_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    SELECTED_MODEL_FIELD_NUMBER: _builtins.int
     model_config: _builtins.str
     display_name: _builtins.str
     family: _common_pb2.Family.ValueType
@@ -227,6 +234,10 @@ class AvailableModel(_message.Message):
     usable: _builtins.bool
     selected_provider_config: _builtins.str
     """The attachment that would serve; unset when not usable."""
+    selected_model: _builtins.str
+    """The upstream model name the selected attachment is sent; unset when not
+    usable.
+    """
     @_builtins.property
     def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedAttachment]:
         """Every skipped attachment; when not usable these say why."""
@@ -242,10 +253,11 @@ class AvailableModel(_message.Message):
         usable: _builtins.bool = ...,
         selected_provider_config: _builtins.str = ...,
         skipped: _abc.Iterable[Global___SkippedAttachment] | None = ...,
+        selected_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "family", b"family", "is_default", b"is_default", "model", b"model", "model_config", b"model_config", "selected_provider_config", b"selected_provider_config", "skipped", b"skipped", "usable", b"usable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "family", b"family", "is_default", b"is_default", "model", b"model", "model_config", b"model_config", "selected_model", b"selected_model", "selected_provider_config", b"selected_provider_config", "skipped", b"skipped", "usable", b"usable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,6 +382,7 @@ class AttachmentOutcome(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FIXABLE_BY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     provider_config: _builtins.str
     position: _builtins.int
     family: _common_pb2.Family.ValueType
@@ -380,6 +393,8 @@ class AttachmentOutcome(_message.Message):
     """Set when not usable."""
     fixable_by: _common_pb2.FixableBy.ValueType
     message: _builtins.str
+    model: _builtins.str
+    """The upstream model name this attachment is (or would be) sent."""
     def __init__(
         self,
         *,
@@ -391,10 +406,11 @@ class AttachmentOutcome(_message.Message):
         reason: _common_pb2.SkipReason.ValueType = ...,
         fixable_by: _common_pb2.FixableBy.ValueType = ...,
         message: _builtins.str = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "fixable_by", b"fixable_by", "key_source", b"key_source", "message", b"message", "position", b"position", "provider_config", b"provider_config", "reason", b"reason", "usable", b"usable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "fixable_by", b"fixable_by", "key_source", b"key_source", "message", b"message", "model", b"model", "position", b"position", "provider_config", b"provider_config", "reason", b"reason", "usable", b"usable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,28 +59,37 @@ USER_KEYS_OF = _PACKED_USER_KEYS.format(where="WHERE user_id = ANY(%s::text[])")
 # The columns in `ModelConfig`'s field order, options in `CallOptions`' order; read with the driver's own
 # cursor into tuples (a hundred thousand rows: a snapshot load is mostly this). A model's attachments
 # arrive as one comma-separated string (provider config ids are slugs), and models with the same list
-# share one tuple. A full load reads the lists in a statement of their own, beside the models (one
-# ordered pass over the attachments instead of a lookup per model).
+# share one tuple. Overrides arrive as a text array, NULL for the models that have none (most).
+# A full load reads the lists in a statement of their own, beside the models (one ordered pass over the
+# attachments instead of a lookup per model).
 _ATTACHMENT_LIST = "string_agg(a.provider_config_id, ',' ORDER BY a.position)"
+_OVERRIDE_LIST = (
+    "CASE WHEN bool_or(a.model_override IS NOT NULL) "
+    "THEN array_agg(coalesce(a.model_override, '') ORDER BY a.position) END"
+)
 _MODEL_COLUMNS = (
     "id, family, model, display_name, context_limit, {attachments} AS attachment_ids, "
     "enabled, is_default, compression_threshold, "
     + ", ".join(OPTION_COLUMNS)
-    + ", create_time, update_time, delete_time, revision"
+    + ", create_time, update_time, delete_time, revision, {overrides} AS overrides"
 )
 _LIVE = " FROM model_configs m WHERE m.delete_time IS NULL"
-LIVE_MODELS = "SELECT " + _MODEL_COLUMNS.format(attachments="NULL") + _LIVE
+_OF_MODEL = " FROM model_attachments a WHERE a.model_config_id = m.id"
+LIVE_MODELS = "SELECT " + _MODEL_COLUMNS.format(attachments="NULL", overrides="NULL") + _LIVE
 LIVE_MODELS_OF = (
     "SELECT "
     + _MODEL_COLUMNS.format(
-        attachments=f"(SELECT {_ATTACHMENT_LIST} FROM model_attachments a WHERE a.model_config_id = m.id)"
+        attachments=f"(SELECT {_ATTACHMENT_LIST}{_OF_MODEL})", overrides=f"(SELECT {_OVERRIDE_LIST}{_OF_MODEL})"
     )
     + _LIVE
     + " AND m.id = ANY(%s::text[])"
 )
-ALL_ATTACHMENT_LISTS = f"SELECT model_config_id, {_ATTACHMENT_LIST} FROM model_attachments a GROUP BY model_config_id"
+ALL_ATTACHMENT_LISTS = (
+    f"SELECT model_config_id, {_ATTACHMENT_LIST}, {_OVERRIDE_LIST} FROM model_attachments a GROUP BY model_config_id"
+)
 _FAMILIES = {family.value: family for family in Family}
 _OPTIONS_AT = slice(9, 9 + len(OPTION_COLUMNS))
+_TIMES_AT = _OPTIONS_AT.stop
 
 # Run at every catch-up (after every write, on every replica): built once.
 _POSITION = sa.select(config_revision.c.sequence, config_revision.c.revision, config_revision.c.pruned_through)
@@ -105,7 +114,7 @@ def _fetch_models(
     connection: sa.Connection,
     query: str,
     params: Sequence[Any] = (),
-    attachment_lists: Future[dict[str, str]] | None = None,
+    attachment_lists: Future[dict[str, tuple[str, list[str] | None]]] | None = None,
 ) -> list[ModelConfig]:
     """`repositories.model_from_row`'s result, built from plain tuples (about ten times faster). The
     attachment lists are the rows' own, or (a full load) those read beside them."""
@@ -119,7 +128,10 @@ def _fetch_models(
     for row in rows:
         values = row[_OPTIONS_AT]
         options = CallOptions(*values) if any(v is not None for v in values) else NO_OPTIONS
-        listed = (lists.get(row[0]) if attachment_lists is not None else row[5]) or ""
+        if attachment_lists is not None:
+            listed, overrides = lists.get(row[0], ("", None))
+        else:
+            listed, overrides = row[5] or "", row[-1]
         attachments = shared.get(listed)
         if attachments is None:
             attachments = shared[listed] = tuple([intern(p) for p in listed.split(",") if p])
@@ -135,16 +147,20 @@ def _fetch_models(
                 row[7],
                 row[8],
                 options,
-                *row[_OPTIONS_AT.stop :],
+                create_time=row[_TIMES_AT],
+                update_time=row[_TIMES_AT + 1],
+                delete_time=row[_TIMES_AT + 2],
+                revision=row[_TIMES_AT + 3],
+                overrides=tuple(overrides) if overrides else (),
             )
         )
     return models
 
 
-def _fetch_attachment_lists(connection: sa.Connection) -> dict[str, str]:
+def _fetch_attachment_lists(connection: sa.Connection) -> dict[str, tuple[str, list[str] | None]]:
     with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
         cursor.execute(ALL_ATTACHMENT_LISTS)
-        return dict(cursor.fetchall())
+        return {model_id: (listed, overrides) for model_id, listed, overrides in cursor.fetchall()}
 
 
 def _fetch_user_keys(connection: sa.Connection, query: str, params: Sequence[Any] = ()) -> list[tuple[str, bytes]]:

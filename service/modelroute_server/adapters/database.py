@@ -90,10 +90,10 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-# The revisions before this build's head that it still serves: each later migration up to the head was
-# expand-only, and this build's code does not need what they added (0005 only adds the compatibility
-# record, which the start-up check reads when it is there).
-OLDER_REVISIONS_SERVED = frozenset({"0004"})
+# The revisions before this build's head that it still serves: each later migration up to the head only
+# changed what the code does not need (0007 only lets overrides be written; before it, this build
+# refuses them with SCHEMA_UPGRADE_PENDING).
+OLDER_REVISIONS_SERVED = frozenset({"0006"})
 
 
 def served_schema_revisions() -> frozenset[str]:

@@ -308,18 +308,44 @@ class ModelConfigRepository:
     def _insert_attachments(self, model: ModelConfig) -> None:
         if not model.attachments:  # a model emptied by a forced provider delete
             return
-        self._connection.execute(
-            sa.insert(model_attachments),
-            [
-                {"model_config_id": model.id, "provider_config_id": pid, "family": model.family.value, "position": i}
-                for i, pid in enumerate(model.attachments)
-            ],
+        # Each row carries its provider config's family (from that row: the database checks it against
+        # the model's, unless the attachment has an override).
+        inserted = self._connection.execute(
+            _INSERT_ATTACHMENTS,
+            {
+                "model_config_id": model.id,
+                "model_family": model.family.value,
+                "provider_config_ids": list(model.attachments),
+                "overrides": [model.override_at(i) or None for i in range(len(model.attachments))],
+            },
         )
+        if inserted.rowcount != len(model.attachments):
+            raise RuntimeError(f"{model.name}: a listed provider config vanished while its list was written")
+
+    def overrides_accepted(self) -> bool:
+        served_by = self._connection.execute(_SERVED_BY).scalar()
+        return served_by is not None and not set(served_by) & BUILDS_WITHOUT_OVERRIDES
 
     def _load(self, query: sa.Select[Any]) -> builtins.list[ModelConfig]:
-        return [model_from_row(row) for row in self._connection.execute(query.add_columns(ATTACHMENT_LIST))]
+        rows = self._connection.execute(query.add_columns(ATTACHMENT_LIST, OVERRIDE_LIST))
+        return [model_from_row(row) for row in rows]
 
 
+_INSERT_ATTACHMENTS = sa.text(
+    """
+    INSERT INTO model_attachments (model_config_id, provider_config_id, family, position, model_family, model_override)
+    SELECT :model_config_id, p.id, p.family, listed.ordinality - 1, :model_family, listed.model_override
+    FROM unnest(CAST(:provider_config_ids AS text[]), CAST(:overrides AS text[]))
+         WITH ORDINALITY AS listed (provider_config_id, model_override, ordinality)
+    JOIN provider_configs p ON p.id = listed.provider_config_id
+    """
+)
+# The heads of the builds that predate overrides: they would send an override's provider config the model's
+# own name, so no override is written while the schema says one of them may serve it (migration 0007).
+BUILDS_WITHOUT_OVERRIDES = frozenset({"0004", "0005"})
+_SERVED_BY = sa.text(
+    "SELECT served_by FROM schema_compatibility WHERE revision = (SELECT version_num FROM alembic_version)"
+)
 # Each model's attachments in order, read with the model's own row (no second query, no id list).
 ATTACHMENT_LIST = (
     sa.select(
@@ -334,15 +360,33 @@ ATTACHMENT_LIST = (
     .scalar_subquery()
     .label("attachment_ids")
 )
+# Their overrides, '' where one has none; NULL when none has one.
+OVERRIDE_LIST = (
+    sa.select(
+        sa.case(
+            (
+                sa.func.bool_or(model_attachments.c.model_override.is_not(None)),
+                sa.func.array_agg(
+                    postgresql.aggregate_order_by(
+                        sa.func.coalesce(model_attachments.c.model_override, ""), model_attachments.c.position
+                    )
+                ),
+            ),
+        )
+    )
+    .where(model_attachments.c.model_config_id == model_configs.c.id)
+    .scalar_subquery()
+    .label("attachment_overrides")
+)
 # Built once: a write reads its model twice, and building (and keying) the statement anew each time
 # cost more than running it.
-_MODEL_BY_ID = sa.select(model_configs, ATTACHMENT_LIST).where(model_configs.c.id == sa.bindparam("id"))
+_MODEL_BY_ID = sa.select(model_configs, ATTACHMENT_LIST, OVERRIDE_LIST).where(model_configs.c.id == sa.bindparam("id"))
 # Shared by every model without call options.
 NO_OPTIONS = CallOptions()
 
 
 def model_from_row(row: sa.Row[Any]) -> ModelConfig:
-    """`row` carries ATTACHMENT_LIST. Provider ids are interned and option-less models share one
+    """`row` carries ATTACHMENT_LIST and OVERRIDE_LIST. Provider ids are interned and option-less models share one
     CallOptions: a hundred thousand models hold a thousand distinct ids."""
     options = CallOptions(**{name: getattr(row, name) for name in OPTION_COLUMNS})
     return ModelConfig(
@@ -360,6 +404,7 @@ def model_from_row(row: sa.Row[Any]) -> ModelConfig:
         update_time=row.update_time,
         delete_time=row.delete_time,
         revision=row.revision,
+        overrides=tuple(row.attachment_overrides or ()),
     )
 
 

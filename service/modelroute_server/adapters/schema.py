@@ -87,8 +87,12 @@ model_attachments = sa.Table(
     metadata,
     sa.Column("model_config_id", sa.Text, primary_key=True),
     sa.Column("provider_config_id", sa.Text, primary_key=True),
+    # The provider config's family (its foreign key); `model_family` is the model's (migration 0006).
     sa.Column("family", sa.Text, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("model_family", sa.Text, nullable=False),
+    # The upstream model name sent to this provider config instead of the model's own; NULL: none.
+    sa.Column("model_override", sa.Text),
 )
 
 user_provider_keys = sa.Table(

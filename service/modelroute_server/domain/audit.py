@@ -136,6 +136,9 @@ def model_record(model: ModelConfig) -> dict[str, Any]:
     }
     record.update({f"options.{f.name}": getattr(model.options, f.name) for f in fields(CallOptions)})
     record["provider_configs"] = [f"providerConfigs/{pid}" for pid in model.attachments]
+    # Only the attachments that have one: a change of list without overrides records no override field.
+    overrides = {f"providerConfigs/{pid}": model.override_at(i) for i, pid in enumerate(model.attachments)}
+    record["model_overrides"] = {name: override for name, override in overrides.items() if override} or None
     record["delete_time"] = _time(model.delete_time)
     return record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 
 from . import rules
@@ -48,6 +48,15 @@ _OPTION_BOUNDS: Mapping[str, tuple[float | None, float | None]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One entry of a model's priority list: a provider config, and the upstream model name to send it
+    when it is not the model's own (an Azure deployment name, OpenRouter's `openai/gpt-4o`)."""
+
+    provider_config_id: str
+    model_override: str = ""
+
+
 @dataclass(frozen=True, slots=True)  # slots: a replica holds a hundred thousand of these
 class ModelConfig:
     id: str
@@ -55,6 +64,9 @@ class ModelConfig:
     model: str
     display_name: str
     context_limit: int
+    # The attachments' provider config ids, in order (position 0 first); `overrides` holds their upstream
+    # model name overrides. Two flat tuples rather than one object per attachment: a hundred thousand
+    # models share a few thousand id tuples, and a model without overrides holds none.
     attachments: tuple[str, ...]
     enabled: bool = True
     is_default: bool = False
@@ -64,6 +76,8 @@ class ModelConfig:
     update_time: datetime | None = None
     delete_time: datetime | None = None
     revision: int = 0
+    # Per position, the attachment's override ('' for none); empty when no attachment has one.
+    overrides: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -77,6 +91,32 @@ class ModelConfig:
     def live(self) -> bool:
         return self.delete_time is None
 
+    def override_at(self, position: int) -> str:
+        return self.overrides[position] if self.overrides else ""
+
+    def upstream_model_at(self, position: int) -> str:
+        """The upstream model name the attachment at `position` is sent: its override, else the model's own."""
+        return self.override_at(position) or self.model
+
+    @property
+    def attachment_entries(self) -> tuple[Attachment, ...]:
+        return tuple(Attachment(pid, self.override_at(i)) for i, pid in enumerate(self.attachments))
+
+    def with_attachments(self, entries: Sequence[Attachment]) -> ModelConfig:
+        ids, overrides = split_attachments(entries)
+        return replace(self, attachments=ids, overrides=overrides)
+
+    def without_provider(self, provider_config_id: str) -> ModelConfig:
+        """The model with that provider config's attachment removed, the rest renumbered in order."""
+        return self.with_attachments([a for a in self.attachment_entries if a.provider_config_id != provider_config_id])
+
+
+def split_attachments(entries: Sequence[Attachment]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`ModelConfig`'s two tuples for these entries (no overrides tuple when none has one)."""
+    ids = tuple(a.provider_config_id for a in entries)
+    overrides = tuple(a.model_override for a in entries)
+    return ids, overrides if any(overrides) else ()
+
 
 def model_config_name(model_config_id: str) -> str:
     return f"modelConfigs/{model_config_id}"
@@ -84,12 +124,9 @@ def model_config_name(model_config_id: str) -> str:
 
 def validate_model_fields(model: ModelConfig, prefix: str = "") -> None:
     violations = ViolationCollector()
-    if not model.model.strip():
-        violations.add(f"{prefix}model", "is required")
-    elif len(model.model) > rules.MAX_TEXT:
-        violations.add(f"{prefix}model", f"must be at most {rules.MAX_TEXT} characters")
-    elif rules.control_character_problem(model.model):
-        violations.add(f"{prefix}model", "must not contain control characters")
+    model_problem = upstream_name_problem(model.model.strip())
+    if model_problem:
+        violations.add(f"{prefix}model", model_problem)
     name_problem = rules.display_name_problem(model.display_name)
     if name_problem:
         violations.add(f"{prefix}display_name", name_problem)
@@ -121,24 +158,35 @@ def check_attachment_count(count: int, field_path: str) -> None:
         )
 
 
+def upstream_name_problem(value: str) -> str | None:
+    """The rules of an upstream model name (the model's own or an attachment's override), after trimming."""
+    if not value:
+        return "is required"
+    if len(value) > rules.MAX_TEXT:
+        return f"must be at most {rules.MAX_TEXT} characters"
+    return rules.control_character_problem(value)
+
+
 def validate_attachments(
     family: Family,
-    attachment_ids: Sequence[str],
+    entries: Sequence[Attachment],
     providers: Mapping[str, ProviderConfig],
     field_path: str,
 ) -> None:
-    """Unknown, other-family, duplicate and empty lists are rejected with the ids named."""
-    if not attachment_ids:
+    """Unknown ids, an id of another family without an override, duplicates and an empty list are rejected,
+    each entry named by its position (`field_path[i]`) and provider config."""
+    if not entries:
         raise DomainError(
             Reason.ATTACHMENTS_INVALID,
             f"{field_path}: a model needs at least one provider config",
             field_violations=[FieldViolation(field_path, "must name at least one provider config")],
         )
-    check_attachment_count(len(attachment_ids), field_path)
+    check_attachment_count(len(entries), field_path)
     violations: list[FieldViolation] = []
-    counts = Counter(attachment_ids)
+    counts = Counter(a.provider_config_id for a in entries)
     reported_duplicates: set[str] = set()
-    for index, provider_id in enumerate(attachment_ids):
+    for index, attachment in enumerate(entries):
+        provider_id = attachment.provider_config_id
         path = f"{field_path}[{index}]"
         name = provider_config_name(provider_id)
         provider = providers.get(provider_id)
@@ -147,14 +195,40 @@ def validate_attachments(
             violations.append(FieldViolation(path, f"{name} is listed {counts[provider_id]} times"))
         if provider is None:
             violations.append(FieldViolation(path, f"{name} does not exist"))
-        elif provider.family is not family:
-            violations.append(
-                FieldViolation(path, f"{name} is of family {provider.family.value}, the model is {family.value}")
-            )
+        elif provider.family is not family and not attachment.model_override:
+            violations.append(FieldViolation(path, cross_family_problem(name, provider.family, family, "is")))
     if violations:
         raise DomainError(
             Reason.ATTACHMENTS_INVALID,
             f"{field_path}: " + "; ".join(v.description for v in violations),
+            field_violations=violations,
+        )
+
+
+def cross_family_problem(provider_name: str, provider_family: Family, model_family: Family, verb: str) -> str:
+    return (
+        f"{provider_name} is of family {provider_family.value}, the model {verb} {model_family.value}: "
+        "an attachment of another family needs its own upstream model name (model)"
+    )
+
+
+def check_family_change(model: ModelConfig, providers: Mapping[str, ProviderConfig], field_path: str) -> None:
+    """A family change that keeps the list: refused when an attachment would become cross-family without an
+    override (nothing becomes cross-family implicitly)."""
+    violations = [
+        FieldViolation(
+            f"{field_path}[{index}]",
+            cross_family_problem(provider_config_name(pid), providers[pid].family, model.family, "would be"),
+        )
+        for index, pid in enumerate(model.attachments)
+        if providers[pid].family is not model.family and not model.override_at(index)
+    ]
+    if violations:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{field_path}: changing the family to {model.family.value} would leave "
+            f"{len(violations)} attachment(s) of another family without an upstream model name; give a new list "
+            "or overrides with the family change",
             field_violations=violations,
         )
 

@@ -48,6 +48,8 @@ class AttachmentOutcome:
     skip_reason: SkipReason | None = None
     fixable_by: FixableBy | None = None
     message: str = ""
+    # The attachment's upstream model name override; '' sends the model's own (`Resolution.upstream_model`).
+    model_override: str = ""
 
     @property
     def usable(self) -> bool:
@@ -79,6 +81,10 @@ class Resolution:
     @functools.cached_property
     def skipped(self) -> tuple[AttachmentOutcome, ...]:
         return tuple(o for o in self.outcomes if o.skip_reason is not None)
+
+    def upstream_model(self, outcome: AttachmentOutcome) -> str:
+        """The upstream model name to send the outcome's provider config."""
+        return outcome.model_override or self.model.model
 
     @property
     def unusable_reason(self) -> ModelUnusableReason | None:
@@ -116,13 +122,17 @@ class ProviderVerdict:
     config_problem: str | None
     without_user_key: AttachmentOutcome
     user_key_matters: bool
-    _positions: dict[int, AttachmentOutcome] = field(default_factory=dict, repr=False)
+    _positions: dict[int | tuple[int, str], AttachmentOutcome] = field(default_factory=dict, repr=False)
 
-    def outcome_at(self, position: int) -> AttachmentOutcome:
-        """`without_user_key` at `position`, shared by every model that has it there (a race makes equal copies)."""
-        outcome = self._positions.get(position)
+    def outcome_at(self, position: int, model_override: str = "") -> AttachmentOutcome:
+        """`without_user_key` at `position` with that override, shared by every model that has it there (a
+        race makes equal copies)."""
+        key = (position, model_override) if model_override else position
+        outcome = self._positions.get(key)
         if outcome is None:
-            outcome = self._positions[position] = replace(self.without_user_key, position=position)
+            outcome = self._positions[key] = replace(
+                self.without_user_key, position=position, model_override=model_override
+            )
         return outcome
 
 
@@ -162,11 +172,13 @@ def resolve_prepared(
     verdict the caller's key (or a what-if) can change is decided again."""
     outcomes = []
     decided = []
+    overrides = model.overrides
     for position, provider_id in enumerate(model.attachments):
         verdict = verdicts[provider_id]
         user_key = user_keys.get(provider_id)
+        override = overrides[position] if overrides else ""
         if what_if is None and (user_key is None or not verdict.user_key_matters):
-            outcomes.append(verdict.outcome_at(position))
+            outcomes.append(verdict.outcome_at(position, override))
             continue
         decided.append(position)
         provider = verdict.provider
@@ -180,7 +192,13 @@ def resolve_prepared(
             # that takes user keys (`user_key_matters`) and can make a client (rule 4).
             outcomes.append(
                 AttachmentOutcome(
-                    provider_id, position, provider.family, provider.base_url, KeySource.USER, user_key.secret
+                    provider_id,
+                    position,
+                    provider.family,
+                    provider.base_url,
+                    KeySource.USER,
+                    user_key.secret,
+                    model_override=override,
                 )
             )
             continue
@@ -190,7 +208,8 @@ def resolve_prepared(
             if provider_id in what_if.user_has_key:
                 user_key = _WHAT_IF_KEY if what_if.user_has_key[provider_id] else None
         keys = {provider.family: verdict.deployment_key} if verdict.deployment_key is not None else {}
-        outcomes.append(_attachment_outcome(provider, position, enabled, user_key, keys, verdict.config_problem))
+        outcome = _attachment_outcome(provider, position, enabled, user_key, keys, verdict.config_problem)
+        outcomes.append(replace(outcome, model_override=override) if override else outcome)
     if what_if is not None:
         decided = list(range(len(outcomes)))
     return Resolution(model, tuple(outcomes), frozenset(decided))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, res
 from ..adapters.crypto import Keyring, user_key_opener
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
-from ..domain.models import CallOptions, ModelConfig, check_attachment_count
+from ..domain.models import Attachment, CallOptions, ModelConfig, check_attachment_count, upstream_name_problem
 from ..domain.providers import KeySource, provider_config_name
 from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
 from ..domain.rules import SLUG_PATTERN
@@ -305,33 +305,16 @@ def model_input(
             ("context_limit", message.context_limit != 0),
             ("compression_threshold", message.HasField("compression_threshold")),
             ("provider_configs", len(message.provider_configs) > 0),
+            ("attachments", len(message.attachments) > 0),
         )
         if present
     ] + [f"options.{name}" for name in option_names if _has(options_message, name)]
     paths = resolve_mask(mask, populated, MODEL_UPDATABLE_PATHS, {"options": MODEL_OPTION_PATHS})
     if message.family != common_pb2.FAMILY_UNSPECIFIED and family_from_proto(message.family) is None:
         raise _unknown_family("model_config.family", message.family)
-    # Before anything touches the database: the list's size is the client's mistake.
-    check_attachment_count(len(message.provider_configs), "model_config.provider_configs")
-    violations: list[FieldViolation] = []
-    provider_ids = []
-    for index, name in enumerate(message.provider_configs):
-        provider_config_id = _id_in(name, "providerConfigs")
-        if provider_config_id is not None:
-            provider_ids.append(provider_config_id)
-        else:
-            violations.append(
-                FieldViolation(
-                    f"model_config.provider_configs[{index}]",
-                    f"{quoted(name)} is not a provider config name `providerConfigs/{{id}}`",
-                )
-            )
-    if violations:
-        raise DomainError(
-            Reason.ATTACHMENTS_INVALID,
-            "model_config.provider_configs: " + "; ".join(v.description for v in violations),
-            field_violations=violations,
-        )
+    attachments, attachments_field, overrides_given = _attachments_input(message, paths)
+    if "provider_configs" in paths:
+        paths = (paths - {"provider_configs"}) | {"attachments"}  # one list, whichever form named it
     return ModelConfigInput(
         family=family_from_proto(message.family),
         model=message.model,
@@ -343,10 +326,100 @@ def model_input(
         options=CallOptions(
             **{name: getattr(options_message, name) if _has(options_message, name) else None for name in option_names}
         ),
-        provider_config_ids=tuple(provider_ids),
+        attachments=attachments,
+        attachments_field=attachments_field,
+        overrides_given=overrides_given,
         etag=message.etag,
         paths=paths,
     )
+
+
+_PLAIN_LIST = "model_config.provider_configs"
+_ATTACHMENT_LIST = "model_config.attachments"
+
+
+def _attachments_input(
+    message: model_config_pb2.ModelConfig, paths: frozenset[str]
+) -> tuple[tuple[Attachment, ...], str, bool]:
+    """The list the request asks for, the field it came from, and whether it carries overrides.
+
+    Both forms named (a read written back whole): an empty one gives way to the other, and two non-empty
+    ones must agree, the overrides coming from `attachments`.
+    """
+    plain = "provider_configs" in paths
+    full = "attachments" in paths
+    if plain and full:
+        if not message.attachments:
+            full = False
+        elif not message.provider_configs:
+            plain = False
+    # Before anything touches the database: the list's size and shape are the client's mistake.
+    if full:
+        entries = _attachment_entries(message.attachments)
+        if plain:
+            names = list(message.provider_configs)
+            if names != [a.provider_config for a in message.attachments]:
+                raise DomainError(
+                    Reason.ATTACHMENTS_INVALID,
+                    f"{_PLAIN_LIST} and {_ATTACHMENT_LIST} list different provider configs; give one, or the same "
+                    "provider configs in the same order",
+                    field_violations=[
+                        FieldViolation(
+                            _PLAIN_LIST, f"must list the provider configs of {_ATTACHMENT_LIST} in the same order"
+                        )
+                    ],
+                )
+        return entries, _ATTACHMENT_LIST, True
+    if plain:
+        check_attachment_count(len(message.provider_configs), _PLAIN_LIST)
+        ids = _provider_ids(list(message.provider_configs), _PLAIN_LIST, "")
+        return tuple(Attachment(pid) for pid in ids), _PLAIN_LIST, False
+    return (), _PLAIN_LIST, False
+
+
+def _attachment_entries(messages: Sequence[model_config_pb2.Attachment]) -> tuple[Attachment, ...]:
+    check_attachment_count(len(messages), _ATTACHMENT_LIST)
+    ids = _provider_ids([a.provider_config for a in messages], _ATTACHMENT_LIST, ".provider_config")
+    violations: list[FieldViolation] = []
+    overrides = []
+    for index, attachment in enumerate(messages):
+        override = attachment.model.strip()
+        problem = upstream_name_problem(override) if attachment.model else None
+        if problem:
+            if not override:
+                problem = "must not be blank: leave it empty to send the model's own name"
+            violations.append(FieldViolation(f"{_ATTACHMENT_LIST}[{index}].model", problem))
+        overrides.append(override)
+    if violations:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{_ATTACHMENT_LIST}: " + "; ".join(f"{v.field}: {v.description}" for v in violations),
+            field_violations=violations,
+        )
+    return tuple(Attachment(pid, override) for pid, override in zip(ids, overrides, strict=True))
+
+
+def _provider_ids(names: Sequence[str], field_path: str, suffix: str) -> list[str]:
+    violations: list[FieldViolation] = []
+    ids = []
+    for index, name in enumerate(names):
+        provider_config_id = _id_in(name, "providerConfigs")
+        if provider_config_id is not None:
+            ids.append(provider_config_id)
+        else:
+            violations.append(
+                FieldViolation(
+                    f"{field_path}[{index}]{suffix}",
+                    f"{quoted(name)} is not a provider config name `providerConfigs/{{id}}`",
+                )
+            )
+    if violations:
+        raise DomainError(
+            Reason.ATTACHMENTS_INVALID,
+            f"{field_path}: " + "; ".join(v.description for v in violations),
+            field_violations=violations,
+        )
+    return ids
 
 
 def _attachment_to_proto(attachment: AttachmentView) -> model_config_pb2.Attachment:
@@ -361,6 +434,8 @@ def _attachment_to_proto(attachment: AttachmentView) -> model_config_pb2.Attachm
         central_credential_usable=facts.central_credential_usable,
         central_credential_source=_key_source(facts.central_credential_source),
         allow_user_api_key=provider.policy.allow_user_api_key,
+        model=attachment.model_override,
+        effective_model=attachment.effective_model,
     )
 
 
@@ -421,7 +496,7 @@ def resolved_attachment(outcome: AttachmentOutcome, upstream_model: str) -> reso
     )
 
 
-def skipped_attachment(outcome: AttachmentOutcome) -> resolver_pb2.SkippedAttachment:
+def skipped_attachment(outcome: AttachmentOutcome, upstream_model: str) -> resolver_pb2.SkippedAttachment:
     assert outcome.skip_reason is not None and outcome.fixable_by is not None
     return resolver_pb2.SkippedAttachment(
         provider_config=provider_config_name(outcome.provider_config_id),
@@ -430,17 +505,18 @@ def skipped_attachment(outcome: AttachmentOutcome) -> resolver_pb2.SkippedAttach
         reason=SKIP_REASON_TO_PROTO[outcome.skip_reason],
         fixable_by=FIXABLE_BY_TO_PROTO[outcome.fixable_by],
         message=outcome.message,
+        model=upstream_model,
     )
 
 
 def resolve_response(resolution: Resolution, revision: int) -> resolver_pb2.ResolveModelResponse:
     assert resolution.selected is not None
-    upstream = resolution.model.model
+    upstream = resolution.upstream_model
     return resolver_pb2.ResolveModelResponse(
         model_config=resolution.model.name,
-        selected=resolved_attachment(resolution.selected, upstream),
-        fallbacks=[resolved_attachment(o, upstream) for o in resolution.fallbacks],
-        skipped=[skipped_attachment(o) for o in resolution.skipped],
+        selected=resolved_attachment(resolution.selected, upstream(resolution.selected)),
+        fallbacks=[resolved_attachment(o, upstream(o)) for o in resolution.fallbacks],
+        skipped=[skipped_attachment(o, upstream(o)) for o in resolution.skipped],
         config_revision=revision,
     )
 
@@ -609,12 +685,16 @@ class ResolveResponses:
             for o in outcomes:
                 if o.position in decided and o.key_source is KeySource.USER:
                     pid = o.provider_config_id
-                    without_key = resolved_attachment(replace(o, secret=None), model.model).SerializeToString()
+                    without_key = resolved_attachment(
+                        replace(o, secret=None), resolution.upstream_model(o)
+                    ).SerializeToString()
                     opener = user_key_opener(self._keyring, user, pid, sealed[pid])
                     parts.append(_CallerKey(_FIELD_TAGS[role], without_key, pid, opener))
                 else:
-                    parts.append(self._field(model.id, role, o, model.model, decided))
-        parts += [self._field(model.id, "skipped", o, model.model, decided) for o in resolution.skipped]
+                    parts.append(self._field(model.id, role, o, resolution.upstream_model(o), decided))
+        parts += [
+            self._field(model.id, "skipped", o, resolution.upstream_model(o), decided) for o in resolution.skipped
+        ]
         return tuple(parts)
 
     def _name(self, model: ModelConfig) -> bytes:
@@ -647,7 +727,7 @@ class ResolveResponses:
 def _encoded_field(role: str, outcome: AttachmentOutcome, upstream: str) -> bytes:
     """One field of a ResolveModelResponse holding this outcome, in protobuf's wire format: its tag
     (field number, length-delimited), the length as a varint, the encoded message."""
-    part = resolved_attachment(outcome, upstream) if outcome.usable else skipped_attachment(outcome)
+    part = resolved_attachment(outcome, upstream) if outcome.usable else skipped_attachment(outcome, upstream)
     payload = part.SerializeToString()
     return _FIELD_TAGS[role] + _varint(len(payload)) + payload
 
@@ -674,7 +754,8 @@ def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:
         is_default=model.is_default,
         usable=selected is not None,
         selected_provider_config=provider_config_name(selected.provider_config_id) if selected else "",
-        skipped=[skipped_attachment(o) for o in resolution.skipped],
+        skipped=[skipped_attachment(o, resolution.upstream_model(o)) for o in resolution.skipped],
+        selected_model=resolution.upstream_model(selected) if selected else "",
     )
 
 
@@ -695,6 +776,7 @@ def explain_response(resolution: Resolution, revision: int) -> resolver_pb2.Expl
                 reason=SKIP_REASON_TO_PROTO[o.skip_reason] if o.skip_reason else common_pb2.SKIP_REASON_UNSPECIFIED,
                 fixable_by=FIXABLE_BY_TO_PROTO[o.fixable_by] if o.fixable_by else common_pb2.FIXABLE_BY_UNSPECIFIED,
                 message=o.message,
+                model=resolution.upstream_model(o),
             )
             for o in resolution.outcomes
         ],

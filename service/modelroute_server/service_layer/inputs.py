@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..domain.families import Family
-from ..domain.models import CallOptions
+from ..domain.models import Attachment, CallOptions
 
 PROVIDER_UPDATABLE_PATHS = frozenset(
     {
@@ -32,6 +32,8 @@ MODEL_UPDATABLE_PATHS = (
             "is_default",
             "context_limit",
             "compression_threshold",
+            # Both name the one list: `attachments` with overrides, `provider_configs` without.
+            "attachments",
             "provider_configs",
             "family",
         }
@@ -64,6 +66,12 @@ class ModelConfigInput:
     context_limit: int = 0
     compression_threshold: int | None = None
     options: CallOptions = field(default_factory=CallOptions)
-    provider_config_ids: tuple[str, ...] = ()
+    # The list asked for (path `attachments` in `paths`), from whichever of the two wire lists carried it.
+    attachments: tuple[Attachment, ...] = ()
+    # Where the list came from, for the errors that name its entries.
+    attachments_field: str = "model_config.provider_configs"
+    # False for the plain list of names, which carries no overrides: an update keeps those of the
+    # provider configs it lists again.
+    overrides_given: bool = False
     etag: str = ""
     paths: frozenset[str] = frozenset()

@@ -17,9 +17,11 @@ from ..domain.families import FAMILY_NAMES, Family
 from ..domain.models import (
     DEFAULT_COMPRESSION_THRESHOLD,
     MAX_ATTACHMENTS,
+    Attachment,
     CallOptions,
     ModelConfig,
     auto_attachments,
+    check_family_change,
     validate_attachments,
     validate_model_fields,
 )
@@ -33,7 +35,7 @@ from .unit_of_work import UnitOfWork
 from .views import ModelConfigView, model_view
 
 PREFIX = "model_config."
-ATTACHMENTS_FIELD = f"{PREFIX}provider_configs"
+ATTACHMENTS_FIELD = f"{PREFIX}attachments"
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,14 @@ def create_model_config(
         model=request.model.strip(),
         display_name=request.display_name or request.model.strip() or model_config_id,
         context_limit=request.context_limit,
-        attachments=request.provider_config_ids,
+        attachments=(),
         enabled=True if request.enabled is None else request.enabled,
         is_default=bool(request.is_default),
         compression_threshold=(
             DEFAULT_COMPRESSION_THRESHOLD if request.compression_threshold is None else request.compression_threshold
         ),
         options=request.options,
-    )
+    ).with_attachments(request.attachments)
     validate_model_fields(model, PREFIX)
     if model.is_default and not model.enabled:
         raise _disabled_default(model)
@@ -119,7 +121,8 @@ def create_model_config(
             )
         if model.attachments:
             providers = uow.providers.get_many(model.attachments)
-            validate_attachments(model.family, model.attachments, providers, ATTACHMENTS_FIELD)
+            validate_attachments(model.family, request.attachments, providers, request.attachments_field)
+            _check_overrides_accepted(uow, model)
         else:
             model = replace(model, attachments=_auto_attachments_or_fail(uow, model.family))
         before = _default_id(uow)
@@ -211,18 +214,13 @@ def update_model_config(
         check_etag(request.etag, current.revision, model_resource(current.id))
         updated = _apply(current, request)
         validate_model_fields(updated, PREFIX)
-        family_changed = updated.family is not current.family
-        if family_changed and "provider_configs" not in paths:
-            raise DomainError(
-                Reason.ATTACHMENTS_INVALID,
-                f"{ATTACHMENTS_FIELD}: changing the family from {current.family.value} to "
-                f"{updated.family.value} needs a new list of {updated.family.value} provider configs",
-                field_violations=[FieldViolation(ATTACHMENTS_FIELD, "must be given when the family changes")],
-            )
-        attachments_changed = "provider_configs" in paths
+        attachments_changed = "attachments" in paths
         if attachments_changed:
             providers = uow.providers.get_many(updated.attachments)
-            validate_attachments(updated.family, updated.attachments, providers, ATTACHMENTS_FIELD)
+            validate_attachments(updated.family, updated.attachment_entries, providers, request.attachments_field)
+            _check_overrides_accepted(uow, updated)
+        elif updated.family is not current.family:
+            check_family_change(updated, uow.providers.get_many(updated.attachments), ATTACHMENTS_FIELD)
         asks_default = "is_default" in paths and bool(request.is_default)
         declines_default = "is_default" in paths and not request.is_default
         if asks_default and not updated.enabled:
@@ -283,9 +281,31 @@ def _apply(current: ModelConfig, request: ModelConfigInput) -> ModelConfig:
     }
     if option_changes:
         changes["options"] = replace(current.options, **option_changes)
-    if "provider_configs" in paths:
-        changes["attachments"] = request.provider_config_ids
-    return replace(current, **changes)  # type: ignore[arg-type]
+    updated = replace(current, **changes)  # type: ignore[arg-type]
+    if "attachments" not in paths:
+        return updated
+    entries = request.attachments
+    if not request.overrides_given:
+        # The plain list names the order only: each provider config listed again keeps its override.
+        kept = {a.provider_config_id: a.model_override for a in current.attachment_entries}
+        entries = tuple(Attachment(a.provider_config_id, kept.get(a.provider_config_id, "")) for a in entries)
+    return updated.with_attachments(entries)
+
+
+def _check_overrides_accepted(uow: UnitOfWork, model: ModelConfig) -> None:
+    """Overrides wait for the schema's contract step: while a build that ignores them may still serve the
+    database, it would send their providers the model's own name."""
+    if model.overrides and not uow.models.overrides_accepted():
+        raise DomainError(
+            Reason.SCHEMA_UPGRADE_PENDING,
+            f"{model.name}: upstream model name overrides are accepted once every replica runs a build that "
+            "knows them; after the rolling upgrade, run `modelroute-server migrate` to finish it",
+            precondition_violations=[
+                PreconditionViolation(
+                    "SCHEMA_UPGRADE_PENDING", "schema", "a build without overrides may still serve this database"
+                )
+            ],
+        )
 
 
 def _default_id(uow: UnitOfWork) -> str | None:

@@ -226,13 +226,13 @@ def delete_provider_config(
         before = default.id if default is not None else None
         emptied = []
         for model in attached:
-            remaining = tuple(pid for pid in model.attachments if pid != provider_config_id)
-            if model.live and not remaining:
+            # The same list replacement an update does: the rest keep their order (and overrides), renumbered.
+            model = model.without_provider(provider_config_id)
+            if model.live and not model.attachments:
                 # A model left with no attachment cannot serve: soft-delete it.
                 model = replace(model, delete_time=uow.now, is_default=False)
                 emptied.append(model.id)
-            # The same list replacement an update does: the rest keep their order, renumbered from 0.
-            uow.models.update(replace(model, attachments=remaining), revision, attachments_changed=True)
+            uow.models.update(model, revision, attachments_changed=True)
         change = settle_default(uow, revision, before, leaving=emptied)
         user_keys_deleted = uow.user_keys.delete_for_provider(provider_config_id)
         uow.providers.delete(provider_config_id)

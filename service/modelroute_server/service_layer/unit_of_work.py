@@ -81,6 +81,10 @@ class ModelConfigs(Protocol):
 
     def set_default_flag(self, model_config_id: str, is_default: bool, revision: int) -> None: ...
 
+    def overrides_accepted(self) -> bool:
+        """Whether the schema takes upstream model name overrides (no build that ignores them serves it)."""
+        ...
+
 
 class UserKeys(Protocol):
     def for_user(self, user: str) -> dict[str, StoredKey]: ...

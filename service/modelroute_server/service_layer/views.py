@@ -22,6 +22,9 @@ class AttachmentView:
     position: int
     provider: ProviderConfig
     facts: CredentialFacts
+    model_override: str
+    # The upstream name the attachment is sent: the override, else the model's own.
+    effective_model: str
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,13 @@ def model_view(
     default_change: DefaultChange = UNCHANGED,
 ) -> ModelConfigView:
     attachments = tuple(
-        AttachmentView(i, providers[pid], credential_facts(providers[pid], deployment_keys))
+        AttachmentView(
+            i,
+            providers[pid],
+            credential_facts(providers[pid], deployment_keys),
+            model.override_at(i),
+            model.upstream_model_at(i),
+        )
         for i, pid in enumerate(model.attachments)
     )
     return ModelConfigView(model, attachments, default_change)
