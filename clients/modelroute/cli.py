@@ -21,7 +21,14 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from .client import ModelMutation, ModelrouteClient, ModelrouteError, family_from_name, role_from_name
+from .client import (
+    ModelMutation,
+    ModelrouteClient,
+    ModelrouteError,
+    family_from_name,
+    model_config_name,
+    role_from_name,
+)
 from .credentials import TLS, CredentialsError, read_token_file, token_from_env
 from .v1 import common_pb2, model_config_pb2, provider_config_pb2
 
@@ -30,6 +37,7 @@ COMMAND_ROLES = {
     ("providers", "create"): "admin",
     ("providers", "delete"): "admin",
     ("models", "create"): "admin",
+    ("models", "set-providers"): "admin",
     ("models", "delete"): "admin",
     ("models", "undelete"): "admin",
     ("tokens", "create"): "admin",
@@ -78,6 +86,20 @@ def _add_key_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--api-key-env", metavar="VAR", help="read the API key from this environment variable")
     group.add_argument("--api-key-stdin", action="store_true", help="read the API key from the first line of stdin")
+
+
+def _attachment(text: str) -> model_config_pb2.Attachment:
+    """`ID` or `ID=UPSTREAM`: a provider config, and the upstream model name to send it instead of the model's."""
+    provider_config_id, _, upstream = text.partition("=")
+    if not provider_config_id:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ID or ID=UPSTREAM_MODEL")
+    return model_config_pb2.Attachment(provider_config=f"providerConfigs/{provider_config_id}", model=upstream)
+
+
+_ATTACHMENT_HELP = (
+    "provider config id, in priority order; ID=UPSTREAM sends that provider UPSTREAM instead of the model's "
+    "name (needed for a provider of another family)"
+)
 
 
 def _family(text: str) -> common_pb2.Family.ValueType:
@@ -138,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     mcreate.add_argument("--family", type=_family, required=True)
     mcreate.add_argument("--model", required=True, help="upstream model name")
     mcreate.add_argument("--context-limit", type=int, required=True)
-    mcreate.add_argument("--provider", action="append", default=[], help="provider config id, in priority order")
+    mcreate.add_argument("--provider", action="append", default=[], type=_attachment, help=_ATTACHMENT_HELP)
+    set_providers = models.add_parser("set-providers", help="replace a model's ordered attachments")
+    set_providers.add_argument("id")
+    set_providers.add_argument("providers", nargs="+", type=_attachment, metavar="ID[=UPSTREAM]", help=_ATTACHMENT_HELP)
     models.add_parser("delete").add_argument("id")
     models.add_parser("undelete").add_argument("id")
 
@@ -221,9 +246,12 @@ def run(options: argparse.Namespace, client: ModelrouteClient) -> None:
             family=options.family,
             model=options.model,
             context_limit=options.context_limit,
-            provider_configs=[f"providerConfigs/{p}" for p in options.provider],
+            attachments=options.provider,
         )
         _print_mutation(client.create_model_config(options.id, model))
+    elif group == "models" and verb == "set-providers":
+        model = model_config_pb2.ModelConfig(name=model_config_name(options.id), attachments=options.providers)
+        _print_mutation(client.update_model_config(model, ["attachments"]))
     elif group == "models" and verb == "delete":
         _print_mutation(client.delete_model_config(options.id))
     elif group == "models" and verb == "undelete":

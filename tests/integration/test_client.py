@@ -86,6 +86,34 @@ def test_admin_cli_creates_resolves_and_redacts(
         raise AssertionError("--show-secrets did not show the key")
 
 
+def test_admin_cli_sets_attachments_with_upstream_name_overrides(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = ["--target", f"127.0.0.1:{running_server.port}"]
+    monkeypatch.setenv("CLI_TEST_KEY", "sk-cli-override")
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    providers = (("azure-eu", "azure", "https://eu.openai.azure.com"), ("openai-main", "openai", ""))
+    providers += (("openrouter", "openrouter", ""),)
+    for provider_id, family, base_url in providers:
+        arguments = [*target, "providers", "create", provider_id, "--family", family, "--api-key-env", "CLI_TEST_KEY"]
+        assert admin_main([*arguments, "--base-url", base_url] if base_url else arguments) == 0
+    capsys.readouterr()
+    create = [*target, "models", "create", "gpt-4o", "--family", "openai", "--model", "gpt-4o", "--context-limit", "1"]
+    assert admin_main([*create, "--provider", "azure-eu=gpt4o-eu-prod", "--provider", "openai-main"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert [(a["provider_config"], a.get("model", ""), a["effective_model"]) for a in created["attachments"]] == [
+        ("providerConfigs/azure-eu", "gpt4o-eu-prod", "gpt4o-eu-prod"),
+        ("providerConfigs/openai-main", "", "gpt-4o"),
+    ]
+    assert admin_main([*target, "models", "set-providers", "gpt-4o", "openrouter=openai/gpt-4o", "openai-main"]) == 0
+    updated = json.loads(capsys.readouterr().out)
+    assert [a["effective_model"] for a in updated["attachments"]] == ["openai/gpt-4o", "gpt-4o"]
+    # Another family without an override: the error names the entry.
+    assert admin_main([*target, "models", "set-providers", "gpt-4o", "azure-eu"]) == 1
+    error = capsys.readouterr().err
+    assert "ATTACHMENTS_INVALID" in error and "model_config.attachments[0]" in error
+
+
 def test_admin_cli_reports_errors_without_a_traceback(
     app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
