@@ -122,15 +122,18 @@ class ProviderVerdict:
     config_problem: str | None
     without_user_key: AttachmentOutcome
     user_key_matters: bool
-    _positions: dict[int | tuple[int, str], AttachmentOutcome] = field(default_factory=dict, repr=False)
+    # By override ('' for none), then position: string keys hash once, so no call builds a key.
+    _outcomes: dict[str, dict[int, AttachmentOutcome]] = field(default_factory=lambda: {"": {}}, repr=False)
 
     def outcome_at(self, position: int, model_override: str = "") -> AttachmentOutcome:
         """`without_user_key` at `position` with that override, shared by every model that has it there (a
         race makes equal copies)."""
-        key = (position, model_override) if model_override else position
-        outcome = self._positions.get(key)
+        by_position = self._outcomes.get(model_override)
+        if by_position is None:
+            by_position = self._outcomes[model_override] = {}
+        outcome = by_position.get(position)
         if outcome is None:
-            outcome = self._positions[key] = replace(
+            outcome = by_position[position] = replace(
                 self.without_user_key, position=position, model_override=model_override
             )
         return outcome
