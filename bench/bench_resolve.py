@@ -5,7 +5,10 @@ cheapest unary call gRPC can make here. Figures:
   * resolve/health latency ratio over the same channel (closer to 1.0 means
     resolution itself costs little next to the RPC it rides on);
   * pure resolver time per call vs. one health-check round trip;
-  * database statements per 1,000 steady-state resolutions (must be 0).
+  * database statements per 1,000 steady-state resolutions (must be 0);
+  * a model whose attachments carry upstream name overrides vs the same model
+    without them, pure resolution and ResolveModel, with and without a user key
+    (overrides are prepared with the snapshot: no extra cost per call).
 
 Run: .venv/bin/python bench/bench_resolve.py [--calls 3000]
 """
@@ -17,12 +20,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelroute.v1 import resolver_pb2, user_key_pb2
+from modelroute.v1 import common_pb2, model_config_pb2, resolver_pb2, user_key_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,6 +49,19 @@ def timed(call: object, count: int) -> list[float]:
     return samples
 
 
+def interleaved(call: Callable[[str], object], count: int) -> float:
+    """Median per-call time of `call("o7")` over `call("m7")`, in alternating batches of 100 (a noisy machine
+    slows both alike)."""
+    with_overrides, without = [], []
+    for _ in range(max(1, count // 100)):
+        for model, samples in (("o7", with_overrides), ("m7", without)):
+            start = time.perf_counter()
+            for _ in range(100):
+                call(model)
+            samples.append(time.perf_counter() - start)
+    return statistics.median(with_overrides) / statistics.median(without)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
@@ -61,6 +78,19 @@ def main() -> None:
                 create_provider(s, f"p{i}", credential_policy=policy(True, True, i % 2 == 0), api_key=f"sk-{i}")
             for m in range(MODELS):
                 create_model(s, f"m{m}", providers=tuple(f"p{(m + k) % PROVIDERS}" for k in range(3)))
+            # o7: m7's attachments, each with an upstream name override of its own.
+            overridden = model_config_pb2.ModelConfig(
+                family=common_pb2.FAMILY_OPENAI,
+                model="gpt-4.1",
+                context_limit=128_000,
+                attachments=[
+                    model_config_pb2.Attachment(provider_config=f"providerConfigs/p{7 + k}", model=f"deployment-{k}")
+                    for k in range(3)
+                ],
+            )
+            s.models.CreateModelConfig(
+                model_config_pb2.CreateModelConfigRequest(model_config=overridden, model_config_id="o7")
+            )
             for u in range(USERS):
                 s.user_keys.SetUserProviderKey(
                     user_key_pb2.SetUserProviderKeyRequest(
@@ -89,6 +119,17 @@ def main() -> None:
 
             snapshot = app.snapshots.current()
             pure_samples = timed(lambda: resolution.resolve_model(app.ctx, snapshot, "m7", "user-7"), options.calls)
+            override_ratios = {}
+            for user in ("", "user-7"):  # user-7 holds a key for p7: the answer is put together per call
+                override_ratios[f"pure resolution, user {user or 'none'}"] = interleaved(
+                    lambda model, user=user: resolution.resolve_model(app.ctx, snapshot, model, user), options.calls
+                )
+                override_ratios[f"ResolveModel, user {user or 'none'}"] = interleaved(
+                    lambda model, user=user: s.resolver.ResolveModel(
+                        resolver_pb2.ResolveModelRequest(model=model, user=user)
+                    ),
+                    options.calls,
+                )
         finally:
             server.stop()
             app.close()
@@ -103,6 +144,8 @@ def main() -> None:
     print(f"ResolveModel / health Check, p99 latency:    {p99 / health_p99:.2f}x")
     print(f"pure resolution / health Check round trip:   {statistics.median(pure_samples) / health_median:.3f}x")
     print(f"database statements per 1,000 resolutions:   {statements * 1000 / options.calls:.1f}")
+    for name, ratio in override_ratios.items():
+        print(f"with overrides / without, {name}: {ratio:.3f}x (target: no extra cost, about 1.00)")
 
 
 if __name__ == "__main__":
