@@ -340,7 +340,7 @@ def test_a_family_change_keeping_the_list_needs_an_override_for_each_other_famil
     assert (error.code, error.reason) == (INVALID, "ATTACHMENTS_INVALID")
     # openai-main has no override and would be of another family; the other two keep theirs.
     assert [f for f, _ in error.field_violations] == ["model_config.attachments[1]"]
-    assert "would be azure" in error.field_violations[0][1]
+    assert "the model is azure" in error.field_violations[0][1]
 
     # Every attachment of another family has its override: the family changes and the list stays.
     create(s, "multi", model_message("openai", "gpt-4o", ("azure-eu", "eu"), ("openrouter", "openai/gpt-4o")))

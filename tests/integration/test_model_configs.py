@@ -664,7 +664,7 @@ def test_family_change_needs_a_new_list_or_overrides(channel: grpc.Channel, engi
         # Each attachment that would be of another family without an override is named.
         assert error.fields == ["model_config.attachments[0]", "model_config.attachments[1]"], paths
         assert error.field_violations[0][1] == (
-            "providerConfigs/oa-1 is of family openai, the model would be anthropic" + CROSS
+            "providerConfigs/oa-1 is of family openai, the model is anthropic" + CROSS
         )
 
     request = update_request("m", ["family", "provider_configs"], family=ANTHROPIC, providers=("an-1", "oa-1"))

@@ -31,6 +31,7 @@ from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderCon
 
 from ..conftest import TEST_DATABASE_URL_ENV
 from ..helpers import TEST_CALLER, create_provider, policy, stubs
+from .test_model_configs import attachment_rows
 
 PROVIDER_COLUMNS = (
     "id",
@@ -234,12 +235,6 @@ def _with_overrides(ctx: ServiceContext, model_id: str, *entries: tuple[str, str
     )
 
 
-def _attachments(engine: sa.Engine) -> list[tuple[Any, ...]]:
-    with engine.connect() as conn:
-        query = "SELECT model_config_id, provider_config_id, family, position FROM model_attachments ORDER BY 1, 4"
-        return [tuple(r) for r in conn.execute(sa.text(query))]
-
-
 def _models(engine: sa.Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         query = "SELECT id, is_default, delete_time IS NOT NULL FROM model_configs ORDER BY id"
@@ -258,18 +253,18 @@ def test_a_downgrade_below_overrides_is_refused_unless_allowed_then_drops_only_t
     _with_overrides(ctx, "only-claude", ("anthropic-byok", "claude-sonnet-4.5"))  # the first: the default
     _with_overrides(ctx, "chain", ("azure-eu", "gpt4o-eu"), ("openai-main", ""), ("anthropic-byok", "claude-x"))
     _with_overrides(ctx, "pinned", ("openai-eu", "gpt-4o-2024-08-06"), ("openai-main", ""))
-    attachments_before, models_before = _attachments(fresh_engine), _models(fresh_engine)
+    attachments_before, models_before = attachment_rows(fresh_engine), _models(fresh_engine)
     for target in ("0006", "0005"):
         with pytest.raises(RuntimeError, match="would drop every upstream model name override"):
             database.downgrade(fresh_engine, target)
         assert database.current_revision(fresh_engine) == database.head_revision()
-        assert (_attachments(fresh_engine), _models(fresh_engine)) == (attachments_before, models_before)
+        assert (attachment_rows(fresh_engine), _models(fresh_engine)) == (attachments_before, models_before)
 
     database.downgrade(fresh_engine, "0005", allow_data_loss=True)
     assert database.current_revision(fresh_engine) == "0005"
     # Cross-family attachments went with their overrides, the rest renumbered; a same-family override is
     # dropped and its attachment kept. The model left with nothing is soft-deleted, the default moved on.
-    assert _attachments(fresh_engine) == [
+    assert attachment_rows(fresh_engine) == [
         ("chain", "openai-main", "openai", 0),
         ("pinned", "openai-eu", "openai", 0),
         ("pinned", "openai-main", "openai", 1),

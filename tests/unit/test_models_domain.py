@@ -14,7 +14,6 @@ from modelroute_server.domain.models import (
     CallOptions,
     ModelConfig,
     auto_attachments,
-    check_family_change,
     next_default,
     validate_attachments,
     validate_model_fields,
@@ -95,13 +94,13 @@ def test_a_family_change_keeping_the_list_needs_an_override_on_each_attachment_o
 ) -> None:
     changed = replace(model("m").with_attachments(entries(*ids)), family=new_family)
     if not expected_fields:
-        check_family_change(changed, PROVIDERS, "p")
+        validate_attachments(changed.family, changed.attachment_entries, PROVIDERS, "p")
         return
     with pytest.raises(DomainError) as caught:
-        check_family_change(changed, PROVIDERS, "p")
+        validate_attachments(changed.family, changed.attachment_entries, PROVIDERS, "p")
     assert caught.value.reason is Reason.ATTACHMENTS_INVALID
     assert [v.field for v in caught.value.field_violations] == expected_fields
-    assert "would be" in caught.value.field_violations[0].description
+    assert f"the model is {new_family.value}" in caught.value.field_violations[0].description
 
 
 def test_the_two_tuples_hold_overrides_only_when_an_attachment_has_one() -> None:

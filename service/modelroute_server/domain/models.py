@@ -103,19 +103,17 @@ class ModelConfig:
         return tuple(Attachment(pid, self.override_at(i)) for i, pid in enumerate(self.attachments))
 
     def with_attachments(self, entries: Sequence[Attachment]) -> ModelConfig:
-        ids, overrides = split_attachments(entries)
-        return replace(self, attachments=ids, overrides=overrides)
+        """The model with these attachments (and no overrides tuple when none has one)."""
+        overrides = tuple(a.model_override for a in entries)
+        return replace(
+            self,
+            attachments=tuple(a.provider_config_id for a in entries),
+            overrides=overrides if any(overrides) else (),
+        )
 
     def without_provider(self, provider_config_id: str) -> ModelConfig:
         """The model with that provider config's attachment removed, the rest renumbered in order."""
         return self.with_attachments([a for a in self.attachment_entries if a.provider_config_id != provider_config_id])
-
-
-def split_attachments(entries: Sequence[Attachment]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """`ModelConfig`'s two tuples for these entries (no overrides tuple when none has one)."""
-    ids = tuple(a.provider_config_id for a in entries)
-    overrides = tuple(a.model_override for a in entries)
-    return ids, overrides if any(overrides) else ()
 
 
 def model_config_name(model_config_id: str) -> str:
@@ -174,7 +172,8 @@ def validate_attachments(
     field_path: str,
 ) -> None:
     """Unknown ids, an id of another family without an override, duplicates and an empty list are rejected,
-    each entry named by its position (`field_path[i]`) and provider config."""
+    each entry named by its position (`field_path[i]`) and provider config. The same rule holds a family
+    change that keeps the list: nothing becomes cross-family implicitly."""
     if not entries:
         raise DomainError(
             Reason.ATTACHMENTS_INVALID,
@@ -196,39 +195,17 @@ def validate_attachments(
         if provider is None:
             violations.append(FieldViolation(path, f"{name} does not exist"))
         elif provider.family is not family and not attachment.model_override:
-            violations.append(FieldViolation(path, cross_family_problem(name, provider.family, family, "is")))
+            violations.append(
+                FieldViolation(
+                    path,
+                    f"{name} is of family {provider.family.value}, the model is {family.value}: an attachment of "
+                    "another family needs its own upstream model name (model)",
+                )
+            )
     if violations:
         raise DomainError(
             Reason.ATTACHMENTS_INVALID,
             f"{field_path}: " + "; ".join(v.description for v in violations),
-            field_violations=violations,
-        )
-
-
-def cross_family_problem(provider_name: str, provider_family: Family, model_family: Family, verb: str) -> str:
-    return (
-        f"{provider_name} is of family {provider_family.value}, the model {verb} {model_family.value}: "
-        "an attachment of another family needs its own upstream model name (model)"
-    )
-
-
-def check_family_change(model: ModelConfig, providers: Mapping[str, ProviderConfig], field_path: str) -> None:
-    """A family change that keeps the list: refused when an attachment would become cross-family without an
-    override (nothing becomes cross-family implicitly)."""
-    violations = [
-        FieldViolation(
-            f"{field_path}[{index}]",
-            cross_family_problem(provider_config_name(pid), providers[pid].family, model.family, "would be"),
-        )
-        for index, pid in enumerate(model.attachments)
-        if providers[pid].family is not model.family and not model.override_at(index)
-    ]
-    if violations:
-        raise DomainError(
-            Reason.ATTACHMENTS_INVALID,
-            f"{field_path}: changing the family to {model.family.value} would leave "
-            f"{len(violations)} attachment(s) of another family without an upstream model name; give a new list "
-            "or overrides with the family change",
             field_violations=violations,
         )
 

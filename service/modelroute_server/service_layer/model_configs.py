@@ -21,7 +21,6 @@ from ..domain.models import (
     CallOptions,
     ModelConfig,
     auto_attachments,
-    check_family_change,
     validate_attachments,
     validate_model_fields,
 )
@@ -121,7 +120,7 @@ def create_model_config(
             )
         if model.attachments:
             providers = uow.providers.get_many(model.attachments)
-            validate_attachments(model.family, request.attachments, providers, request.attachments_field)
+            validate_attachments(model.family, model.attachment_entries, providers, request.attachments_field)
             _check_overrides_accepted(uow, model)
         else:
             model = replace(model, attachments=_auto_attachments_or_fail(uow, model.family))
@@ -215,12 +214,12 @@ def update_model_config(
         updated = _apply(current, request)
         validate_model_fields(updated, PREFIX)
         attachments_changed = "attachments" in paths
-        if attachments_changed:
+        if attachments_changed or updated.family is not current.family:
+            # A family change that keeps the list meets the same rule as a new list.
             providers = uow.providers.get_many(updated.attachments)
-            validate_attachments(updated.family, updated.attachment_entries, providers, request.attachments_field)
+            field_path = request.attachments_field if attachments_changed else ATTACHMENTS_FIELD
+            validate_attachments(updated.family, updated.attachment_entries, providers, field_path)
             _check_overrides_accepted(uow, updated)
-        elif updated.family is not current.family:
-            check_family_change(updated, uow.providers.get_many(updated.attachments), ATTACHMENTS_FIELD)
         asks_default = "is_default" in paths and bool(request.is_default)
         declines_default = "is_default" in paths and not request.is_default
         if asks_default and not updated.enabled:

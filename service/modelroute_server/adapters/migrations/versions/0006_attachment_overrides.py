@@ -24,6 +24,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from modelroute_server.adapters.migrations.compatibility import forget_served_by, record_served_by
 from modelroute_server.adapters.migrations.override_removal import remove_overrides_or_refuse
 
 revision = "0006"
@@ -75,16 +76,12 @@ def upgrade() -> None:
         "model_attachments",
         "model_override IS NULL OR (btrim(model_override) = model_override AND model_override <> '')",
     )
-    op.execute(
-        sa.text("INSERT INTO schema_compatibility (revision, served_by) VALUES (:revision, :served_by)").bindparams(
-            revision=revision, served_by=SERVED_BY
-        )
-    )
+    record_served_by(revision, SERVED_BY)
 
 
 def downgrade() -> None:
     remove_overrides_or_refuse(revision)
-    op.execute(sa.text("DELETE FROM schema_compatibility WHERE revision = :revision").bindparams(revision=revision))
+    forget_served_by(revision)
     op.drop_constraint("model_attachments_override_not_blank", "model_attachments", type_="check")
     op.drop_constraint("model_attachments_same_family_or_override", "model_attachments", type_="check")
     op.drop_constraint("model_attachments_model_fk", "model_attachments", type_="foreignkey")

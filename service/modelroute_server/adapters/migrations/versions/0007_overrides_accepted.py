@@ -13,9 +13,7 @@ upgrades"); a fresh database goes through it at its first migration.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
-
+from modelroute_server.adapters.migrations.compatibility import forget_served_by, record_served_by
 from modelroute_server.adapters.migrations.override_removal import remove_overrides_or_refuse
 
 revision = "0007"
@@ -27,14 +25,10 @@ SERVED_BY = ["0007"]
 
 
 def upgrade() -> None:
-    op.execute(
-        sa.text("INSERT INTO schema_compatibility (revision, served_by) VALUES (:revision, :served_by)").bindparams(
-            revision=revision, served_by=SERVED_BY
-        )
-    )
+    record_served_by(revision, SERVED_BY)
 
 
 def downgrade() -> None:
     # Below here the build with head 0005 may serve again, and it would ignore the overrides.
     remove_overrides_or_refuse(revision)
-    op.execute(sa.text("DELETE FROM schema_compatibility WHERE revision = :revision").bindparams(revision=revision))
+    forget_served_by(revision)
