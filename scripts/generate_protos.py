@@ -1,5 +1,8 @@
 """Regenerates the Python stubs in clients/modelroute/v1 from protos/.
 
+Besides protoc's output it writes `modelroute/v1/reasons.py`: one exception class
+per value of the ErrorReason enum, below the class of its `status_code` option.
+
 Usage:
     python scripts/generate_protos.py            # write the stubs
     python scripts/generate_protos.py --check    # fail if the committed stubs are stale
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +29,73 @@ PROTO_ROOT = ROOT / "protos"
 PACKAGE_DIR = Path("modelroute") / "v1"
 OUTPUT_ROOT = ROOT / "clients"
 WELL_KNOWN = Path(grpc_tools.__file__).parent / "_proto"
+ERROR_REASON_PROTO = PROTO_ROOT / PACKAGE_DIR / "error_reason.proto"
+# A value with its leading comment lines: `// ...` lines, then `ERROR_REASON_X = N [(status_code) = CODE];`.
+REASON_VALUE = re.compile(r"((?:^ *//.*\n)*)^ *ERROR_REASON_(\w+) = \d+ \[\(status_code\) = (\w+)\];", re.M)
+# The status classes of modelroute/errors.py, by google.rpc.Code name.
+STATUS_CLASS_NAMES = {
+    "CANCELLED": "CancelledError",
+    "UNKNOWN": "UnknownError",
+    "INVALID_ARGUMENT": "InvalidArgumentError",
+    "DEADLINE_EXCEEDED": "DeadlineExceededError",
+    "NOT_FOUND": "NotFoundError",
+    "ALREADY_EXISTS": "AlreadyExistsError",
+    "PERMISSION_DENIED": "PermissionDeniedError",
+    "RESOURCE_EXHAUSTED": "ResourceExhaustedError",
+    "FAILED_PRECONDITION": "FailedPreconditionError",
+    "ABORTED": "AbortedError",
+    "UNIMPLEMENTED": "UnimplementedError",
+    "INTERNAL": "InternalError",
+    "UNAVAILABLE": "UnavailableError",
+    "UNAUTHENTICATED": "UnauthenticatedError",
+}
+
+
+def reason_class_name(reason: str) -> str:
+    camel = "".join(part.capitalize() for part in reason.split("_"))
+    return camel if camel.endswith("Error") else camel + "Error"
+
+
+def reasons_module() -> str:
+    """modelroute/v1/reasons.py, from the ErrorReason enum (a reason whose class name is its status
+    class's, INTERNAL_ERROR, is that class)."""
+    values = REASON_VALUE.findall(ERROR_REASON_PROTO.read_text())
+    if not values:
+        sys.exit(f"no ErrorReason values with a status_code option in {ERROR_REASON_PROTO}")
+    bases = sorted({STATUS_CLASS_NAMES[code] for _, _, code in values})
+    lines = [
+        '"""Generated from protos/modelroute/v1/error_reason.proto by scripts/generate_protos.py; do not edit."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        f"from ..errors import ModelrouteError, {', '.join(bases)}",
+        "",
+    ]
+    mapping = []
+    for comment, reason, code in values:
+        name, base = reason_class_name(reason), STATUS_CLASS_NAMES[code]
+        mapping.append(f'    "{reason}": {name},')
+        if name == base:
+            continue
+        text = " ".join(line.strip().removeprefix("//").strip() for line in comment.splitlines())
+        doc = f"{reason} ({code}){': ' + text if text else ''}"
+        lines += ["", f"class {name}({base}):", f'    """{doc}"""', "", f'    REASON = "{reason}"', ""]
+    lines += [
+        "",
+        "# Every reason of the ErrorReason enum, by its ErrorInfo.reason string.",
+        "REASON_CLASSES: dict[str, type[ModelrouteError]] = {",
+        *mapping,
+        "}",
+        "",
+        "__all__ = [",
+        *sorted(
+            f'    "{reason_class_name(reason)}",'
+            for _, reason, code in values
+            if reason_class_name(reason) != STATUS_CLASS_NAMES[code]
+        ),
+        "]",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def generate(out_root: Path) -> None:
@@ -46,6 +117,7 @@ def generate(out_root: Path) -> None:
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
     (target / "__init__.py").write_text('"""Generated from protos/modelroute/v1; do not edit."""\n')
+    (target / "reasons.py").write_text(reasons_module())
 
 
 def generated_files(root: Path) -> set[Path]:

@@ -221,3 +221,26 @@ def test_the_behaviour_reference_lists_every_reason_with_its_code() -> None:
     for reason in Reason:
         (row,) = [line for line in rows if f"`{reason.value}`" in line]
         assert f"| {reason.code.value} |" in row, row
+
+
+def test_the_protos_export_exactly_the_catalogue_with_its_codes() -> None:
+    """Callers branch on the ErrorReason enum the client package ships: it must be this catalogue."""
+    from modelroute.v1 import error_reason_pb2
+
+    exported = {}
+    for value in error_reason_pb2.ErrorReason.DESCRIPTOR.values:
+        if value.number == 0:
+            continue
+        code = value.GetOptions().Extensions[error_reason_pb2.status_code]
+        exported[value.name.removeprefix("ERROR_REASON_")] = code_pb2.Code.Name(code)
+    assert exported == {reason.value: code.value for reason, code in REASON_CODES.items()}
+
+
+@pytest.mark.parametrize("reason", list(Reason), ids=lambda r: r.value)
+def test_the_client_raises_the_class_of_every_reason(reason: Reason) -> None:
+    from modelroute import errors
+
+    status = to_status(DomainError(reason, "m"))
+    raised = errors.decoded(status.code, status.details, decode_status(status))
+    assert raised.reason == reason.value and isinstance(raised, errors.STATUS_CLASSES[status.code])
+    assert type(raised) is errors.REASON_CLASSES[reason.value]
