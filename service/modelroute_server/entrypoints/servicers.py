@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from modelroute.client import DEFAULT_MODEL_METADATA_KEY
+from modelroute.metadata import CONFIG_REVISION_KEY, DEFAULT_MODEL_KEY
 from modelroute.v1 import (
     access_token_pb2,
     access_token_pb2_grpc,
@@ -37,7 +37,7 @@ from ..domain.errors import DomainError, invalid_field
 from ..domain.models import model_config_name
 from ..domain.resolver import WhatIf
 from ..service_layer import access_tokens, audit, model_configs, provider_configs, resolution, user_keys
-from ..service_layer.context import ServiceContext
+from ..service_layer.context import ServiceContext, WriteReceipt
 from ..service_layer.default_model import DefaultChange
 from ..service_layer.snapshot import Snapshot, SnapshotStore, configuration_stale
 from ..service_layer.views import ModelConfigView
@@ -82,22 +82,46 @@ def _default_name(change: DefaultChange) -> str:
     return model_config_name(change.model_config_id) if change.model_config_id else ""
 
 
-def _report_default_change(context: grpc.aio.ServicerContext, change: DefaultChange) -> None:
-    if change.changed:
-        value = _default_name(change)
-        context.set_trailing_metadata(((DEFAULT_MODEL_METADATA_KEY, value),))
+class _WritingServicer:
+    """A servicer whose writes report their side effects in one channel: trailing metadata."""
 
-
-class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServicer):
     def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
         self._ctx = ctx
         self._work = work
 
+    async def _write(
+        self,
+        context: grpc.aio.ServicerContext,
+        default_change_of: Callable[[Any], DefaultChange] | None,
+        work: Callable[..., Response],
+        *args: Any,
+    ) -> Response:
+        """Runs a write use case; sets `modelroute-config-revision`, and `modelroute-default-model-config`
+        when the default model moved (the response fields that also carry these stay)."""
+        receipt = WriteReceipt()
+        result: Response = await self._work.write(receipt.run, work, *args)
+        trailers: list[tuple[str, str]] = []
+        if receipt.config_revision is not None:
+            trailers.append((CONFIG_REVISION_KEY, str(receipt.config_revision)))
+        change = default_change_of(result) if default_change_of is not None else None
+        if change is not None and change.changed:
+            trailers.append((DEFAULT_MODEL_KEY, _default_name(change)))
+        context.set_trailing_metadata(tuple(trailers))
+        return result
+
+
+def _view_default_change(view: ModelConfigView) -> DefaultChange:
+    return view.default_change
+
+
+class ProviderConfigServicer(_WritingServicer, provider_config_pb2_grpc.ProviderConfigServiceServicer):
     @rpc
     async def CreateProviderConfig(
         self, request: provider_config_pb2.CreateProviderConfigRequest, context: grpc.aio.ServicerContext
     ) -> provider_config_pb2.ProviderConfig:
-        view = await self._work.write(
+        view = await self._write(
+            context,
+            None,
             provider_configs.create_provider_config,
             self._ctx,
             current_caller(),
@@ -135,7 +159,9 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
     ) -> provider_config_pb2.ProviderConfig:
         provider_id = convert.provider_id_from_name(request.provider_config.name, "provider_config.name")
         mask = request.update_mask if request.HasField("update_mask") else None
-        view = await self._work.write(
+        view = await self._write(
+            context,
+            None,
             provider_configs.update_provider_config,
             self._ctx,
             current_caller(),
@@ -149,7 +175,9 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         self, request: provider_config_pb2.DeleteProviderConfigRequest, context: grpc.aio.ServicerContext
     ) -> provider_config_pb2.DeleteProviderConfigResponse:
         provider_id = convert.provider_id_from_name(request.name, "name")
-        outcome = await self._work.write(
+        outcome = await self._write(
+            context,
+            lambda outcome: outcome.default_change,
             provider_configs.delete_provider_config,
             self._ctx,
             current_caller(),
@@ -157,7 +185,6 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
             request.etag,
             request.force,
         )
-        _report_default_change(context, outcome.default_change)
         return provider_config_pb2.DeleteProviderConfigResponse(
             touched_model_configs=[model_config_name(i) for i in outcome.touched_model_ids],
             deleted_model_configs=[model_config_name(i) for i in outcome.deleted_model_ids],
@@ -167,27 +194,21 @@ class ProviderConfigServicer(provider_config_pb2_grpc.ProviderConfigServiceServi
         )
 
 
-class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
-    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
-        self._ctx = ctx
-        self._work = work
-
-    def _respond(self, context: grpc.aio.ServicerContext, view: ModelConfigView) -> model_config_pb2.ModelConfig:
-        _report_default_change(context, view.default_change)
-        return convert.model_to_proto(view)
-
+class ModelConfigServicer(_WritingServicer, model_config_pb2_grpc.ModelConfigServiceServicer):
     @rpc
     async def CreateModelConfig(
         self, request: model_config_pb2.CreateModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
-        view = await self._work.write(
+        view = await self._write(
+            context,
+            _view_default_change,
             model_configs.create_model_config,
             self._ctx,
             current_caller(),
             request.model_config_id,
             convert.model_input(request.model_config),
         )
-        return self._respond(context, view)
+        return convert.model_to_proto(view)
 
     @rpc
     async def GetModelConfig(
@@ -216,48 +237,65 @@ class ModelConfigServicer(model_config_pb2_grpc.ModelConfigServiceServicer):
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.model_config.name, "model_config.name")
         mask = request.update_mask if request.HasField("update_mask") else None
-        view = await self._work.write(
+        view = await self._write(
+            context,
+            _view_default_change,
             model_configs.update_model_config,
             self._ctx,
             current_caller(),
             model_id,
             convert.model_input(request.model_config, mask),
         )
-        return self._respond(context, view)
+        return convert.model_to_proto(view)
 
     @rpc
     async def DeleteModelConfig(
         self, request: model_config_pb2.DeleteModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        view = await self._work.write(
-            model_configs.delete_model_config, self._ctx, current_caller(), model_id, request.etag
+        view = await self._write(
+            context,
+            _view_default_change,
+            model_configs.delete_model_config,
+            self._ctx,
+            current_caller(),
+            model_id,
+            request.etag,
         )
-        return self._respond(context, view)
+        return convert.model_to_proto(view)
 
     @rpc
     async def UndeleteModelConfig(
         self, request: model_config_pb2.UndeleteModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_config_pb2.ModelConfig:
         model_id = convert.model_id_from_name(request.name, "name")
-        view = await self._work.write(
-            model_configs.undelete_model_config, self._ctx, current_caller(), model_id, request.etag
+        view = await self._write(
+            context,
+            _view_default_change,
+            model_configs.undelete_model_config,
+            self._ctx,
+            current_caller(),
+            model_id,
+            request.etag,
         )
-        return self._respond(context, view)
+        return convert.model_to_proto(view)
 
 
-class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
-    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
-        self._ctx = ctx
-        self._work = work
-
+class UserKeyServicer(_WritingServicer, user_key_pb2_grpc.UserKeyServiceServicer):
     @rpc
     async def SetUserProviderKey(
         self, request: user_key_pb2.SetUserProviderKeyRequest, context: grpc.aio.ServicerContext
     ) -> user_key_pb2.UserProviderConfig:
         provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
-        view = await self._work.write(
-            user_keys.set_user_provider_key, self._ctx, current_caller(), request.user, provider_id, request.api_key
+        view = await self._write(
+            context,
+            None,
+            user_keys.set_user_provider_key,
+            self._ctx,
+            current_caller(),
+            request.user,
+            provider_id,
+            request.api_key,
         )
         return convert.user_provider_to_proto(view)
 
@@ -266,8 +304,8 @@ class UserKeyServicer(user_key_pb2_grpc.UserKeyServiceServicer):
         self, request: user_key_pb2.DeleteUserProviderKeyRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         provider_id = convert.provider_id_from_name(request.provider_config, "provider_config")
-        await self._work.write(
-            user_keys.delete_user_provider_key, self._ctx, current_caller(), request.user, provider_id
+        await self._write(
+            context, None, user_keys.delete_user_provider_key, self._ctx, current_caller(), request.user, provider_id
         )
         return empty_pb2.Empty()
 
@@ -406,16 +444,14 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         return convert.explain_response(outcome, snapshot.revision)
 
 
-class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
-    def __init__(self, ctx: ServiceContext, work: AdminWork) -> None:
-        self._ctx = ctx
-        self._work = work
-
+class AccessTokenServicer(_WritingServicer, access_token_pb2_grpc.AccessTokenServiceServicer):
     @rpc
     async def CreateAccessToken(
         self, request: access_token_pb2.CreateAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> access_token_pb2.CreateAccessTokenResponse:
-        created = await self._work.write(
+        created = await self._write(
+            context,
+            None,
             access_tokens.create_access_token,
             self._ctx,
             current_caller(),
@@ -446,7 +482,9 @@ class AccessTokenServicer(access_token_pb2_grpc.AccessTokenServiceServicer):
         self, request: access_token_pb2.RevokeAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> access_token_pb2.AccessToken:
         token_id = convert_security.access_token_id_from_name(request.name, "name")
-        token = await self._work.write(access_tokens.revoke_access_token, self._ctx, current_caller(), token_id)
+        token = await self._write(
+            context, None, access_tokens.revoke_access_token, self._ctx, current_caller(), token_id
+        )
         return convert_security.access_token_to_proto(token, datetime.now(UTC))
 
 

@@ -4,13 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from ..adapters.crypto import Keyring
 from ..domain.audit import AuditEntry, Caller
 from ..domain.families import Family
 from .paging import PageTokens
 from .unit_of_work import UnitOfWork, UnitOfWorkFactory
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class WriteReceipt:
+    """What a call's write produced, for the edge to report (the `modelroute-config-revision` trailer).
+
+    `config_revision`: the revision the write took; for a write that took none (a no-op, a token
+    change) the latest config revision committed when it ran, which covers everything it saw, so a
+    caller may pass either as `min_revision` to read its write on any replica.
+    """
+
+    def __init__(self) -> None:
+        self.config_revision: int | None = None
+
+    def run(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Runs `work` with this receipt collecting what its writes produce."""
+        token = _receipt.set(self)
+        try:
+            return work(*args, **kwargs)
+        finally:
+            _receipt.reset(token)
+
+
+_receipt: ContextVar[WriteReceipt | None] = ContextVar("modelroute_write_receipt", default=None)
 
 
 class Write:
@@ -62,10 +90,15 @@ class ServiceContext:
         with self.unit_of_work() as uow:
             write = Write(uow, uow.changes.take_revision() if takes_revision else None)
             yield write
+            receipt = _receipt.get()
             if write.entry is None:
+                if receipt is not None:
+                    receipt.config_revision = uow.changes.current_revision()
                 return  # nothing changed: the transaction rolls back
             uow.audit.add(caller, write.entry, write.revision)
             sequence = uow.changes.sequence_taken()
+            if receipt is not None:
+                receipt.config_revision = write.revision or uow.changes.current_revision()
             uow.commit()
         if sequence is not None:
             for callback in self.on_commit:
