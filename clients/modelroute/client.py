@@ -1,23 +1,34 @@
-"""A thin typed client over the generated stubs, with rich errors decoded."""
+"""The synchronous typed client (`modelroute.Client`); `modelroute.aio.Client` is its asyncio twin.
+
+    with modelroute.Client("modelroute.internal:50051", tls=TLS.from_files("ca.pem")) as client:
+        answer = client.resolve("gpt-4o", user="alice")
+
+Every method takes ids or resource names, a per-call `timeout` (seconds; the client's default otherwise),
+and raises a `modelroute.errors.ModelrouteError` subclass: the class of the error's reason, below the class
+of its status code. Writes return `Written` (the resource, the config revision produced, and whether the
+default model moved). Lists return pagers that follow `next_page_token` to the end.
+
+A place is kept for the failover helper (`call_with_failover`), which comes with attempt reports.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf import empty_pb2
 
+from . import calls
+from .calls import Call, ListCall, Written, family_from_name, model_config_name, provider_config_name, role_from_name
+from .channel import DEFAULT_TARGET, DEFAULT_TIMEOUT, open_channel
 from .credentials import TLS, authenticated, token_from_env
+from .errors import ModelrouteError
 from .v1 import (
     access_token_pb2,
     access_token_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
-    common_pb2,
     model_config_pb2,
     model_config_pb2_grpc,
     provider_config_pb2,
@@ -28,343 +39,257 @@ from .v1 import (
     user_key_pb2_grpc,
 )
 
-DEFAULT_MODEL_METADATA_KEY = "modelroute-default-model-config"
-Response = TypeVar("Response")
+__all__ = [
+    "Client",
+    "ModelrouteClient",
+    "Pager",
+    "Written",
+    "family_from_name",
+    "model_config_name",
+    "provider_config_name",
+    "role_from_name",
+]
+
+R = TypeVar("R")
+Item = TypeVar("Item")
+# Pass as `timeout` to use the client's default.
+_DEFAULT: Any = object()
 
 
-@dataclass
-class ModelrouteError(Exception):
-    """A failed call with its `google.rpc` details decoded."""
-
-    code: grpc.StatusCode
-    message: str
-    reason: str = ""
-    domain: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    field_violations: list[tuple[str, str]] = field(default_factory=list)
-    precondition_violations: list[tuple[str, str, str]] = field(default_factory=list)
-    resource_name: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.code.name} {self.reason}: {self.message}"
-
-    @property
-    def fields(self) -> list[str]:
-        """The request fields named by the BadRequest details."""
-        return [field_path for field_path, _ in self.field_violations]
-
-    @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError) -> ModelrouteError:
-        call: Any = error
-        decoded = cls(code=call.code(), message=call.details() or "")
-        status = rpc_status.from_call(call)
-        for detail in status.details if status else ():
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                decoded.reason, decoded.domain, decoded.metadata = info.reason, info.domain, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                decoded.field_violations = [(v.field, v.description) for v in bad.field_violations]
-            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                failure = error_details_pb2.PreconditionFailure()
-                detail.Unpack(failure)
-                decoded.precondition_violations = [(v.type, v.subject, v.description) for v in failure.violations]
-            elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
-                resource = error_details_pb2.ResourceInfo()
-                detail.Unpack(resource)
-                decoded.resource_name = resource.resource_name
-        return decoded
+def stubs_for(channel: Any) -> dict[str, Any]:
+    """The generated stubs on a channel (sync or asyncio alike), by the names `calls` uses."""
+    return {
+        "providers": provider_config_pb2_grpc.ProviderConfigServiceStub(channel),
+        "models": model_config_pb2_grpc.ModelConfigServiceStub(channel),
+        "user_keys": user_key_pb2_grpc.UserKeyServiceStub(channel),
+        "resolver": resolver_pb2_grpc.ResolverServiceStub(channel),
+        "access_tokens": access_token_pb2_grpc.AccessTokenServiceStub(channel),
+        "audit": audit_pb2_grpc.AuditServiceStub(channel),
+    }
 
 
-def _call(method: Callable[..., Response], request: Any, timeout: float | None) -> Response:
-    try:
-        return method(request, timeout=timeout)
-    except grpc.RpcError as error:
-        raise ModelrouteError.from_rpc_error(error) from None
+class Pager(Generic[Item]):
+    """Every item of a List, page after page (each page one call); `pages()` gives the responses."""
+
+    def __init__(self, client: Client, call: ListCall[Item], timeout: float | None) -> None:
+        self._client, self._call, self._timeout = client, call, timeout
+
+    def pages(self) -> Iterator[Any]:
+        token = ""
+        while True:
+            page: Any = self._client._send(
+                Call(self._call.stub, self._call.method, self._call.request_for(token)), self._timeout
+            )
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+
+    def __iter__(self) -> Iterator[Item]:
+        for page in self.pages():
+            yield from self._call.items_of(page)
 
 
-@dataclass(frozen=True)
-class ModelMutation:
-    """A model write's result, and whether it moved the default model (and to which; "" for none)."""
+class Client:
+    """A client of every modelroute service.
 
-    model_config: model_config_pb2.ModelConfig
-    default_changed: bool = False
-    default_model_config: str = ""
-
-
-def _mutate_model(method: Any, request: Any, timeout: float | None) -> ModelMutation:
-    try:
-        response, call = method.with_call(request, timeout=timeout)
-    except grpc.RpcError as error:
-        raise ModelrouteError.from_rpc_error(error) from None
-    for key, value in call.trailing_metadata() or ():
-        if key == DEFAULT_MODEL_METADATA_KEY:
-            return ModelMutation(response, True, str(value))
-    return ModelMutation(response)
-
-
-def _paged(
-    method: Callable[..., Any], request_for: Callable[[str], Any], items_of: Callable[[Any], Any], timeout: float | None
-) -> Iterator[Any]:
-    """Every item of a paginated List, following next_page_token to the end."""
-    token = ""
-    while True:
-        page = _call(method, request_for(token), timeout)
-        yield from items_of(page)
-        token = page.next_page_token
-        if not token:
-            return
-
-
-def provider_config_name(provider_config_id: str) -> str:
-    return provider_config_id if "/" in provider_config_id else f"providerConfigs/{provider_config_id}"
-
-
-def model_config_name(model_config_id: str) -> str:
-    return model_config_id if "/" in model_config_id else f"modelConfigs/{model_config_id}"
-
-
-class ModelrouteClient:
-    """Every method takes ids or resource names and raises ModelrouteError on failure.
-
-    `token`: the bearer token; when the client opens the channel itself and none is given, it takes
-    MODELROUTE_TOKEN, else the file MODELROUTE_TOKEN_FILE names. `tls`: verify the server (and, with a
-    certificate and key, authenticate this client by mutual TLS); without it the channel is plaintext.
+    `target`: `host:port` (every address the name resolves to shares the calls, round robin) or an open
+    channel. `token`: the bearer token; else MODELROUTE_TOKEN, else the file MODELROUTE_TOKEN_FILE names.
+    `tls`: verify the server (with a certificate and key, mutual TLS); without it the channel is plaintext.
+    `timeout`: the default deadline of every call, in seconds. `options`: more gRPC channel options.
     """
 
     def __init__(
         self,
-        target: str | grpc.Channel = "127.0.0.1:50051",
-        timeout: float | None = 10.0,
+        target: str | grpc.Channel = DEFAULT_TARGET,
+        timeout: float | None = DEFAULT_TIMEOUT,
         *,
         token: str | None = None,
         tls: TLS | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._owns_channel = isinstance(target, str)
         if isinstance(target, str):
-            if tls is not None:
-                base = grpc.secure_channel(target, tls.channel_credentials(), options=tls.channel_options())
-            else:
-                base = grpc.insecure_channel(target)
+            base = open_channel(target, tls, options)
             token = token if token is not None else token_from_env()
         else:
             base = target
         self._base_channel = base
         self.channel: grpc.Channel = authenticated(base, token)
         self.timeout = timeout
-        self.providers = provider_config_pb2_grpc.ProviderConfigServiceStub(self.channel)
-        self.models = model_config_pb2_grpc.ModelConfigServiceStub(self.channel)
-        self.user_keys = user_key_pb2_grpc.UserKeyServiceStub(self.channel)
-        self.resolver = resolver_pb2_grpc.ResolverServiceStub(self.channel)
-        self.access_tokens = access_token_pb2_grpc.AccessTokenServiceStub(self.channel)
-        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self._stubs = stubs_for(self.channel)
 
     def close(self) -> None:
         if self._owns_channel:
             self._base_channel.close()
 
-    def __enter__(self) -> ModelrouteClient:
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _send(self, call: Call[R], timeout: float | None) -> R:
+        return self._sent(call, timeout)[0]
+
+    def _sent(self, call: Call[R], timeout: float | None) -> tuple[R, Any]:
+        method = getattr(self._stubs[call.stub], call.method)
+        try:
+            response, rpc = method.with_call(call.request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+        except grpc.RpcError as error:
+            raise ModelrouteError.from_rpc_error(error) from None
+        return response, rpc
+
+    def _write(self, call: Call[R], timeout: float | None) -> Written[R]:
+        response, rpc = self._sent(call, timeout)
+        return calls.written(response, rpc.trailing_metadata())
+
+    def _pager(self, call: ListCall[Item], timeout: float | None) -> Pager[Item]:
+        return Pager(self, call, self.timeout if timeout is _DEFAULT else timeout)
+
     # ------------------------------------------------------------ resolution
 
-    def resolve(self, model: str = "", user: str = "", min_revision: int = 0) -> resolver_pb2.ResolveModelResponse:
-        request = resolver_pb2.ResolveModelRequest(model=model, user=user, min_revision=min_revision)
-        return _call(self.resolver.ResolveModel, request, self.timeout)
+    def resolve(
+        self, model: str = "", user: str = "", min_revision: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> resolver_pb2.ResolveModelResponse:
+        """The provider config to use for `model` (the default model when empty), its fallbacks in order, and
+        why every other attachment was skipped. Waits for a ready replica up to the deadline."""
+        return self._send(calls.resolve(model, user, min_revision), timeout)
 
-    def available_models(self, user: str = "", page_size: int = 0) -> Iterator[resolver_pb2.AvailableModel]:
-        return _paged(
-            self.resolver.ListAvailableModels,
-            lambda token: resolver_pb2.ListAvailableModelsRequest(user=user, page_size=page_size, page_token=token),
-            lambda page: page.models,
-            self.timeout,
-        )
+    def available_models(
+        self, user: str = "", page_size: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> Pager[resolver_pb2.AvailableModel]:
+        return self._pager(calls.available_models(user, page_size), timeout)
 
     def explain(
         self,
         model: str = "",
         user: str = "",
-        user_has_key: dict[str, bool] | None = None,
-        provider_enabled: dict[str, bool] | None = None,
+        user_has_key: Mapping[str, bool] | None = None,
+        provider_enabled: Mapping[str, bool] | None = None,
+        *,
+        timeout: float | None = _DEFAULT,
     ) -> resolver_pb2.ExplainResolutionResponse:
-        request = resolver_pb2.ExplainResolutionRequest(
-            model=model,
-            user=user,
-            user_key_overrides=[
-                resolver_pb2.UserKeyOverride(provider_config=provider_config_name(p), has_user_api_key=v)
-                for p, v in (user_has_key or {}).items()
-            ],
-            provider_enabled_overrides=[
-                resolver_pb2.ProviderEnabledOverride(provider_config=provider_config_name(p), enabled=v)
-                for p, v in (provider_enabled or {}).items()
-            ],
-        )
-        return _call(self.resolver.ExplainResolution, request, self.timeout)
+        """The resolution walk without secrets; `user_has_key` and `provider_enabled` are what-ifs."""
+        return self._send(calls.explain(model, user, user_has_key, provider_enabled), timeout)
 
     # ------------------------------------------------------------ provider configs
 
     def create_provider_config(
-        self, provider_config_id: str, provider_config: provider_config_pb2.ProviderConfig
-    ) -> provider_config_pb2.ProviderConfig:
-        request = provider_config_pb2.CreateProviderConfigRequest(
-            provider_config_id=provider_config_id, provider_config=provider_config
-        )
-        return _call(self.providers.CreateProviderConfig, request, self.timeout)
+        self,
+        provider_config_id: str,
+        provider_config: provider_config_pb2.ProviderConfig,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> Written[provider_config_pb2.ProviderConfig]:
+        return self._write(calls.create_provider_config(provider_config_id, provider_config), timeout)
 
-    def get_provider_config(self, provider_config_id: str) -> provider_config_pb2.ProviderConfig:
-        request = provider_config_pb2.GetProviderConfigRequest(name=provider_config_name(provider_config_id))
-        return _call(self.providers.GetProviderConfig, request, self.timeout)
+    def get_provider_config(
+        self, provider_config_id: str, *, timeout: float | None = _DEFAULT
+    ) -> provider_config_pb2.ProviderConfig:
+        return self._send(calls.get_provider_config(provider_config_id), timeout)
 
     def list_provider_configs(
-        self, filter: str = "", page_size: int = 0
-    ) -> Iterator[provider_config_pb2.ProviderConfig]:
-        return _paged(
-            self.providers.ListProviderConfigs,
-            lambda token: provider_config_pb2.ListProviderConfigsRequest(
-                filter=filter, page_size=page_size, page_token=token
-            ),
-            lambda page: page.provider_configs,
-            self.timeout,
-        )
+        self, filter: str = "", page_size: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> Pager[provider_config_pb2.ProviderConfig]:
+        return self._pager(calls.list_provider_configs(filter, page_size), timeout)
 
     def update_provider_config(
-        self, provider_config: provider_config_pb2.ProviderConfig, paths: Sequence[str] = ()
-    ) -> provider_config_pb2.ProviderConfig:
-        request = provider_config_pb2.UpdateProviderConfigRequest(
-            provider_config=provider_config,
-            update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
-        )
-        return _call(self.providers.UpdateProviderConfig, request, self.timeout)
+        self,
+        provider_config: provider_config_pb2.ProviderConfig,
+        paths: Sequence[str] = (),
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> Written[provider_config_pb2.ProviderConfig]:
+        """`paths`: the update mask (empty: every field given)."""
+        return self._write(calls.update_provider_config(provider_config, paths), timeout)
 
     def delete_provider_config(
-        self, provider_config_id: str, force: bool = False, etag: str = ""
-    ) -> provider_config_pb2.DeleteProviderConfigResponse:
-        request = provider_config_pb2.DeleteProviderConfigRequest(
-            name=provider_config_name(provider_config_id), force=force, etag=etag
-        )
-        return _call(self.providers.DeleteProviderConfig, request, self.timeout)
+        self, provider_config_id: str, force: bool = False, etag: str = "", *, timeout: float | None = _DEFAULT
+    ) -> Written[provider_config_pb2.DeleteProviderConfigResponse]:
+        """`force`: detach it from every model first (models left with no attachment are deleted)."""
+        return self._write(calls.delete_provider_config(provider_config_id, force, etag), timeout)
 
     # ------------------------------------------------------------ model configs
 
-    def create_model_config(self, model_config_id: str, model_config: model_config_pb2.ModelConfig) -> ModelMutation:
-        request = model_config_pb2.CreateModelConfigRequest(model_config_id=model_config_id, model_config=model_config)
-        return _mutate_model(self.models.CreateModelConfig, request, self.timeout)
+    def create_model_config(
+        self, model_config_id: str, model_config: model_config_pb2.ModelConfig, *, timeout: float | None = _DEFAULT
+    ) -> Written[model_config_pb2.ModelConfig]:
+        return self._write(calls.create_model_config(model_config_id, model_config), timeout)
 
-    def get_model_config(self, model_config_id: str) -> model_config_pb2.ModelConfig:
-        request = model_config_pb2.GetModelConfigRequest(name=model_config_name(model_config_id))
-        return _call(self.models.GetModelConfig, request, self.timeout)
+    def get_model_config(
+        self, model_config_id: str, *, timeout: float | None = _DEFAULT
+    ) -> model_config_pb2.ModelConfig:
+        return self._send(calls.get_model_config(model_config_id), timeout)
 
     def list_model_configs(
-        self, filter: str = "", show_deleted: bool = False, page_size: int = 0
-    ) -> Iterator[model_config_pb2.ModelConfig]:
-        return _paged(
-            self.models.ListModelConfigs,
-            lambda token: model_config_pb2.ListModelConfigsRequest(
-                filter=filter, show_deleted=show_deleted, page_size=page_size, page_token=token
-            ),
-            lambda page: page.model_configs,
-            self.timeout,
-        )
+        self, filter: str = "", show_deleted: bool = False, page_size: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> Pager[model_config_pb2.ModelConfig]:
+        return self._pager(calls.list_model_configs(filter, show_deleted, page_size), timeout)
 
     def update_model_config(
-        self, model_config: model_config_pb2.ModelConfig, paths: Sequence[str] = ()
-    ) -> ModelMutation:
-        request = model_config_pb2.UpdateModelConfigRequest(
-            model_config=model_config,
-            update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
-        )
-        return _mutate_model(self.models.UpdateModelConfig, request, self.timeout)
+        self, model_config: model_config_pb2.ModelConfig, paths: Sequence[str] = (), *, timeout: float | None = _DEFAULT
+    ) -> Written[model_config_pb2.ModelConfig]:
+        """`paths`: the update mask (empty: every field given)."""
+        return self._write(calls.update_model_config(model_config, paths), timeout)
 
-    def delete_model_config(self, model_config_id: str, etag: str = "") -> ModelMutation:
-        request = model_config_pb2.DeleteModelConfigRequest(name=model_config_name(model_config_id), etag=etag)
-        return _mutate_model(self.models.DeleteModelConfig, request, self.timeout)
+    def delete_model_config(
+        self, model_config_id: str, etag: str = "", *, timeout: float | None = _DEFAULT
+    ) -> Written[model_config_pb2.ModelConfig]:
+        """A soft delete (undelete brings it back)."""
+        return self._write(calls.delete_model_config(model_config_id, etag), timeout)
 
-    def undelete_model_config(self, model_config_id: str, etag: str = "") -> ModelMutation:
-        request = model_config_pb2.UndeleteModelConfigRequest(name=model_config_name(model_config_id), etag=etag)
-        return _mutate_model(self.models.UndeleteModelConfig, request, self.timeout)
+    def undelete_model_config(
+        self, model_config_id: str, etag: str = "", *, timeout: float | None = _DEFAULT
+    ) -> Written[model_config_pb2.ModelConfig]:
+        return self._write(calls.undelete_model_config(model_config_id, etag), timeout)
 
     # ------------------------------------------------------------ user keys
 
-    def set_user_key(self, user: str, provider_config_id: str, api_key: str) -> user_key_pb2.UserProviderConfig:
-        request = user_key_pb2.SetUserProviderKeyRequest(
-            user=user, provider_config=provider_config_name(provider_config_id), api_key=api_key
-        )
-        return _call(self.user_keys.SetUserProviderKey, request, self.timeout)
+    def set_user_key(
+        self, user: str, provider_config_id: str, api_key: str, *, timeout: float | None = _DEFAULT
+    ) -> Written[user_key_pb2.UserProviderConfig]:
+        return self._write(calls.set_user_key(user, provider_config_id, api_key), timeout)
 
-    def delete_user_key(self, user: str, provider_config_id: str) -> None:
-        request = user_key_pb2.DeleteUserProviderKeyRequest(
-            user=user, provider_config=provider_config_name(provider_config_id)
-        )
-        _call(self.user_keys.DeleteUserProviderKey, request, self.timeout)
+    def delete_user_key(
+        self, user: str, provider_config_id: str, *, timeout: float | None = _DEFAULT
+    ) -> Written[empty_pb2.Empty]:
+        return self._write(calls.delete_user_key(user, provider_config_id), timeout)
 
-    def user_provider_configs(self, user: str, page_size: int = 0) -> list[user_key_pb2.UserProviderConfig]:
-        return list(
-            _paged(
-                self.user_keys.ListUserProviderConfigs,
-                lambda token: user_key_pb2.ListUserProviderConfigsRequest(
-                    user=user, page_size=page_size, page_token=token
-                ),
-                lambda page: page.user_provider_configs,
-                self.timeout,
-            )
-        )
+    def user_provider_configs(
+        self, user: str, page_size: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> Pager[user_key_pb2.UserProviderConfig]:
+        return self._pager(calls.user_provider_configs(user, page_size), timeout)
 
     # ------------------------------------------------------------ access tokens and the audit log
 
     def create_access_token(
-        self, access_token_id: str, roles: Sequence[str], ttl_seconds: int | None = None
-    ) -> access_token_pb2.CreateAccessTokenResponse:
+        self,
+        access_token_id: str,
+        roles: Sequence[str],
+        ttl_seconds: int | None = None,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> Written[access_token_pb2.CreateAccessTokenResponse]:
         """The response carries the secret (`token`) this once."""
-        token = access_token_pb2.AccessToken(roles=[role_from_name(r) for r in roles])
-        if ttl_seconds is not None:
-            token.ttl.seconds = ttl_seconds
-        request = access_token_pb2.CreateAccessTokenRequest(access_token_id=access_token_id, access_token=token)
-        return _call(self.access_tokens.CreateAccessToken, request, self.timeout)
+        return self._write(calls.create_access_token(access_token_id, roles, ttl_seconds), timeout)
 
-    def list_access_tokens(self, page_size: int = 0) -> Iterator[access_token_pb2.AccessToken]:
-        return _paged(
-            self.access_tokens.ListAccessTokens,
-            lambda token: access_token_pb2.ListAccessTokensRequest(page_size=page_size, page_token=token),
-            lambda page: page.access_tokens,
-            self.timeout,
-        )
+    def list_access_tokens(
+        self, page_size: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> Pager[access_token_pb2.AccessToken]:
+        return self._pager(calls.list_access_tokens(page_size), timeout)
 
-    def revoke_access_token(self, access_token_id: str) -> access_token_pb2.AccessToken:
-        name = access_token_id if "/" in access_token_id else f"accessTokens/{access_token_id}"
-        return _call(
-            self.access_tokens.RevokeAccessToken, access_token_pb2.RevokeAccessTokenRequest(name=name), self.timeout
-        )
+    def revoke_access_token(
+        self, access_token_id: str, *, timeout: float | None = _DEFAULT
+    ) -> Written[access_token_pb2.AccessToken]:
+        return self._write(calls.revoke_access_token(access_token_id), timeout)
 
-    def list_audit_events(self, filter: str = "", page_size: int = 0) -> Iterator[audit_pb2.AuditEvent]:
+    def list_audit_events(
+        self, filter: str = "", page_size: int = 0, *, timeout: float | None = _DEFAULT
+    ) -> Pager[audit_pb2.AuditEvent]:
         """Newest first."""
-        return _paged(
-            self.audit.ListAuditEvents,
-            lambda token: audit_pb2.ListAuditEventsRequest(filter=filter, page_size=page_size, page_token=token),
-            lambda page: page.audit_events,
-            self.timeout,
-        )
+        return self._pager(calls.list_audit_events(filter, page_size), timeout)
 
 
-def _enum_value(enum: Any, prefix: str, kind: tuple[str, str], text: str) -> int:
-    """An enum value from its name, case-insensitively, with or without the prefix, `-` or `_` alike."""
-    cleaned = text.strip().upper().replace("-", "_").removeprefix(prefix)
-    valid = [v.name.removeprefix(prefix) for v in enum.DESCRIPTOR.values if v.number != 0]
-    if cleaned not in valid:
-        names = ", ".join(v.lower().replace("_", "-") for v in valid)
-        raise ValueError(f"unknown {kind[0]} {text!r}; valid {kind[1]}: {names}")
-    return int(enum.Value(prefix + cleaned))
-
-
-def role_from_name(text: str) -> access_token_pb2.Role.ValueType:
-    """Case-insensitive: `user-keys`, `USER_KEYS` or `ROLE_USER_KEYS`."""
-    return access_token_pb2.Role.ValueType(_enum_value(access_token_pb2.Role, "ROLE_", ("role", "roles"), text))
-
-
-def family_from_name(text: str) -> common_pb2.Family.ValueType:
-    """Case-insensitive: `openai-compat`, `OPENAI_COMPAT` or `FAMILY_OPENAI_COMPAT`."""
-    return common_pb2.Family.ValueType(_enum_value(common_pb2.Family, "FAMILY_", ("family", "families"), text))
+# The name this client had before the asyncio twin arrived.
+ModelrouteClient = Client

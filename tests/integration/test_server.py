@@ -257,7 +257,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(tmp_path: Path, server_
             created = client.create_provider_config(
                 "openai-main",
                 provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI, api_key="sk-embedded"),
-            )
+            ).value
             got = client.get_provider_config("openai-main")
         assert (got.name, got.has_api_key, got.api_key) == ("providerConfigs/openai-main", True, "")
         assert got == created
@@ -278,7 +278,7 @@ def test_embedded_mode_end_to_end_with_graceful_shutdown(tmp_path: Path, server_
         with ModelrouteClient(channel, token=admin_token) as client:
             keyless = client.create_provider_config(
                 "openai-env", provider_config_pb2.ProviderConfig(family=common_pb2.FAMILY_OPENAI)
-            )
+            ).value
             assert (keyless.has_api_key, keyless.central_credential_source) == (False, common_pb2.KEY_SOURCE_DEPLOYMENT)
             client.create_model_config(
                 "env-model",

@@ -30,6 +30,10 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+    # The typed clients ping every 30 s, also between calls, to find dead connections; a server that
+    # allowed less would answer their pings with GOAWAY (too_many_pings).
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
 )
 
 
