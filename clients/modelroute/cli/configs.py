@@ -217,7 +217,7 @@ def providers_delete(
     session: Session = ctx.obj
     with failures(session):
         written = session.client(ADMIN).delete_provider_config(provider_config, force=force, etag=etag)
-        document = render.written_dict("deletion", written)
+        document = render.written_dict(None, written)
 
         def show(console: Console) -> None:
             response = written.value

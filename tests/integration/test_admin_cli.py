@@ -1,0 +1,224 @@
+"""`modelroute-admin` through a whole scenario, as an operator types it: tables for people, one JSON
+document per command for scripts, and exit codes by class."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from modelroute.cli import main as admin_main
+
+from ..conftest import RunningServer, all_roles_token
+from ..helpers import free_port
+
+
+class Admin:
+    def __init__(self, server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+        self._target = ["--target", server.address]
+        self._capsys = capsys
+        self.err = ""
+
+    def table(self, *args: str, code: int = 0) -> str:
+        """The command's table output (stdout); asserts its exit code."""
+        exit_code = admin_main([*self._target, *args])
+        captured = self._capsys.readouterr()
+        self.err = captured.err
+        assert exit_code == code, captured.err
+        return captured.out
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        """The command's one JSON document (stdout; the error document on stderr when it failed)."""
+        exit_code = admin_main([*self._target, *args, "--output", "json"])
+        captured = self._capsys.readouterr()
+        assert exit_code == code, captured.err
+        return json.loads(captured.out if code == 0 else captured.err)
+
+
+def row(table: str, first_cell: str) -> str:
+    """The table line whose first cell is `first_cell`."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if cells and cells[0] == first_cell:
+            return line
+    raise AssertionError(f"no row {first_cell!r} in:\n{table}")
+
+
+def positions(model: dict[str, Any]) -> list[tuple[int, str, str]]:
+    return [(a["position"], a["provider_config"].split("/")[1], a["effective_model"]) for a in model["attachments"]]
+
+
+def test_a_full_scenario_with_tables_json_and_exit_codes(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    monkeypatch.setenv("OPENAI_KEY", "sk-cli-openai")
+    monkeypatch.setenv("AZURE_KEY", "az-cli-azure")
+    monkeypatch.setenv("OPENROUTER_KEY", "sk-cli-openrouter")
+    admin = Admin(running_server, capsys)
+
+    # Providers: three families, one of which takes users' own keys.
+    created = admin.json("providers", "create", "openai-main", "--family", "openai", "--api-key-env", "OPENAI_KEY")
+    assert created["provider_config"]["has_api_key"] is True and created["config_revision"] > 0
+    azure = admin.table(
+        "providers",
+        "create",
+        "azure-eu",
+        "--family",
+        "Azure",
+        "--base-url",
+        "https://eu.openai.azure.com",
+        "--api-key-env",
+        "AZURE_KEY",
+    )
+    assert "https://eu.openai.azure.com" in row(azure, "base url") and "[enabled]" in row(azure, "status")
+    openrouter = admin.json(
+        "providers",
+        "create",
+        "openrouter",
+        "--family",
+        "openrouter",
+        "--policy",
+        "user-preferred",
+        "--api-key-env",
+        "OPENROUTER_KEY",
+    )["provider_config"]
+    assert openrouter["credential_policy"]["allow_central_api_key_fallback"] is True
+    listed = admin.table("providers", "list")
+    assert "user-preferred" in row(listed, "openrouter") and "central-only" in row(listed, "openai-main")
+
+    # A model with three attachments, two of them sent another upstream name.
+    model = admin.json(
+        "models",
+        "create",
+        "gpt-4o",
+        "--family",
+        "openai",
+        "--model",
+        "gpt-4o",
+        "--context-limit",
+        "128000",
+        "--provider",
+        "openai-main",
+        "--provider",
+        "azure-eu=gpt4o-eu-prod",
+        "--provider",
+        "openrouter=openai/gpt-4o",
+    )
+    # The first model becomes the default, and the write says so.
+    assert (model["default_changed"], model["default_model_config"]) == (True, "modelConfigs/gpt-4o")
+    assert positions(model["model_config"]) == [
+        (0, "openai-main", "gpt-4o"),
+        (1, "azure-eu", "gpt4o-eu-prod"),
+        (2, "openrouter", "openai/gpt-4o"),
+    ]
+
+    # Move Azure first: the table shows the new order, overrides kept.
+    moved = admin.table("models", "move", "gpt-4o", "azure-eu", "--up")
+    assert "gpt4o-eu-prod (override)" in row(moved, "0") and "azure-eu" in row(moved, "0")
+    assert "openai-main" in row(moved, "1") and "[default]" in row(moved, "status")
+    assert positions(admin.json("models", "get", "gpt-4o")) == [
+        (0, "azure-eu", "gpt4o-eu-prod"),
+        (1, "openai-main", "gpt-4o"),
+        (2, "openrouter", "openai/gpt-4o"),
+    ]
+    models_table = admin.table("models", "list")
+    assert "azure-eu=gpt4o-eu-prod > openai-main > openrouter=openai/gpt-4o" in row(models_table, "gpt-4o")
+
+    # Disable Azure: resolution skips it and says who can fix that.
+    assert admin.json("providers", "disable", "azure-eu")["provider_config"]["enabled"] is False
+    resolved = admin.table("resolve", "gpt-4o")
+    assert "[disabled]" in row(resolved, "0") and "admin" in row(resolved, "0")
+    assert "[selected]" in row(resolved, "1") and "openai-main" in row(resolved, "1")
+    assert "[fallback]" in row(resolved, "2") and "openai/gpt-4o" in row(resolved, "2")
+    answer = admin.json("resolve", "gpt-4o")
+    assert answer["selected"]["provider_config"] == "providerConfigs/openai-main"
+    assert answer["selected"]["api_key"] == "<redacted>"  # keys only with --show-secrets
+    [skipped] = answer["skipped"]
+    # Zero and false values are present for scripts.
+    assert (skipped["position"], skipped["reason"], skipped["fixable_by"]) == (
+        0,
+        "SKIP_REASON_PROVIDER_DISABLED",
+        "FIXABLE_BY_ADMIN",
+    )
+
+    explained = admin.table("explain", "gpt-4o", "--user", "alice")
+    assert "[usable]" in explained and "[disabled]" in row(explained, "0") and "[selected]" in row(explained, "1")
+    explanation = admin.json("explain", "gpt-4o", "--user", "alice", "--provider-enabled", "azure-eu=true")
+    assert (explanation["usable"], explanation["selected_position"]) == (True, 0)
+    assert [o["usable"] for o in explanation["outcomes"]] == [True, True, True]
+    assert all("api_key" not in o for o in explanation["outcomes"])
+
+    # Alice brings her own OpenRouter key: her resolution uses it.
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-alice-own-key\n"))
+    assert admin.json("user-keys", "set", "alice", "openrouter")["user_provider_config"]["has_user_api_key"] is True
+    assert "[user key]" in row(admin.table("user-keys", "list", "alice"), "openrouter")
+    hers = admin.json("resolve", "gpt-4o", "--user", "alice", "--show-secrets")
+    [fallback] = hers["fallbacks"]
+    assert (fallback["provider_config"], fallback["key_source"]) == ("providerConfigs/openrouter", "KEY_SOURCE_USER")
+    if fallback["api_key"] != "sk-alice-own-key":
+        raise AssertionError("alice's own key was not handed out")
+    deleted = admin.json("user-keys", "delete", "alice", "openrouter")
+    assert deleted["config_revision"] > 0
+    entries = admin.json("user-keys", "list", "alice")["user_provider_configs"]
+    assert [(e["provider_config"], e["has_user_api_key"]) for e in entries] == [("providerConfigs/openrouter", False)]
+
+    # A provider in use is refused (precondition), then force-deleted: the model keeps the other two.
+    refused = admin.json("providers", "delete", "openai-main", code=4)["error"]
+    assert refused["reason"] == "PROVIDER_CONFIG_IN_USE"
+    forced = admin.json("providers", "delete", "openai-main", "--force")
+    assert forced["touched_model_configs"] == ["modelConfigs/gpt-4o"] and forced["deleted_model_configs"] == []
+    assert positions(admin.json("models", "get", "gpt-4o")) == [
+        (0, "azure-eu", "gpt4o-eu-prod"),
+        (1, "openrouter", "openai/gpt-4o"),
+    ]
+    after = admin.table("resolve", "gpt-4o")
+    assert "[selected]" in row(after, "1") and "openrouter" in row(after, "1")
+
+    # Exit codes by class, each error printed once.
+    admin.table("providers", "get", "openai-main", code=3)
+    assert admin.err.count("PROVIDER_CONFIG_NOT_FOUND") == 1
+    admin.table("models", "create", "bad", "--family", "openai", "--model", "m", "--context-limit", "0", code=2)
+    assert "model_config.context_limit" in admin.err
+    admin.table("models", "frobnicate", code=2)
+    admin.table("models", "move", "gpt-4o", "openrouter", code=2)  # neither --up, --down nor --to
+
+
+def test_exit_codes_for_permission_and_unavailable(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    admin = Admin(running_server, capsys)
+    secret = admin.json("tokens", "create", "only-reads", "--role", "reader")["token"]
+    monkeypatch.setenv("MODELROUTE_TOKEN", secret)
+    denied = admin.json("providers", "create", "p", "--family", "openai", code=6)["error"]
+    assert (denied["code"], denied["reason"]) == ("PERMISSION_DENIED", "ROLE_REQUIRED")
+    monkeypatch.delenv("MODELROUTE_TOKEN")
+    monkeypatch.setenv("MODELROUTE_DATA_DIR", "/nonexistent")  # no embedded token file either
+    admin.table("providers", "list", code=6)
+    assert "UNAUTHENTICATED CREDENTIALS_MISSING" in admin.err and "MODELROUTE_TOKEN" in admin.err
+    # Nobody listens: reads fail fast as unavailable (only resolution waits for a replica).
+    assert admin_main(["--target", f"127.0.0.1:{free_port()}", "--timeout", "3", "providers", "list"]) == 5
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_help_on_every_command_and_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from typer.main import get_command
+
+    from modelroute.cli import app
+
+    root = get_command(app)
+    commands: list[tuple[str, Any]] = []
+    for name, group in root.commands.items():  # type: ignore[attr-defined]
+        children = getattr(group, "commands", None)
+        commands += [(f"{name} {child}", c) for child, c in children.items()] if children else [(name, group)]
+    assert len(commands) >= 30
+    for path, command in commands:
+        assert command.help, f"{path} has no help"
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.help, f"{path} {param.opts} has no help"
+        assert admin_main([*path.split(), "--help"]) == 0
+        assert "Usage: modelroute-admin" in capsys.readouterr().out
