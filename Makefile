@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SERVER_PG_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 PYTEST_ARGS ?=
 
-.PHONY: run test test-embedded test-server lint protos install
+.PHONY: run test test-embedded test-server test-contract-served lint protos install
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml clients/pyproject.toml
 run: $(STAMP)
 	$(BIN)/modelroute-server serve --migrate
 
-test: test-embedded test-server
+test: test-embedded test-server test-contract-served
 
 test-embedded: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -33,6 +33,11 @@ test-server: $(STAMP)
 	else \
 		echo "== no PostgreSQL answers at $(SERVER_PG_URL): the suite ran on the embedded one only"; \
 	fi
+
+# The contract suite once more, against a server started by `modelroute-server serve` (the entry point of
+# `make run`) on a temporary data directory and a free port.
+test-contract-served: $(STAMP)
+	MODELROUTE_CONTRACT_SERVE='$(CURDIR)/$(BIN)/modelroute-server' $(BIN)/python -m pytest $(PYTEST_ARGS) tests/contract
 
 lint: $(STAMP)
 	$(BIN)/ruff check service clients scripts tests bench
