@@ -60,13 +60,35 @@ POLICIES = {
 
 
 def as_dict(message: Message) -> dict[str, Any]:
-    """Every field, zero and false ones included, with the names of the protos."""
-    return json_format.MessageToDict(
+    """Every field, zero and false ones included, with the names of the protos, in the protos' order."""
+    document = json_format.MessageToDict(
         message,
         always_print_fields_with_no_presence=True,
         preserving_proto_field_name=True,
         unquote_int64_if_possible=True,
     )
+    return _in_field_order(message.DESCRIPTOR, document)
+
+
+def _in_field_order(descriptor: Any, document: dict[str, Any]) -> dict[str, Any]:
+    ordered: dict[str, Any] = {}
+    for field_descriptor in descriptor.fields:
+        if field_descriptor.name not in document:
+            continue
+        value = document[field_descriptor.name]
+        nested = field_descriptor.message_type
+        # Well-known types (timestamps, values) render as JSON scalars; map entries are left as they are.
+        if (
+            nested is not None
+            and not nested.full_name.startswith("google.protobuf.")
+            and not nested.GetOptions().map_entry
+        ):
+            if isinstance(value, list):
+                value = [_in_field_order(nested, v) for v in value]
+            elif isinstance(value, dict):
+                value = _in_field_order(nested, value)
+        ordered[field_descriptor.name] = value
+    return ordered
 
 
 def written_dict(key: str | None, written: Written[Any]) -> dict[str, Any]:
