@@ -222,3 +222,51 @@ def test_help_on_every_command_and_option(capsys: pytest.CaptureFixture[str]) ->
                 assert param.help, f"{path} {param.opts} has no help"
         assert admin_main([*path.split(), "--help"]) == 0
         assert "Usage: modelroute-admin" in capsys.readouterr().out
+
+
+def test_the_other_writes_update_attach_detach_default_and_keys(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    monkeypatch.setenv("FIRST_KEY", "sk-cli-first")
+    admin = Admin(running_server, capsys)
+    for provider in ("p-one", "p-two"):
+        admin.json("providers", "create", provider, "--family", "openai", "--api-key-env", "FIRST_KEY")
+    renamed = admin.json("providers", "update", "p-two", "--display-name", "Second", "--policy", "user-preferred")
+    assert renamed["provider_config"]["display_name"] == "Second"
+    assert renamed["provider_config"]["credential_policy"]["allow_user_api_key"] is True
+    admin.json("providers", "update", "p-two", code=2)  # nothing to change
+    # A new key from stdin; clearing it is refused while the policy needs it, and changes nothing.
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-cli-rotated\n"))
+    rotated = admin.json("providers", "set-key", "p-one")
+    assert rotated["provider_config"]["has_api_key"] is True and rotated["config_revision"] > 0
+    refused = admin.json("providers", "set-key", "p-one", "--clear", code=2)["error"]
+    assert refused["field_violations"][0]["field"] == "provider_config.api_key"
+    assert admin.json("providers", "get", "p-one")["etag"] == rotated["provider_config"]["etag"]
+    monkeypatch.setenv("NEW_KEY", "sk-cli-new")
+    assert admin.json("providers", "set-key", "p-one", "--api-key-env", "NEW_KEY")["provider_config"]["has_api_key"]
+
+    create = ["models", "create", "--family", "openai", "--model", "gpt", "--context-limit", "10"]
+    admin.json(*create[:2], "first", *create[2:], "--provider", "p-one")
+    admin.json(*create[:2], "second", *create[2:], "--provider", "p-one")
+    attached = admin.json("models", "attach", "second", "p-two=gpt-alt", "--position", "0")["model_config"]
+    assert positions(attached) == [(0, "p-two", "gpt-alt"), (1, "p-one", "gpt")]
+    assert positions(admin.json("models", "detach", "second", "p-two")["model_config"]) == [(0, "p-one", "gpt")]
+    admin.json("models", "detach", "second", "p-two", code=3)
+    updated = admin.json("models", "update", "second", "--model", "gpt-2", "--context-limit", "20")["model_config"]
+    assert (updated["model"], updated["context_limit"]) == ("gpt-2", 20)
+
+    moved = admin.json("models", "set-default", "second")
+    assert (moved["default_changed"], moved["default_model_config"]) == (True, "modelConfigs/second")
+    disabled = admin.json("models", "disable", "second")
+    assert (disabled["default_changed"], disabled["default_model_config"]) == (True, "modelConfigs/first")
+    assert admin.json("models", "enable", "second")["model_config"]["enabled"] is True
+    deleted = admin.json("models", "delete", "first")
+    assert deleted["model_config"]["delete_time"] and deleted["default_model_config"] == "modelConfigs/second"
+    assert [m["name"] for m in admin.json("models", "list")["model_configs"]] == ["modelConfigs/second"]
+    listed = admin.table("models", "list", "--show-deleted")
+    assert "[deleted]" in row(listed, "first")
+    assert admin.json("models", "undelete", "first")["model_config"]["enabled"] is True
+    admin.json("models", "undelete", "first", code=4)  # not deleted: a precondition (ALREADY_EXISTS)
+    stale = admin.json("models", "delete", "first", "--etag", '"1"', code=4)["error"]
+    assert stale["reason"] == "ETAG_MISMATCH"

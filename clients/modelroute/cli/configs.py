@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
+from google.protobuf.message import Message
 from rich.console import Console
 
 from ..calls import Written, family_from_name, model_config_name, provider_config_name
@@ -68,6 +69,14 @@ ATTACHMENT_HELP = (
     "provider config id, in priority order; ID=UPSTREAM sends that provider UPSTREAM instead of the model's "
     "name (needed for a provider of another family)"
 )
+
+
+def given(message: Message, **values: object) -> list[str]:
+    """Sets the options that were given (not None) on `message`; their names are the update mask."""
+    paths = [name for name, value in values.items() if value is not None]
+    for name in paths:
+        setattr(message, name, values[name])
+    return paths
 
 
 def _policy_choice(value: str | None) -> str | None:
@@ -149,17 +158,14 @@ def providers_update(
     """Change a provider config's display name, base URL or credential policy (only the options given)."""
     session: Session = ctx.obj
     with failures(session):
-        message = provider_config_pb2.ProviderConfig(name=provider_config_name(provider_config), etag=etag)
-        paths = []
-        if display_name is not None:
-            message.display_name = display_name
-            paths.append("display_name")
-        if base_url is not None:
-            message.base_url = base_url
-            paths.append("base_url")
-        if credential_policy is not None:
-            message.credential_policy.CopyFrom(policy(_policy_choice(credential_policy) or ""))
-            paths.append("credential_policy")
+        chosen = _policy_choice(credential_policy)
+        message = provider_config_pb2.ProviderConfig(
+            name=provider_config_name(provider_config),
+            etag=etag,
+            credential_policy=policy(chosen) if chosen else None,
+        )
+        paths = given(message, display_name=display_name, base_url=base_url)
+        paths += ["credential_policy"] if chosen else []
         if not paths:
             raise CommandFailed("nothing to change: give --display-name, --base-url or --policy")
         _provider_written(session, session.client(ADMIN).update_provider_config(message, paths))
@@ -308,16 +314,7 @@ def models_update(
     session: Session = ctx.obj
     with failures(session):
         message = model_config_pb2.ModelConfig(name=model_config_name(model_config), etag=etag)
-        paths = []
-        if model is not None:
-            message.model = model
-            paths.append("model")
-        if display_name is not None:
-            message.display_name = display_name
-            paths.append("display_name")
-        if context_limit is not None:
-            message.context_limit = context_limit
-            paths.append("context_limit")
+        paths = given(message, model=model, display_name=display_name, context_limit=context_limit)
         if not paths:
             raise CommandFailed("nothing to change: give --model, --display-name or --context-limit")
         _model_written(session, session.client(ADMIN).update_model_config(message, paths))
