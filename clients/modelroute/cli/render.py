@@ -427,7 +427,9 @@ def import_plan(plan: Any, changes: Sequence[Any], applied: bool) -> Render:
     providers = _table("PROVIDER CONFIG", "FAMILY", "BASE URL", "KEY", "ACTION", title="provider configs")
     for p in plan.providers:
         key = (
-            p.key_reference if p.key_reference.startswith("os.environ/") else ("inline key" if p.key_reference else "-")
+            p.key_reference
+            if p.key_reference.startswith("os.environ/")
+            else ("inline key" if p.key_reference else "deployment key")
         )
         providers.add_row(p.id, family(p.family), p.base_url or "-", key, action("provider_config", p.id))
     models = _table("MODEL CONFIG", "FAMILY", "MODEL", "ATTACHMENTS (in order)", "ACTION", title="model configs")
