@@ -68,3 +68,15 @@ def test_an_unknown_token_is_never_remembered() -> None:
             authenticator.from_metadata(_header(stranger))
         assert refused.value.reason is Reason.TOKEN_UNKNOWN
     assert authenticator._memo == {}
+
+
+def test_before_its_first_load_a_replica_says_credentials_not_loaded_not_token_unknown() -> None:
+    secret = new_token_secret()
+    cache = AccessTokenCache()
+    authenticator = Authenticator(cache)
+    with pytest.raises(DomainError) as refused:
+        authenticator.from_metadata(_header(secret))
+    assert refused.value.reason is Reason.CREDENTIALS_NOT_LOADED
+    assert refused.value.reason.code.name == "UNAVAILABLE"  # retryable: the client's retry policy waits it out
+    cache.replace_all([AccessToken("svc", frozenset({Role.RESOLVER}), token_hash(secret))])
+    assert authenticator.from_metadata(_header(secret)) is not None

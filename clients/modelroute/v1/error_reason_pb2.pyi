@@ -55,9 +55,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_USER_KEYS_NOT_ALLOWED: _ErrorReason.ValueType  # 16
     """The provider config's credential policy takes no user keys."""
     ERROR_REASON_NO_PROVIDER_CONFIG_TO_ATTACH: _ErrorReason.ValueType  # 17
-    """A model without attachments: no provider config of its family exists."""
+    """A model created without attachments: no enabled provider config of its
+    family exists to attach.
+    """
     ERROR_REASON_TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH: _ErrorReason.ValueType  # 18
-    """A model without attachments: several provider configs of its family exist."""
+    """A model created without attachments: more enabled provider configs of its
+    family exist than a model may hold (25); list the attachments.
+    """
     ERROR_REASON_MODEL_CONFIG_DISABLED: _ErrorReason.ValueType  # 19
     ERROR_REASON_MODEL_CONFIG_DELETED: _ErrorReason.ValueType  # 20
     ERROR_REASON_MODEL_CONFIG_NOT_DELETED: _ErrorReason.ValueType  # 21
@@ -136,9 +140,13 @@ ERROR_REASON_PROVIDER_CONFIG_DISABLED: ErrorReason.ValueType  # 15
 ERROR_REASON_USER_KEYS_NOT_ALLOWED: ErrorReason.ValueType  # 16
 """The provider config's credential policy takes no user keys."""
 ERROR_REASON_NO_PROVIDER_CONFIG_TO_ATTACH: ErrorReason.ValueType  # 17
-"""A model without attachments: no provider config of its family exists."""
+"""A model created without attachments: no enabled provider config of its
+family exists to attach.
+"""
 ERROR_REASON_TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH: ErrorReason.ValueType  # 18
-"""A model without attachments: several provider configs of its family exist."""
+"""A model created without attachments: more enabled provider configs of its
+family exist than a model may hold (25); list the attachments.
+"""
 ERROR_REASON_MODEL_CONFIG_DISABLED: ErrorReason.ValueType  # 19
 ERROR_REASON_MODEL_CONFIG_DELETED: ErrorReason.ValueType  # 20
 ERROR_REASON_MODEL_CONFIG_NOT_DELETED: ErrorReason.ValueType  # 21

@@ -102,13 +102,13 @@ class UserKeysNotAllowedError(FailedPreconditionError):
 
 
 class NoProviderConfigToAttachError(FailedPreconditionError):
-    """NO_PROVIDER_CONFIG_TO_ATTACH (FAILED_PRECONDITION): A model without attachments: no provider config of its family exists."""
+    """NO_PROVIDER_CONFIG_TO_ATTACH (FAILED_PRECONDITION): A model created without attachments: no enabled provider config of its family exists to attach."""
 
     REASON = "NO_PROVIDER_CONFIG_TO_ATTACH"
 
 
 class TooManyProviderConfigsToAttachError(FailedPreconditionError):
-    """TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH (FAILED_PRECONDITION): A model without attachments: several provider configs of its family exist."""
+    """TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH (FAILED_PRECONDITION): A model created without attachments: more enabled provider configs of its family exist than a model may hold (25); list the attachments."""
 
     REASON = "TOO_MANY_PROVIDER_CONFIGS_TO_ATTACH"
 
