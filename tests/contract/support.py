@@ -113,9 +113,11 @@ def all_reasons() -> set[str]:
 
 
 def raised(call: Callable[[], object]) -> ModelrouteError:
-    """The error `call` fails with (it must fail)."""
+    """The error `call` fails with (it must fail); a raw stub's grpc.RpcError is decoded as the client does."""
     try:
         call()
     except ModelrouteError as error:
         return error
+    except grpc.RpcError as rpc_error:
+        return ModelrouteError.from_rpc_error(rpc_error)
     raise AssertionError("expected the call to fail; it succeeded")

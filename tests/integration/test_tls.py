@@ -183,8 +183,11 @@ def connect(
             root_certificates=root.cert_pem,
             certificate_chain=client.cert_pem if client else None,
             private_key=client.key_pem if client else None,
+            server_name="localhost",
         )
-    with ModelrouteClient(f"localhost:{server.port}", TIMEOUT, token=token, tls=tls) as modelroute:
+    # The loopback address itself: `localhost` also resolves to ::1, where nothing listens, and the client's
+    # round robin would report that address's refusal instead of the handshake's.
+    with ModelrouteClient(f"127.0.0.1:{server.port}", TIMEOUT, token=token, tls=tls) as modelroute:
         yield modelroute
 
 
