@@ -20,10 +20,10 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
 PACKAGE = "modelroute.v1"
 
-# Methods gRPC may send again after UNAVAILABLE or RESOURCE_EXHAUSTED: every read, and the writes whose
-# repetition leaves the same state (an update sets values; a user key set or deleted twice is the same
-# key or none). Creates, deletes and undeletes are not retried: a repeat after a lost answer would fail
-# with ALREADY_EXISTS or NOT_FOUND although the first attempt succeeded.
+# Methods gRPC may send again after UNAVAILABLE, RESOURCE_EXHAUSTED or a server's CANCELLED: every read,
+# and the writes whose repetition leaves the same state (an update sets values; a user key set or deleted
+# twice is the same key or none). Creates, deletes and undeletes are not retried: a repeat after a lost
+# answer would fail with ALREADY_EXISTS or NOT_FOUND although the first attempt succeeded.
 RESOLUTION_METHODS = (("ResolverService", "ResolveModel"),)
 READ_METHODS = (
     ("ResolverService", "ListAvailableModels"),
@@ -47,7 +47,10 @@ RETRY_POLICY = {
     "initialBackoff": "0.1s",
     "maxBackoff": "2s",
     "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+    # CANCELLED too: a server shutting down cancels the calls it had received but not yet handed to a
+    # handler (grpc/grpc#41785), so they were never processed. A caller's own cancellation ends its call
+    # for good; gRPC never retries that.
+    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"],
 }
 
 

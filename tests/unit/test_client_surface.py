@@ -63,5 +63,9 @@ def test_the_service_config_is_round_robin_with_resolution_waiting_for_a_ready_r
     [resolution] = [c for c in config["methodConfig"] if c.get("waitForReady")]
     assert resolution["name"] == [{"service": "modelroute.v1.ResolverService", "method": "ResolveModel"}]
     for method_config in config["methodConfig"]:
-        assert set(method_config["retryPolicy"]["retryableStatusCodes"]) == {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+        assert set(method_config["retryPolicy"]["retryableStatusCodes"]) == {
+            "UNAVAILABLE",
+            "RESOURCE_EXHAUSTED",
+            "CANCELLED",
+        }
     assert options["grpc.keepalive_time_ms"] > 0
