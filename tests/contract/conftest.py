@@ -17,11 +17,11 @@ No test relies on an empty service: every id is unique to the run, and each test
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,14 +137,16 @@ def client(contract_target: ContractTarget) -> Client:
     return contract_target.client()
 
 
+_ids = itertools.count(1)
+
+
 @pytest.fixture
 def new_id(contract_target: ContractTarget) -> Callable[[str], str]:
-    """Ids unique to this run and test: `new_id("openai")` -> `ct-1a2b3c4d-5-openai`."""
-    counter = iter(range(1, 1_000_000))
-    test = uuid.uuid4().hex[:4]
+    """Ids unique to this run (its random id, then one counter for the whole run): `new_id("openai")` ->
+    `ct-1a2b3c4d-17-openai`."""
 
     def make(name: str) -> str:
-        return f"ct-{contract_target.run_id}{test}-{next(counter)}-{name}"[:63].rstrip("-")
+        return f"ct-{contract_target.run_id}-{next(_ids)}-{name}"[:63].rstrip("-")
 
     return make
 
