@@ -290,6 +290,11 @@ def role_from_name(text: str) -> access_token_pb2.Role.ValueType:
     return access_token_pb2.Role.ValueType(_enum_value(access_token_pb2.Role, "ROLE_", ("role", "roles"), text))
 
 
+def family_name(family: int) -> str:
+    """`FAMILY_OPENAI_COMPAT` -> `openai-compat`: the name `family_from_name` reads back."""
+    return common_pb2.Family.Name(family).removeprefix("FAMILY_").lower().replace("_", "-")  # type: ignore[arg-type]
+
+
 def family_from_name(text: str) -> common_pb2.Family.ValueType:
     """Case-insensitive: `openai-compat`, `OPENAI_COMPAT` or `FAMILY_OPENAI_COMPAT`."""
     return common_pb2.Family.ValueType(_enum_value(common_pb2.Family, "FAMILY_", ("family", "families"), text))

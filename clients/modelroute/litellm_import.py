@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .calls import model_config_name, provider_config_name
+from .calls import family_name, model_config_name, provider_config_name
 from .errors import NotFoundError
 from .v1 import common_pb2, model_config_pb2, provider_config_pb2
 
@@ -77,6 +77,13 @@ class PlannedProvider:
     # relies on the service's deployment key for its family (where LiteLLM reads the family's variable).
     key_reference: str
     api_key: str = field(default="", repr=False, compare=False)
+
+    @property
+    def key_label(self) -> str:
+        """What a person is shown of the key: its variable, `inline key` or `deployment key`; never the key."""
+        if self.key_reference.startswith(ENV_PREFIX):
+            return self.key_reference
+        return "inline key" if self.key_reference else "deployment key"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,10 +162,6 @@ class Change:
     action: str
 
 
-def family_name(family: int) -> str:
-    return common_pb2.Family.Name(family).removeprefix("FAMILY_").lower().replace("_", "-")  # type: ignore[arg-type]
-
-
 def slug(text: str) -> str:
     """Lower case, every other character `-`; dashes trimmed at both ends (an id starts and ends alphanumeric)."""
     return re.sub(r"[^a-z0-9]", "-", text.lower()).strip("-")
@@ -174,7 +177,11 @@ def load_config(path: str | Path) -> Mapping[str, Any]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise LiteLLMImportError(f"{path}: not valid YAML: {error}") from None
+        # Only where and what: PyYAML's own text quotes the offending line, which may hold an inline key.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "cannot be parsed"
+        raise LiteLLMImportError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(document, dict):
         raise LiteLLMImportError(f"{path}: expected a mapping with a model_list")
     return document
@@ -199,6 +206,15 @@ class _Deployment:
     @property
     def source(self) -> str:
         return f"model_list[{self.index}] ({self.model_name})"
+
+    @property
+    def provider_identity(self) -> tuple[int, str, str]:
+        """What makes one provider config: family, base URL and key (an inline key by its digest, so that
+        the secret itself is never a dictionary key of the plan)."""
+        key = self.key_reference
+        if key == INLINE_KEY:
+            key = "inline:" + hashlib.sha256(self.api_key.encode()).hexdigest()
+        return (self.family, self.base_url, key)
 
 
 class _Environment:
@@ -246,7 +262,7 @@ def plan_import(config: Mapping[str, Any], environ: Mapping[str, str]) -> Import
     groups = _groups(deployments)
     providers = _providers(deployments)
     models = tuple(_model(model_id, group, providers, not_imported) for model_id, group in groups.items())
-    return ImportPlan(tuple(dict.fromkeys(providers.values())), models, tuple(not_imported))
+    return ImportPlan(tuple(providers.values()), models, tuple(not_imported))
 
 
 def _deployment(index: int, entry: object, env: _Environment, not_imported: list[NotImported]) -> _Deployment | None:
@@ -277,6 +293,8 @@ def _deployment(index: int, entry: object, env: _Environment, not_imported: list
         )
         return None
     base_url, _ = env.value(params.get("api_base"))
+    if base_url and not _is_base_url(base_url):
+        raise LiteLLMImportError(f"{source}: api_base must be an absolute http(s) URL with a host")
     family = _FAMILIES[prefix][1 if base_url else 0]
     if family in _NEEDS_BASE_URL and not base_url:
         not_imported.append(NotImported(source, litellm_model, f"a {family_name(family)} deployment needs api_base"))
@@ -295,8 +313,10 @@ def _deployment(index: int, entry: object, env: _Environment, not_imported: list
         if info.get(cost) is not None:
             options[option] = round(_number(info[cost], option, source) * 1_000_000, 6)
     context_limit = info.get("max_input_tokens")
-    if context_limit is not None and (isinstance(context_limit, bool) or not isinstance(context_limit, int)):
-        raise LiteLLMImportError(f"{source}: model_info.max_input_tokens must be an integer")
+    if context_limit is not None and (
+        isinstance(context_limit, bool) or not isinstance(context_limit, int) or context_limit <= 0
+    ):
+        raise LiteLLMImportError(f"{source}: model_info.max_input_tokens must be a positive integer")
     unmapped = [f"litellm_params.{k}" for k in params if k not in _MAPPED_PARAMS]
     unmapped += [f"model_info.{k}" for k in info if k not in _MAPPED_INFO]
     if unmapped:
@@ -304,6 +324,12 @@ def _deployment(index: int, entry: object, env: _Environment, not_imported: list
     return _Deployment(
         index, model_name, family, upstream, base_url, key_reference, api_key, order, options, context_limit
     )
+
+
+def _is_base_url(text: str) -> bool:
+    # Checked here, before anything is written, so that applying is not refused halfway through.
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _number(value: object, option: str, source: str) -> float | int:
@@ -340,7 +366,7 @@ def _providers(deployments: Sequence[_Deployment]) -> dict[tuple[int, str, str],
     providers: dict[tuple[int, str, str], PlannedProvider] = {}
     taken: set[str] = set()
     for d in deployments:
-        identity = (d.family, d.base_url, _key_identity(d))
+        identity = d.provider_identity
         if identity in providers:
             continue
         host = (urlsplit(d.base_url).hostname or "") if d.base_url else ""
@@ -354,13 +380,6 @@ def _providers(deployments: Sequence[_Deployment]) -> dict[tuple[int, str, str],
     return providers
 
 
-def _key_identity(deployment: _Deployment) -> str:
-    # Inline keys are told apart by a digest, so that the secret itself is never a dictionary key of the plan.
-    if deployment.key_reference == INLINE_KEY:
-        return "inline:" + hashlib.sha256(deployment.api_key.encode()).hexdigest()
-    return deployment.key_reference
-
-
 def _model(
     model_id: str,
     group: Sequence[_Deployment],
@@ -371,7 +390,7 @@ def _model(
     attachments: list[PlannedAttachment] = []
     attached: dict[str, _Deployment] = {}
     for d in group:
-        provider = providers[(d.family, d.base_url, _key_identity(d))]
+        provider = providers[d.provider_identity]
         if provider.id in attached:
             not_imported.append(
                 NotImported(

@@ -139,6 +139,13 @@ def test_one_provider_config_per_family_base_url_and_key() -> None:
     ]
     # Keys come from the environment or the file, and are never part of what the plan prints.
     assert [p.api_key for p in result.providers] == ["sk-openai", "sk-inline-one", "sk-inline-two", "", ""]
+    assert [p.key_label for p in result.providers] == [
+        "os.environ/OPENAI_KEY",
+        "inline key",
+        "inline key",
+        "deployment key",
+        "deployment key",
+    ]
     assert "sk-" not in repr(result) and "sk-" not in str(result.to_dict())
 
 
@@ -217,6 +224,18 @@ def test_other_sections_are_listed_and_a_second_deployment_through_one_provider_
             {"model_list": [{"model_name": "a", "litellm_params": {"model": "openai/a", "temperature": "hot"}}]},
             "temperature must be a number",
         ),
+        (
+            {"model_list": [{"model_name": "a", "litellm_params": {"model": "openai/a", "api_base": "vllm:8000"}}]},
+            "api_base must be an absolute http",
+        ),
+        (
+            {
+                "model_list": [
+                    {"model_name": "a", "litellm_params": {"model": "openai/a"}, "model_info": {"max_input_tokens": 0}}
+                ]
+            },
+            "max_input_tokens must be a positive integer",
+        ),
     ],
 )
 def test_a_file_that_cannot_be_imported_as_it_is(config: dict[str, Any], message: str) -> None:
@@ -228,8 +247,10 @@ def test_loading_the_file(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("model_list:\n  - model_name: a\n    litellm_params: {model: openai/a}\n")
     assert plan_import(load_config(path), {}).models[0].id == "a"
-    path.write_text("model_list: [unclosed\n")
-    with pytest.raises(LiteLLMImportError, match="not valid YAML"):
+    # A broken file: where and what, never the offending line (it may hold an inline key).
+    path.write_text("model_list:\n  - litellm_params:\n      api_key: sk-inline-secret: x\n")  # PyYAML quotes it
+    with pytest.raises(LiteLLMImportError, match=r"not valid YAML at line \d+, column \d+") as raised:
         load_config(path)
+    assert "sk-inline-secret" not in str(raised.value)
     with pytest.raises(LiteLLMImportError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..calls import Written
+from ..calls import family_name as family
 from ..v1 import (
     access_token_pb2,
     audit_pb2,
@@ -113,10 +114,6 @@ def badges(*names: str) -> Text:
 def short(name: str) -> str:
     """`providerConfigs/openai-main` -> `openai-main`."""
     return name.rpartition("/")[2]
-
-
-def family(value: int) -> str:
-    return common_pb2.Family.Name(value).removeprefix("FAMILY_").lower().replace("_", "-")  # type: ignore[arg-type]
 
 
 def key_source(value: int) -> str:
@@ -426,12 +423,7 @@ def import_plan(plan: Any, changes: Sequence[Any], applied: bool) -> Render:
 
     providers = _table("PROVIDER CONFIG", "FAMILY", "BASE URL", "KEY", "ACTION", title="provider configs")
     for p in plan.providers:
-        key = (
-            p.key_reference
-            if p.key_reference.startswith("os.environ/")
-            else ("inline key" if p.key_reference else "deployment key")
-        )
-        providers.add_row(p.id, family(p.family), p.base_url or "-", key, action("provider_config", p.id))
+        providers.add_row(p.id, family(p.family), p.base_url or "-", p.key_label, action("provider_config", p.id))
     models = _table("MODEL CONFIG", "FAMILY", "MODEL", "ATTACHMENTS (in order)", "ACTION", title="model configs")
     for m in plan.models:
         order = " > ".join(
