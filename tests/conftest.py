@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
 from modelroute.credentials import authenticated
@@ -33,7 +31,7 @@ from modelroute_server.service_layer import access_tokens
 from modelroute_server.settings import Settings
 
 from .audit_support import Api, make_api
-from .helpers import SERVER_BINARY, TEST_CALLER, clean_env, health_status, server_log
+from .helpers import SERVER_BINARY, TEST_CALLER, clean_env, server_log, stop_process, wait_until_serving
 
 TEST_DATABASE_URL_ENV = "MODELROUTE_TEST_DATABASE_URL"
 
@@ -216,23 +214,13 @@ class ServerProcesses:
             stderr=subprocess.PIPE,
         )
         self.started.append(process)
-        with grpc.insecure_channel(f"127.0.0.1:{listen.rsplit(':', 1)[1]}") as channel:
-            deadline = time.monotonic() + 120
-            while health_status(channel) != health_pb2.HealthCheckResponse.SERVING:
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                assert time.monotonic() < deadline, "the embedded service never became SERVING"
-                time.sleep(0.2)
+        port = int(listen.rsplit(":", 1)[1])
+        wait_until_serving(port, process, lambda: process.stderr.read().decode() if process.stderr else "")
         return process
 
     def stop_all(self) -> None:
         for process in self.started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+            stop_process(process)
             # Whatever the test did not read itself: every line must be JSON too.
             if process.stderr is not None and not process.stderr.closed:
                 server_log(process.stderr.read())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -152,6 +153,28 @@ def wait_for_health(channel: grpc.Channel, wanted: int, timeout: float, service:
             return
         time.sleep(0.1)
     raise AssertionError(f"health of {service!r} stayed {last}, wanted {wanted}")
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[bytes], output: Callable[[], str]) -> None:
+    """Returns once the server on `port` says SERVING; fails with `output()` if `process` ends first."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        deadline = time.monotonic() + 120
+        while health_status(channel) != health_pb2.HealthCheckResponse.SERVING:
+            assert process.poll() is None, output()
+            assert time.monotonic() < deadline, "the service never became SERVING"
+            time.sleep(0.2)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM, as an orchestrator stops a replica; SIGKILL if it has not ended within `timeout`."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def free_port() -> int:

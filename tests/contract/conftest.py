@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,13 +27,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from modelroute import TLS, Client, ModelrouteError
 
 from ..conftest import PostgresForTests, RunningServer, all_roles_token, build_app, migrated_database
-from ..helpers import clean_env, free_port, health_status
+from ..helpers import clean_env, free_port, stop_process, wait_until_serving
 from .support import ContractTarget
 
 TARGET_ENV, TOKEN_ENV, CA_FILE_ENV = (
@@ -111,23 +109,13 @@ def _served(binary: Path, workdir: Path) -> Iterator[ContractTarget]:
         stderr=subprocess.STDOUT,
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            deadline = time.monotonic() + 120
-            while health_status(channel) != health_pb2.HealthCheckResponse.SERVING:
-                assert process.poll() is None, (workdir / "server.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "the served server never became SERVING"
-                time.sleep(0.2)
+        wait_until_serving(port, process, lambda: (workdir / "server.log").read_text()[-4000:])
         target = ContractTarget(f"127.0.0.1:{port}", None, "served")
         _prepare(target, (data_dir / "admin.token").read_text().strip())
         yield target
         target.close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=30)
         log.close()
 
 

@@ -103,8 +103,10 @@ def test_an_update_that_changes_nothing_keeps_the_etag_and_the_revision(
         name=created.value.name, display_name=created.value.display_name, api_key="sk-contract-same"
     )
     written = client.update_provider_config(again, ["display_name", "api_key"])
-    assert written.value.etag == created.value.etag
-    assert written.config_revision >= created.config_revision  # the latest the write saw: no new one taken
+    assert (written.value.etag, written.value.update_time) == (created.value.etag, created.value.update_time)
+    assert client.get_provider_config(provider_id) == created.value
+    # The latest revision the write saw (another client may have written meanwhile): never none.
+    assert written.config_revision >= created.config_revision
 
 
 def test_pagination_visits_every_item_once_in_pages_of_the_size_asked(

@@ -66,12 +66,38 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def admin_json(capsys: pytest.CaptureFixture[str], server: RunningServer, *args: str, code: int = 0) -> Any:
-    exit_code = admin_main(["--target", server.address, *args, "--output", "json"])
-    captured = capsys.readouterr()
-    assert exit_code == code, captured.err
-    assert "sk-import" not in captured.out + captured.err and "az-import" not in captured.out + captured.err
-    return json.loads(captured.out if code == 0 else captured.err)
+class ImportCommand:
+    """`modelroute-admin import litellm CONFIG` with `--output json`, on the session's server, all roles."""
+
+    def __init__(self, server: RunningServer, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.server, self.config, self.capsys = server, config, capsys
+
+    def _run(self, args: tuple[str, ...], code: int) -> tuple[str, str]:
+        command = ["--target", self.server.address, "import", "litellm", str(self.config), *args]
+        exit_code = admin_main(command)
+        captured = self.capsys.readouterr()
+        assert exit_code == code, captured.err
+        assert "sk-import" not in captured.out + captured.err and "az-import" not in captured.out + captured.err
+        return captured.out, captured.err
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        out, err = self._run((*args, "--output", "json"), code)
+        return json.loads(out if code == 0 else err)
+
+    def table(self, *args: str) -> str:
+        return self._run(args, 0)[0]
+
+
+@pytest.fixture
+def import_command(
+    app: object,
+    running_server: RunningServer,
+    config_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> ImportCommand:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    return ImportCommand(running_server, config_file, capsys)
 
 
 def attempt_order(answer: Any) -> list[tuple[str, str, str]]:
@@ -102,14 +128,9 @@ def test_the_order_fields_give_the_resolution_order_with_upstream_names_and_keys
 
 
 def test_a_second_apply_changes_nothing_and_the_revision_does_not_move(
-    app: object,
-    running_server: RunningServer,
-    config_file: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    import_command: ImportCommand, running_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
-    dry_run = admin_json(capsys, running_server, "import", "litellm", str(config_file))
+    dry_run = import_command.json()
     assert dry_run["applied"] is False and dry_run["changes"] == []
     assert [p["id"] for p in dry_run["plan"]["providers"]] == [
         "openai",
@@ -119,24 +140,22 @@ def test_a_second_apply_changes_nothing_and_the_revision_does_not_move(
     ]
     assert list(ModelrouteClient(running_server.channel).list_model_configs()) == []  # a dry run writes nothing
 
-    first = admin_json(capsys, running_server, "import", "litellm", str(config_file), "--apply")
+    first = import_command.json("--apply")
     assert {c["action"] for c in first["changes"]} == {"created"} and len(first["changes"]) == 6
     revision = ModelrouteClient(running_server.channel).resolve("gpt-4o").config_revision
 
-    second = admin_json(capsys, running_server, "import", "litellm", str(config_file), "--apply")
+    second = import_command.json("--apply")
     assert {c["action"] for c in second["changes"]} == {"unchanged"} and len(second["changes"]) == 6
     assert ModelrouteClient(running_server.channel).resolve("gpt-4o").config_revision == revision
 
     # The table for people: the plan, what applying did, and what was left out.
-    exit_code = admin_main(["--target", running_server.address, "import", "litellm", str(config_file), "--apply"])
-    table = capsys.readouterr().out
-    assert exit_code == 0
+    table = import_command.table("--apply")
     assert "azure-eu-openai-azure-com > openrouter=openai/gpt-4o > openai=gpt-4o" in table and "unchanged" in table
     assert "router_settings" in table and "litellm_params.api_version" in table
 
     # A changed file moves what it changes, and only that.
     monkeypatch.setenv("IMPORT_OPENAI_KEY", "sk-import-openai-rotated")
-    rotated = admin_json(capsys, running_server, "import", "litellm", str(config_file), "--apply")
+    rotated = import_command.json("--apply")
     actions = {c["id"]: c["action"] for c in rotated["changes"]}
     assert actions.pop("openai") == "updated" and set(actions.values()) == {"unchanged"}
     answer = ModelrouteClient(running_server.channel).resolve("gpt-4o")
@@ -144,18 +163,13 @@ def test_a_second_apply_changes_nothing_and_the_revision_does_not_move(
 
 
 def test_a_missing_environment_variable_is_an_error_naming_it_with_nothing_written(
-    app: object,
-    running_server: RunningServer,
-    config_file: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    import_command: ImportCommand, running_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
     monkeypatch.delenv("IMPORT_AZURE_KEY")
     monkeypatch.delenv("IMPORT_ANTHROPIC_KEY")
     client = ModelrouteClient(running_server.channel)
-    before = client.list_audit_events()
-    failed = admin_json(capsys, running_server, "import", "litellm", str(config_file), "--apply", code=1)
+    before = list(client.list_audit_events())
+    failed = import_command.json("--apply", code=1)
     assert "IMPORT_AZURE_KEY, IMPORT_ANTHROPIC_KEY" in failed["error"]["message"]
     assert list(client.list_provider_configs()) == [] and list(client.list_model_configs(show_deleted=True)) == []
     assert list(client.list_audit_events()) == list(before)

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelroute.v1 import (  # error_reason_pb2: no service imports it, yet reflection must serve the enum
+from modelroute.v1 import (
     access_token_pb2_grpc,
     audit_pb2_grpc,
-    error_reason_pb2,  # noqa: F401
+    error_reason_pb2,  # noqa: F401  no service imports it; loaded so that reflection serves the enum too
     model_config_pb2_grpc,
     provider_config_pb2_grpc,
     resolver_pb2_grpc,
