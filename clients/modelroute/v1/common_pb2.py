@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelroute/v1/common.proto\x12\rmodelroute.v1\"\xdc\x01\n\x10\x43redentialPolicy\x12$\n\x17\x63\x65ntral_api_key_enabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1f\n\x12\x61llow_user_api_key\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12+\n\x1e\x61llow_central_api_key_fallback\x18\x03 \x01(\x08H\x02\x88\x01\x01\x42\x1a\n\x18_central_api_key_enabledB\x15\n\x13_allow_user_api_keyB!\n\x1f_allow_central_api_key_fallback*\xc6\x01\n\x06\x46\x61mily\x12\x16\n\x12\x46\x41MILY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41MILY_ANTHROPIC\x10\x01\x12\x10\n\x0c\x46\x41MILY_AZURE\x10\x02\x12\x12\n\x0e\x46\x41MILY_BEDROCK\x10\x03\x12\x11\n\rFAMILY_GOOGLE\x10\x04\x12\x11\n\rFAMILY_OPENAI\x10\x05\x12\x18\n\x14\x46\x41MILY_OPENAI_COMPAT\x10\x06\x12\x15\n\x11\x46\x41MILY_OPENROUTER\x10\x07\x12\x11\n\rFAMILY_VERCEL\x10\x08*\x86\x01\n\tKeySource\x12\x1a\n\x16KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_SOURCE_STORED\x10\x01\x12\x19\n\x15KEY_SOURCE_DEPLOYMENT\x10\x02\x12\x13\n\x0fKEY_SOURCE_USER\x10\x03\x12\x16\n\x12KEY_SOURCE_AMBIENT\x10\x04*\xd7\x01\n\nSkipReason\x12\x1b\n\x17SKIP_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dSKIP_REASON_PROVIDER_DISABLED\x10\x01\x12!\n\x1dSKIP_REASON_USER_KEY_REQUIRED\x10\x02\x12#\n\x1fSKIP_REASON_CENTRAL_KEY_MISSING\x10\x03\x12!\n\x1dSKIP_REASON_KEY_UNDECRYPTABLE\x10\x04\x12\x1e\n\x1aSKIP_REASON_INVALID_CONFIG\x10\x05*R\n\tFixableBy\x12\x1a\n\x16\x46IXABLE_BY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46IXABLE_BY_USER\x10\x01\x12\x14\n\x10\x46IXABLE_BY_ADMIN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelroute/v1/common.proto\x12\rmodelroute.v1\"\xdc\x01\n\x10\x43redentialPolicy\x12$\n\x17\x63\x65ntral_api_key_enabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1f\n\x12\x61llow_user_api_key\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12+\n\x1e\x61llow_central_api_key_fallback\x18\x03 \x01(\x08H\x02\x88\x01\x01\x42\x1a\n\x18_central_api_key_enabledB\x15\n\x13_allow_user_api_keyB!\n\x1f_allow_central_api_key_fallback*\xc6\x01\n\x06\x46\x61mily\x12\x16\n\x12\x46\x41MILY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41MILY_ANTHROPIC\x10\x01\x12\x10\n\x0c\x46\x41MILY_AZURE\x10\x02\x12\x12\n\x0e\x46\x41MILY_BEDROCK\x10\x03\x12\x11\n\rFAMILY_GOOGLE\x10\x04\x12\x11\n\rFAMILY_OPENAI\x10\x05\x12\x18\n\x14\x46\x41MILY_OPENAI_COMPAT\x10\x06\x12\x15\n\x11\x46\x41MILY_OPENROUTER\x10\x07\x12\x11\n\rFAMILY_VERCEL\x10\x08*\x86\x01\n\tKeySource\x12\x1a\n\x16KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_SOURCE_STORED\x10\x01\x12\x19\n\x15KEY_SOURCE_DEPLOYMENT\x10\x02\x12\x13\n\x0fKEY_SOURCE_USER\x10\x03\x12\x16\n\x12KEY_SOURCE_AMBIENT\x10\x04*\xa0\x02\n\nSkipReason\x12\x1b\n\x17SKIP_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dSKIP_REASON_PROVIDER_DISABLED\x10\x01\x12!\n\x1dSKIP_REASON_USER_KEY_REQUIRED\x10\x02\x12#\n\x1fSKIP_REASON_CENTRAL_KEY_MISSING\x10\x03\x12!\n\x1dSKIP_REASON_KEY_UNDECRYPTABLE\x10\x04\x12\x1e\n\x1aSKIP_REASON_INVALID_CONFIG\x10\x05\x12!\n\x1dSKIP_REASON_USER_KEY_REJECTED\x10\x06\x12$\n SKIP_REASON_CENTRAL_KEY_REJECTED\x10\x07*R\n\tFixableBy\x12\x1a\n\x16\x46IXABLE_BY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46IXABLE_BY_USER\x10\x01\x12\x14\n\x10\x46IXABLE_BY_ADMIN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYSOURCE']._serialized_start=470
   _globals['_KEYSOURCE']._serialized_end=604
   _globals['_SKIPREASON']._serialized_start=607
-  _globals['_SKIPREASON']._serialized_end=822
-  _globals['_FIXABLEBY']._serialized_start=824
-  _globals['_FIXABLEBY']._serialized_end=906
+  _globals['_SKIPREASON']._serialized_end=895
+  _globals['_FIXABLEBY']._serialized_start=897
+  _globals['_FIXABLEBY']._serialized_end=979
   _globals['_CREDENTIALPOLICY']._serialized_start=46
   _globals['_CREDENTIALPOLICY']._serialized_end=266
 # @@protoc_insertion_point(module_scope)

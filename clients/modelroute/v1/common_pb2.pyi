@@ -89,6 +89,14 @@ class _SkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkipReason
     SKIP_REASON_CENTRAL_KEY_MISSING: _SkipReason.ValueType  # 3
     SKIP_REASON_KEY_UNDECRYPTABLE: _SkipReason.ValueType  # 4
     SKIP_REASON_INVALID_CONFIG: _SkipReason.ValueType  # 5
+    SKIP_REASON_USER_KEY_REJECTED: _SkipReason.ValueType  # 6
+    """The user's key for this provider config was rejected by the provider
+    (an attempt report); setting a new key clears it. Fixable by the user.
+    """
+    SKIP_REASON_CENTRAL_KEY_REJECTED: _SkipReason.ValueType  # 7
+    """The central key (stored or deployment) was rejected by the provider; a
+    new key, or ResetProviderHealth, clears it. Fixable by an admin.
+    """
 
 class SkipReason(_SkipReason, metaclass=_SkipReasonEnumTypeWrapper):
     """Why an attachment was not usable."""
@@ -99,6 +107,14 @@ SKIP_REASON_USER_KEY_REQUIRED: SkipReason.ValueType  # 2
 SKIP_REASON_CENTRAL_KEY_MISSING: SkipReason.ValueType  # 3
 SKIP_REASON_KEY_UNDECRYPTABLE: SkipReason.ValueType  # 4
 SKIP_REASON_INVALID_CONFIG: SkipReason.ValueType  # 5
+SKIP_REASON_USER_KEY_REJECTED: SkipReason.ValueType  # 6
+"""The user's key for this provider config was rejected by the provider
+(an attempt report); setting a new key clears it. Fixable by the user.
+"""
+SKIP_REASON_CENTRAL_KEY_REJECTED: SkipReason.ValueType  # 7
+"""The central key (stored or deployment) was rejected by the provider; a
+new key, or ResetProviderHealth, clears it. Fixable by an admin.
+"""
 Global___SkipReason: _TypeAlias = SkipReason  # noqa: Y015
 
 class _FixableBy:

@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from modelroute.v1 import common_pb2 as modelroute_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#modelroute/v1/provider_config.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelroute/v1/common.proto\"\xdf\x04\n\x0eProviderConfig\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12,\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x15.modelroute.v1.FamilyB\x05\xe2\x41\x02\x02\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x14\n\x07\x65nabled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12:\n\x11\x63redential_policy\x18\x06 \x01(\x0b\x32\x1f.modelroute.v1.CredentialPolicy\x12\x15\n\x07\x61pi_key\x18\x07 \x01(\tB\x04\xe2\x41\x01\x04\x12\x19\n\x0bhas_api_key\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\'\n\x19\x63\x65ntral_credential_usable\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x41\n\x19\x63\x65ntral_credential_source\x18\n \x01(\x0e\x32\x18.modelroute.v1.KeySourceB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\r \x01(\t:k\xea\x41h\n\"modelroute.internal/ProviderConfig\x12!providerConfigs/{provider_config}*\x0fproviderConfigs2\x0eproviderConfigB\n\n\x08_enabled\"}\n\x1b\x43reateProviderConfigRequest\x12<\n\x0fprovider_config\x18\x01 \x01(\x0b\x32\x1d.modelroute.v1.ProviderConfigB\x04\xe2\x41\x01\x02\x12 \n\x12provider_config_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x18GetProviderConfigRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\"S\n\x1aListProviderConfigsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"o\n\x1bListProviderConfigsResponse\x12\x37\n\x10provider_configs\x18\x01 \x03(\x0b\x32\x1d.modelroute.v1.ProviderConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x1bUpdateProviderConfigRequest\x12<\n\x0fprovider_config\x18\x01 \x01(\x0b\x32\x1d.modelroute.v1.ProviderConfigB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"u\n\x1b\x44\x65leteProviderConfigRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\xac\x01\n\x1c\x44\x65leteProviderConfigResponse\x12\x1d\n\x15touched_model_configs\x18\x01 \x03(\t\x12\x1d\n\x15\x64\x65leted_model_configs\x18\x02 \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_changed\x18\x03 \x01(\x08\x12\x1c\n\x14\x64\x65\x66\x61ult_model_config\x18\x04 \x01(\t\x12\x17\n\x0f\x63onfig_revision\x18\x05 \x01(\x03\x32\x99\x04\n\x15ProviderConfigService\x12\x61\n\x14\x43reateProviderConfig\x12*.modelroute.v1.CreateProviderConfigRequest\x1a\x1d.modelroute.v1.ProviderConfig\x12[\n\x11GetProviderConfig\x12\'.modelroute.v1.GetProviderConfigRequest\x1a\x1d.modelroute.v1.ProviderConfig\x12l\n\x13ListProviderConfigs\x12).modelroute.v1.ListProviderConfigsRequest\x1a*.modelroute.v1.ListProviderConfigsResponse\x12\x61\n\x14UpdateProviderConfig\x12*.modelroute.v1.UpdateProviderConfigRequest\x1a\x1d.modelroute.v1.ProviderConfig\x12o\n\x14\x44\x65leteProviderConfig\x12*.modelroute.v1.DeleteProviderConfigRequest\x1a+.modelroute.v1.DeleteProviderConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#modelroute/v1/provider_config.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelroute/v1/common.proto\"\xc8\x05\n\x0eProviderConfig\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12,\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x15.modelroute.v1.FamilyB\x05\xe2\x41\x02\x02\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x14\n\x07\x65nabled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12:\n\x11\x63redential_policy\x18\x06 \x01(\x0b\x32\x1f.modelroute.v1.CredentialPolicy\x12\x15\n\x07\x61pi_key\x18\x07 \x01(\tB\x04\xe2\x41\x01\x04\x12\x19\n\x0bhas_api_key\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\'\n\x19\x63\x65ntral_credential_usable\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x41\n\x19\x63\x65ntral_credential_source\x18\n \x01(\x0e\x32\x18.modelroute.v1.KeySourceB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12\x33\n\x06health\x18\x0e \x01(\x0b\x32\x1d.modelroute.v1.ProviderHealthB\x04\xe2\x41\x01\x03\x12\x32\n\rhealth_policy\x18\x0f \x01(\x0b\x32\x1b.modelroute.v1.HealthPolicy:k\xea\x41h\n\"modelroute.internal/ProviderConfig\x12!providerConfigs/{provider_config}*\x0fproviderConfigs2\x0eproviderConfigB\n\n\x08_enabled\"\xda\x01\n\x0cHealthPolicy\x12\x1e\n\x11\x66\x61ilure_threshold\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x0e\x66\x61ilure_window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rbase_cooldown\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_cooldown\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x14\n\x12_failure_threshold\"}\n\x0bModelHealth\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x02 \x01(\x05\x12\r\n\x05trips\x18\x03 \x01(\x05\x12\x32\n\x0e\x63ooldown_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x0eProviderHealth\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.modelroute.v1.ModelHealth\x12=\n\x19\x63\x65ntral_key_rejected_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x1aResetProviderHealthRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\"}\n\x1b\x43reateProviderConfigRequest\x12<\n\x0fprovider_config\x18\x01 \x01(\x0b\x32\x1d.modelroute.v1.ProviderConfigB\x04\xe2\x41\x01\x02\x12 \n\x12provider_config_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x18GetProviderConfigRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\"S\n\x1aListProviderConfigsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"o\n\x1bListProviderConfigsResponse\x12\x37\n\x10provider_configs\x18\x01 \x03(\x0b\x32\x1d.modelroute.v1.ProviderConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x1bUpdateProviderConfigRequest\x12<\n\x0fprovider_config\x18\x01 \x01(\x0b\x32\x1d.modelroute.v1.ProviderConfigB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"u\n\x1b\x44\x65leteProviderConfigRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\xac\x01\n\x1c\x44\x65leteProviderConfigResponse\x12\x1d\n\x15touched_model_configs\x18\x01 \x03(\t\x12\x1d\n\x15\x64\x65leted_model_configs\x18\x02 \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_changed\x18\x03 \x01(\x08\x12\x1c\n\x14\x64\x65\x66\x61ult_model_config\x18\x04 \x01(\t\x12\x17\n\x0f\x63onfig_revision\x18\x05 \x01(\x03\x32\xfa\x04\n\x15ProviderConfigService\x12\x61\n\x14\x43reateProviderConfig\x12*.modelroute.v1.CreateProviderConfigRequest\x1a\x1d.modelroute.v1.ProviderConfig\x12[\n\x11GetProviderConfig\x12\'.modelroute.v1.GetProviderConfigRequest\x1a\x1d.modelroute.v1.ProviderConfig\x12l\n\x13ListProviderConfigs\x12).modelroute.v1.ListProviderConfigsRequest\x1a*.modelroute.v1.ListProviderConfigsResponse\x12\x61\n\x14UpdateProviderConfig\x12*.modelroute.v1.UpdateProviderConfigRequest\x1a\x1d.modelroute.v1.ProviderConfig\x12o\n\x14\x44\x65leteProviderConfig\x12*.modelroute.v1.DeleteProviderConfigRequest\x1a+.modelroute.v1.DeleteProviderConfigResponse\x12_\n\x13ResetProviderHealth\x12).modelroute.v1.ResetProviderHealthRequest\x1a\x1d.modelroute.v1.ProviderConfigb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,8 +53,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERCONFIG'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_PROVIDERCONFIG'].fields_by_name['update_time']._loaded_options = None
   _globals['_PROVIDERCONFIG'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROVIDERCONFIG'].fields_by_name['health']._loaded_options = None
+  _globals['_PROVIDERCONFIG'].fields_by_name['health']._serialized_options = b'\342A\001\003'
   _globals['_PROVIDERCONFIG']._loaded_options = None
   _globals['_PROVIDERCONFIG']._serialized_options = b'\352Ah\n\"modelroute.internal/ProviderConfig\022!providerConfigs/{provider_config}*\017providerConfigs2\016providerConfig'
+  _globals['_RESETPROVIDERHEALTHREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_RESETPROVIDERHEALTHREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A$\n\"modelroute.internal/ProviderConfig'
   _globals['_CREATEPROVIDERCONFIGREQUEST'].fields_by_name['provider_config']._loaded_options = None
   _globals['_CREATEPROVIDERCONFIGREQUEST'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002'
   _globals['_CREATEPROVIDERCONFIGREQUEST'].fields_by_name['provider_config_id']._loaded_options = None
@@ -64,22 +69,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEPROVIDERCONFIGREQUEST'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002'
   _globals['_DELETEPROVIDERCONFIGREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEPROVIDERCONFIGREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A$\n\"modelroute.internal/ProviderConfig'
-  _globals['_PROVIDERCONFIG']._serialized_start=210
-  _globals['_PROVIDERCONFIG']._serialized_end=817
-  _globals['_CREATEPROVIDERCONFIGREQUEST']._serialized_start=819
-  _globals['_CREATEPROVIDERCONFIGREQUEST']._serialized_end=944
-  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_start=946
-  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_end=1031
-  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_start=1033
-  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_end=1116
-  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_start=1118
-  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_end=1229
-  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_start=1232
-  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_end=1372
-  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_start=1374
-  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_end=1491
-  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_start=1494
-  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_end=1666
-  _globals['_PROVIDERCONFIGSERVICE']._serialized_start=1669
-  _globals['_PROVIDERCONFIGSERVICE']._serialized_end=2206
+  _globals['_PROVIDERCONFIG']._serialized_start=242
+  _globals['_PROVIDERCONFIG']._serialized_end=954
+  _globals['_HEALTHPOLICY']._serialized_start=957
+  _globals['_HEALTHPOLICY']._serialized_end=1175
+  _globals['_MODELHEALTH']._serialized_start=1177
+  _globals['_MODELHEALTH']._serialized_end=1302
+  _globals['_PROVIDERHEALTH']._serialized_start=1304
+  _globals['_PROVIDERHEALTH']._serialized_end=1427
+  _globals['_RESETPROVIDERHEALTHREQUEST']._serialized_start=1429
+  _globals['_RESETPROVIDERHEALTHREQUEST']._serialized_end=1516
+  _globals['_CREATEPROVIDERCONFIGREQUEST']._serialized_start=1518
+  _globals['_CREATEPROVIDERCONFIGREQUEST']._serialized_end=1643
+  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_start=1645
+  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_end=1730
+  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_start=1732
+  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_end=1815
+  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_start=1817
+  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_end=1928
+  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_start=1931
+  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_end=2071
+  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_start=2073
+  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_end=2190
+  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_start=2193
+  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_end=2365
+  _globals['_PROVIDERCONFIGSERVICE']._serialized_start=2368
+  _globals['_PROVIDERCONFIGSERVICE']._serialized_end=3002
 # @@protoc_insertion_point(module_scope)

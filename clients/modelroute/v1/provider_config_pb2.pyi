@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -40,6 +41,8 @@ class ProviderConfig(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    HEALTH_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`providerConfigs/{provider_config}`."""
     family: _common_pb2.Family.ValueType
@@ -66,6 +69,16 @@ class ProviderConfig(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def health(self) -> Global___ProviderHealth:
+        """What callers' attempt reports say about this provider config now."""
+
+    @_builtins.property
+    def health_policy(self) -> Global___HealthPolicy:
+        """This config's own cooldown rule; every unset field takes the service's
+        default. Updated as a whole (`health_policy` in the mask).
+        """
+
     def __init__(
         self,
         *,
@@ -82,16 +95,143 @@ class ProviderConfig(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        health: Global___ProviderHealth | None = ...,
+        health_policy: Global___HealthPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "credential_policy", b"credential_policy", "enabled", b"enabled", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "credential_policy", b"credential_policy", "enabled", b"enabled", "health", b"health", "health_policy", b"health_policy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "api_key", b"api_key", "base_url", b"base_url", "central_credential_source", b"central_credential_source", "central_credential_usable", b"central_credential_usable", "create_time", b"create_time", "credential_policy", b"credential_policy", "display_name", b"display_name", "enabled", b"enabled", "etag", b"etag", "family", b"family", "has_api_key", b"has_api_key", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "api_key", b"api_key", "base_url", b"base_url", "central_credential_source", b"central_credential_source", "central_credential_usable", b"central_credential_usable", "create_time", b"create_time", "credential_policy", b"credential_policy", "display_name", b"display_name", "enabled", b"enabled", "etag", b"etag", "family", b"family", "has_api_key", b"has_api_key", "health", b"health", "health_policy", b"health_policy", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___ProviderConfig: _TypeAlias = ProviderConfig  # noqa: Y015
+
+@_typing.final
+class HealthPolicy(_message.Message):
+    """When failures make a provider config cool down (per upstream model)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    FAILURE_WINDOW_FIELD_NUMBER: _builtins.int
+    BASE_COOLDOWN_FIELD_NUMBER: _builtins.int
+    MAX_COOLDOWN_FIELD_NUMBER: _builtins.int
+    failure_threshold: _builtins.int
+    """Consecutive failure reports that start a cooldown (1 to 1000)."""
+    @_builtins.property
+    def failure_window(self) -> _duration_pb2.Duration:
+        """The failures must all fall within this window (1 s to 1 hour)."""
+
+    @_builtins.property
+    def base_cooldown(self) -> _duration_pb2.Duration:
+        """The first cooldown; each consecutive trip doubles it (1 s to 24 hours)."""
+
+    @_builtins.property
+    def max_cooldown(self) -> _duration_pb2.Duration:
+        """The longest cooldown (at least `base_cooldown`, at most 24 hours)."""
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: _builtins.int | None = ...,
+        failure_window: _duration_pb2.Duration | None = ...,
+        base_cooldown: _duration_pb2.Duration | None = ...,
+        max_cooldown: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "base_cooldown", b"base_cooldown", "failure_threshold", b"failure_threshold", "failure_window", b"failure_window", "max_cooldown", b"max_cooldown"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "base_cooldown", b"base_cooldown", "failure_threshold", b"failure_threshold", "failure_window", b"failure_window", "max_cooldown", b"max_cooldown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
+    _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+
+Global___HealthPolicy: _TypeAlias = HealthPolicy  # noqa: Y015
+
+@_typing.final
+class ModelHealth(_message.Message):
+    """The state of one (provider config, upstream model)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    TRIPS_FIELD_NUMBER: _builtins.int
+    COOLDOWN_UNTIL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The upstream model name the reports were about."""
+    consecutive_failures: _builtins.int
+    """Failure reports since the last success."""
+    trips: _builtins.int
+    """Cooldowns started since the last success (each doubles the last)."""
+    @_builtins.property
+    def cooldown_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while cooling down."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        consecutive_failures: _builtins.int = ...,
+        trips: _builtins.int = ...,
+        cooldown_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown_until", b"cooldown_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "cooldown_until", b"cooldown_until", "model", b"model", "trips", b"trips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelHealth: _TypeAlias = ModelHealth  # noqa: Y015
+
+@_typing.final
+class ProviderHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    CENTRAL_KEY_REJECTED_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelHealth]:
+        """Every upstream model with failures, trips or a cooldown in force."""
+
+    @_builtins.property
+    def central_key_rejected_time(self) -> _timestamp_pb2.Timestamp:
+        """Set while the central key is marked rejected."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelHealth] | None = ...,
+        central_key_rejected_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["central_key_rejected_time", b"central_key_rejected_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_key_rejected_time", b"central_key_rejected_time", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderHealth: _TypeAlias = ProviderHealth  # noqa: Y015
+
+@_typing.final
+class ResetProviderHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetProviderHealthRequest: _TypeAlias = ResetProviderHealthRequest  # noqa: Y015
 
 @_typing.final
 class CreateProviderConfigRequest(_message.Message):

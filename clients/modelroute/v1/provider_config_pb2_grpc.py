@@ -60,6 +60,11 @@ class ProviderConfigServiceStub:
                 request_serializer=modelroute_dot_v1_dot_provider__config__pb2.DeleteProviderConfigRequest.SerializeToString,
                 response_deserializer=modelroute_dot_v1_dot_provider__config__pb2.DeleteProviderConfigResponse.FromString,
                 _registered_method=True)
+        self.ResetProviderHealth = channel.unary_unary(
+                '/modelroute.v1.ProviderConfigService/ResetProviderHealth',
+                request_serializer=modelroute_dot_v1_dot_provider__config__pb2.ResetProviderHealthRequest.SerializeToString,
+                response_deserializer=modelroute_dot_v1_dot_provider__config__pb2.ProviderConfig.FromString,
+                _registered_method=True)
 
 
 class ProviderConfigServiceServicer:
@@ -98,6 +103,14 @@ class ProviderConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetProviderHealth(self, request, context):
+        """Ends every cooldown of the provider config and clears its central key's
+        rejected mark (users' key marks stay: a user clears one with a new key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +138,11 @@ def add_ProviderConfigServiceServicer_to_server(servicer, server):
                     servicer.DeleteProviderConfig,
                     request_deserializer=modelroute_dot_v1_dot_provider__config__pb2.DeleteProviderConfigRequest.FromString,
                     response_serializer=modelroute_dot_v1_dot_provider__config__pb2.DeleteProviderConfigResponse.SerializeToString,
+            ),
+            'ResetProviderHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetProviderHealth,
+                    request_deserializer=modelroute_dot_v1_dot_provider__config__pb2.ResetProviderHealthRequest.FromString,
+                    response_serializer=modelroute_dot_v1_dot_provider__config__pb2.ProviderConfig.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +281,33 @@ class ProviderConfigService:
             '/modelroute.v1.ProviderConfigService/DeleteProviderConfig',
             modelroute_dot_v1_dot_provider__config__pb2.DeleteProviderConfigRequest.SerializeToString,
             modelroute_dot_v1_dot_provider__config__pb2.DeleteProviderConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetProviderHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.v1.ProviderConfigService/ResetProviderHealth',
+            modelroute_dot_v1_dot_provider__config__pb2.ResetProviderHealthRequest.SerializeToString,
+            modelroute_dot_v1_dot_provider__config__pb2.ProviderConfig.FromString,
             options,
             channel_credentials,
             insecure,

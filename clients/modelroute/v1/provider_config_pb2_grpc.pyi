@@ -41,6 +41,10 @@ class ProviderConfigServiceStub:
     """Deletes for good (secrets must not linger). Fails with FAILED_PRECONDITION
     naming the attached models unless `force` is set.
     """
+    ResetProviderHealth: _grpc.UnaryUnaryMultiCallable[_provider_config_pb2.ResetProviderHealthRequest, _provider_config_pb2.ProviderConfig]
+    """Ends every cooldown of the provider config and clears its central key's
+    rejected mark (users' key marks stay: a user clears one with a new key).
+    """
 
 @_typing.type_check_only
 class ProviderConfigServiceAsyncStub(ProviderConfigServiceStub):
@@ -54,6 +58,10 @@ class ProviderConfigServiceAsyncStub(ProviderConfigServiceStub):
     DeleteProviderConfig: _aio.UnaryUnaryMultiCallable[_provider_config_pb2.DeleteProviderConfigRequest, _provider_config_pb2.DeleteProviderConfigResponse]  # type: ignore[assignment]
     """Deletes for good (secrets must not linger). Fails with FAILED_PRECONDITION
     naming the attached models unless `force` is set.
+    """
+    ResetProviderHealth: _aio.UnaryUnaryMultiCallable[_provider_config_pb2.ResetProviderHealthRequest, _provider_config_pb2.ProviderConfig]  # type: ignore[assignment]
+    """Ends every cooldown of the provider config and clears its central key's
+    rejected mark (users' key marks stay: a user clears one with a new key).
     """
 
 class ProviderConfigServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +103,16 @@ class ProviderConfigServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_provider_config_pb2.DeleteProviderConfigResponse, _abc.Awaitable[_provider_config_pb2.DeleteProviderConfigResponse]]:
         """Deletes for good (secrets must not linger). Fails with FAILED_PRECONDITION
         naming the attached models unless `force` is set.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetProviderHealth(
+        self,
+        request: _provider_config_pb2.ResetProviderHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_config_pb2.ProviderConfig, _abc.Awaitable[_provider_config_pb2.ProviderConfig]]:
+        """Ends every cooldown of the provider config and clears its central key's
+        rejected mark (users' key marks stay: a user clears one with a new key).
         """
 
 def add_ProviderConfigServiceServicer_to_server(servicer: ProviderConfigServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,10 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from modelroute.v1 import common_pb2 as modelroute_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelroute/v1/resolver.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1amodelroute/v1/common.proto\"H\n\x13ResolveModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x14\n\x0cmin_revision\x18\x03 \x01(\x03\"\xc6\x01\n\x12ResolvedAttachment\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12,\n\nkey_source\x18\x06 \x01(\x0e\x32\x18.modelroute.v1.KeySource\x12\x0f\n\x07\x61pi_key\x18\x07 \x01(\t\"\xde\x01\n\x11SkippedAttachment\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12)\n\x06reason\x18\x04 \x01(\x0e\x32\x19.modelroute.v1.SkipReason\x12,\n\nfixable_by\x18\x05 \x01(\x0e\x32\x18.modelroute.v1.FixableBy\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\xe3\x01\n\x14ResolveModelResponse\x12\x14\n\x0cmodel_config\x18\x01 \x01(\t\x12\x33\n\x08selected\x18\x02 \x01(\x0b\x32!.modelroute.v1.ResolvedAttachment\x12\x34\n\tfallbacks\x18\x03 \x03(\x0b\x32!.modelroute.v1.ResolvedAttachment\x12\x31\n\x07skipped\x18\x04 \x03(\x0b\x32 .modelroute.v1.SkippedAttachment\x12\x17\n\x0f\x63onfig_revision\x18\x05 \x01(\x03\"Q\n\x1aListAvailableModelsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x83\x02\n\x0e\x41vailableModel\x12\x14\n\x0cmodel_config\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x0e\n\x06usable\x18\x06 \x01(\x08\x12 \n\x18selected_provider_config\x18\x07 \x01(\t\x12\x31\n\x07skipped\x18\x08 \x03(\x0b\x32 .modelroute.v1.SkippedAttachment\x12\x16\n\x0eselected_model\x18\t \x01(\t\"~\n\x1bListAvailableModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.modelroute.v1.AvailableModel\x12\x17\n\x0f\x63onfig_revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"J\n\x0fUserKeyOverride\x12\x1d\n\x0fprovider_config\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\x10has_user_api_key\x18\x02 \x01(\x08\"I\n\x17ProviderEnabledOverride\x12\x1d\n\x0fprovider_config\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"\xbf\x01\n\x18\x45xplainResolutionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12:\n\x12user_key_overrides\x18\x03 \x03(\x0b\x32\x1e.modelroute.v1.UserKeyOverride\x12J\n\x1aprovider_enabled_overrides\x18\x04 \x03(\x0b\x32&.modelroute.v1.ProviderEnabledOverride\"\x9c\x02\n\x11\x41ttachmentOutcome\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\x0e\n\x06usable\x18\x04 \x01(\x08\x12,\n\nkey_source\x18\x05 \x01(\x0e\x32\x18.modelroute.v1.KeySource\x12)\n\x06reason\x18\x06 \x01(\x0e\x32\x19.modelroute.v1.SkipReason\x12,\n\nfixable_by\x18\x07 \x01(\x0e\x32\x18.modelroute.v1.FixableBy\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\"\xe6\x01\n\x19\x45xplainResolutionResponse\x12\x14\n\x0cmodel_config\x18\x01 \x01(\t\x12\x0e\n\x06usable\x18\x02 \x01(\x08\x12;\n\x0funusable_reason\x18\x03 \x01(\x0e\x32\".modelroute.v1.ModelUnusableReason\x12\x19\n\x11selected_position\x18\x04 \x01(\x05\x12\x32\n\x08outcomes\x18\x05 \x03(\x0b\x32 .modelroute.v1.AttachmentOutcome\x12\x17\n\x0f\x63onfig_revision\x18\x06 \x01(\x03*\x96\x01\n\x13ModelUnusableReason\x12%\n!MODEL_UNUSABLE_REASON_UNSPECIFIED\x10\x00\x12(\n$MODEL_UNUSABLE_REASON_MODEL_DISABLED\x10\x01\x12.\n*MODEL_UNUSABLE_REASON_NO_USABLE_ATTACHMENT\x10\x02\x32\xc0\x02\n\x0fResolverService\x12W\n\x0cResolveModel\x12\".modelroute.v1.ResolveModelRequest\x1a#.modelroute.v1.ResolveModelResponse\x12l\n\x13ListAvailableModels\x12).modelroute.v1.ListAvailableModelsRequest\x1a*.modelroute.v1.ListAvailableModelsResponse\x12\x66\n\x11\x45xplainResolution\x12\'.modelroute.v1.ExplainResolutionRequest\x1a(.modelroute.v1.ExplainResolutionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelroute/v1/resolver.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelroute/v1/common.proto\"H\n\x13ResolveModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x14\n\x0cmin_revision\x18\x03 \x01(\x03\"\xfa\x01\n\x12ResolvedAttachment\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12,\n\nkey_source\x18\x06 \x01(\x0e\x32\x18.modelroute.v1.KeySource\x12\x0f\n\x07\x61pi_key\x18\x07 \x01(\t\x12\x32\n\x0e\x63ooldown_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xde\x01\n\x11SkippedAttachment\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12)\n\x06reason\x18\x04 \x01(\x0e\x32\x19.modelroute.v1.SkipReason\x12,\n\nfixable_by\x18\x05 \x01(\x0e\x32\x18.modelroute.v1.FixableBy\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\xe3\x01\n\x14ResolveModelResponse\x12\x14\n\x0cmodel_config\x18\x01 \x01(\t\x12\x33\n\x08selected\x18\x02 \x01(\x0b\x32!.modelroute.v1.ResolvedAttachment\x12\x34\n\tfallbacks\x18\x03 \x03(\x0b\x32!.modelroute.v1.ResolvedAttachment\x12\x31\n\x07skipped\x18\x04 \x03(\x0b\x32 .modelroute.v1.SkippedAttachment\x12\x17\n\x0f\x63onfig_revision\x18\x05 \x01(\x03\"Q\n\x1aListAvailableModelsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x95\x02\n\x0e\x41vailableModel\x12\x14\n\x0cmodel_config\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x0e\n\x06usable\x18\x06 \x01(\x08\x12 \n\x18selected_provider_config\x18\x07 \x01(\t\x12\x31\n\x07skipped\x18\x08 \x03(\x0b\x32 .modelroute.v1.SkippedAttachment\x12\x16\n\x0eselected_model\x18\t \x01(\t\x12\x10\n\x08\x64\x65graded\x18\n \x01(\x08\"~\n\x1bListAvailableModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.modelroute.v1.AvailableModel\x12\x17\n\x0f\x63onfig_revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"J\n\x0fUserKeyOverride\x12\x1d\n\x0fprovider_config\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\x10has_user_api_key\x18\x02 \x01(\x08\"I\n\x17ProviderEnabledOverride\x12\x1d\n\x0fprovider_config\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"\xd6\x01\n\x18\x45xplainResolutionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12:\n\x12user_key_overrides\x18\x03 \x03(\x0b\x32\x1e.modelroute.v1.UserKeyOverride\x12J\n\x1aprovider_enabled_overrides\x18\x04 \x03(\x0b\x32&.modelroute.v1.ProviderEnabledOverride\x12\x15\n\rignore_health\x18\x05 \x01(\x08\"\xd0\x02\n\x11\x41ttachmentOutcome\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12%\n\x06\x66\x61mily\x18\x03 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\x0e\n\x06usable\x18\x04 \x01(\x08\x12,\n\nkey_source\x18\x05 \x01(\x0e\x32\x18.modelroute.v1.KeySource\x12)\n\x06reason\x18\x06 \x01(\x0e\x32\x19.modelroute.v1.SkipReason\x12,\n\nfixable_by\x18\x07 \x01(\x0e\x32\x18.modelroute.v1.FixableBy\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12\x32\n\x0e\x63ooldown_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x01\n\x19\x45xplainResolutionResponse\x12\x14\n\x0cmodel_config\x18\x01 \x01(\t\x12\x0e\n\x06usable\x18\x02 \x01(\x08\x12;\n\x0funusable_reason\x18\x03 \x01(\x0e\x32\".modelroute.v1.ModelUnusableReason\x12\x19\n\x11selected_position\x18\x04 \x01(\x05\x12\x32\n\x08outcomes\x18\x05 \x03(\x0b\x32 .modelroute.v1.AttachmentOutcome\x12\x17\n\x0f\x63onfig_revision\x18\x06 \x01(\x03\"\xfe\x01\n\rAttemptReport\x12\x1d\n\x0fprovider_config\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04user\x18\x03 \x01(\t\x12,\n\nkey_source\x18\x04 \x01(\x0e\x32\x18.modelroute.v1.KeySource\x12\x17\n\x0f\x63onfig_revision\x18\x05 \x01(\x03\x12\x34\n\x07outcome\x18\x06 \x01(\x0e\x32\x1d.modelroute.v1.AttemptOutcomeB\x04\xe2\x41\x01\x02\x12.\n\x0bretry_after\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x15ReportAttemptsRequest\x12\x34\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x1c.modelroute.v1.AttemptReportB\x04\xe2\x41\x01\x02\";\n\x16ReportAttemptsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x0f\n\x07ignored\x18\x02 \x01(\x05*\x96\x01\n\x13ModelUnusableReason\x12%\n!MODEL_UNUSABLE_REASON_UNSPECIFIED\x10\x00\x12(\n$MODEL_UNUSABLE_REASON_MODEL_DISABLED\x10\x01\x12.\n*MODEL_UNUSABLE_REASON_NO_USABLE_ATTACHMENT\x10\x02*\xf8\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTEMPT_OUTCOME_SUCCESS\x10\x01\x12 \n\x1c\x41TTEMPT_OUTCOME_RATE_LIMITED\x10\x02\x12 \n\x1c\x41TTEMPT_OUTCOME_SERVER_ERROR\x10\x03\x12\x1b\n\x17\x41TTEMPT_OUTCOME_TIMEOUT\x10\x04\x12%\n!ATTEMPT_OUTCOME_CONNECTION_FAILED\x10\x05\x12 \n\x1c\x41TTEMPT_OUTCOME_KEY_REJECTED\x10\x06\x32\x9f\x03\n\x0fResolverService\x12W\n\x0cResolveModel\x12\".modelroute.v1.ResolveModelRequest\x1a#.modelroute.v1.ResolveModelResponse\x12l\n\x13ListAvailableModels\x12).modelroute.v1.ListAvailableModelsRequest\x1a*.modelroute.v1.ListAvailableModelsResponse\x12\x66\n\x11\x45xplainResolution\x12\'.modelroute.v1.ExplainResolutionRequest\x1a(.modelroute.v1.ExplainResolutionResponse\x12]\n\x0eReportAttempts\x12$.modelroute.v1.ReportAttemptsRequest\x1a%.modelroute.v1.ReportAttemptsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +39,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERKEYOVERRIDE'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002'
   _globals['_PROVIDERENABLEDOVERRIDE'].fields_by_name['provider_config']._loaded_options = None
   _globals['_PROVIDERENABLEDOVERRIDE'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002'
-  _globals['_MODELUNUSABLEREASON']._serialized_start=2177
-  _globals['_MODELUNUSABLEREASON']._serialized_end=2327
-  _globals['_RESOLVEMODELREQUEST']._serialized_start=108
-  _globals['_RESOLVEMODELREQUEST']._serialized_end=180
-  _globals['_RESOLVEDATTACHMENT']._serialized_start=183
-  _globals['_RESOLVEDATTACHMENT']._serialized_end=381
-  _globals['_SKIPPEDATTACHMENT']._serialized_start=384
-  _globals['_SKIPPEDATTACHMENT']._serialized_end=606
-  _globals['_RESOLVEMODELRESPONSE']._serialized_start=609
-  _globals['_RESOLVEMODELRESPONSE']._serialized_end=836
-  _globals['_LISTAVAILABLEMODELSREQUEST']._serialized_start=838
-  _globals['_LISTAVAILABLEMODELSREQUEST']._serialized_end=919
-  _globals['_AVAILABLEMODEL']._serialized_start=922
-  _globals['_AVAILABLEMODEL']._serialized_end=1181
-  _globals['_LISTAVAILABLEMODELSRESPONSE']._serialized_start=1183
-  _globals['_LISTAVAILABLEMODELSRESPONSE']._serialized_end=1309
-  _globals['_USERKEYOVERRIDE']._serialized_start=1311
-  _globals['_USERKEYOVERRIDE']._serialized_end=1385
-  _globals['_PROVIDERENABLEDOVERRIDE']._serialized_start=1387
-  _globals['_PROVIDERENABLEDOVERRIDE']._serialized_end=1460
-  _globals['_EXPLAINRESOLUTIONREQUEST']._serialized_start=1463
-  _globals['_EXPLAINRESOLUTIONREQUEST']._serialized_end=1654
-  _globals['_ATTACHMENTOUTCOME']._serialized_start=1657
-  _globals['_ATTACHMENTOUTCOME']._serialized_end=1941
-  _globals['_EXPLAINRESOLUTIONRESPONSE']._serialized_start=1944
-  _globals['_EXPLAINRESOLUTIONRESPONSE']._serialized_end=2174
-  _globals['_RESOLVERSERVICE']._serialized_start=2330
-  _globals['_RESOLVERSERVICE']._serialized_end=2650
+  _globals['_ATTEMPTREPORT'].fields_by_name['provider_config']._loaded_options = None
+  _globals['_ATTEMPTREPORT'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002'
+  _globals['_ATTEMPTREPORT'].fields_by_name['model']._loaded_options = None
+  _globals['_ATTEMPTREPORT'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_ATTEMPTREPORT'].fields_by_name['outcome']._loaded_options = None
+  _globals['_ATTEMPTREPORT'].fields_by_name['outcome']._serialized_options = b'\342A\001\002'
+  _globals['_REPORTATTEMPTSREQUEST'].fields_by_name['attempts']._loaded_options = None
+  _globals['_REPORTATTEMPTSREQUEST'].fields_by_name['attempts']._serialized_options = b'\342A\001\002'
+  _globals['_MODELUNUSABLEREASON']._serialized_start=2784
+  _globals['_MODELUNUSABLEREASON']._serialized_end=2934
+  _globals['_ATTEMPTOUTCOME']._serialized_start=2937
+  _globals['_ATTEMPTOUTCOME']._serialized_end=3185
+  _globals['_RESOLVEMODELREQUEST']._serialized_start=173
+  _globals['_RESOLVEMODELREQUEST']._serialized_end=245
+  _globals['_RESOLVEDATTACHMENT']._serialized_start=248
+  _globals['_RESOLVEDATTACHMENT']._serialized_end=498
+  _globals['_SKIPPEDATTACHMENT']._serialized_start=501
+  _globals['_SKIPPEDATTACHMENT']._serialized_end=723
+  _globals['_RESOLVEMODELRESPONSE']._serialized_start=726
+  _globals['_RESOLVEMODELRESPONSE']._serialized_end=953
+  _globals['_LISTAVAILABLEMODELSREQUEST']._serialized_start=955
+  _globals['_LISTAVAILABLEMODELSREQUEST']._serialized_end=1036
+  _globals['_AVAILABLEMODEL']._serialized_start=1039
+  _globals['_AVAILABLEMODEL']._serialized_end=1316
+  _globals['_LISTAVAILABLEMODELSRESPONSE']._serialized_start=1318
+  _globals['_LISTAVAILABLEMODELSRESPONSE']._serialized_end=1444
+  _globals['_USERKEYOVERRIDE']._serialized_start=1446
+  _globals['_USERKEYOVERRIDE']._serialized_end=1520
+  _globals['_PROVIDERENABLEDOVERRIDE']._serialized_start=1522
+  _globals['_PROVIDERENABLEDOVERRIDE']._serialized_end=1595
+  _globals['_EXPLAINRESOLUTIONREQUEST']._serialized_start=1598
+  _globals['_EXPLAINRESOLUTIONREQUEST']._serialized_end=1812
+  _globals['_ATTACHMENTOUTCOME']._serialized_start=1815
+  _globals['_ATTACHMENTOUTCOME']._serialized_end=2151
+  _globals['_EXPLAINRESOLUTIONRESPONSE']._serialized_start=2154
+  _globals['_EXPLAINRESOLUTIONRESPONSE']._serialized_end=2384
+  _globals['_ATTEMPTREPORT']._serialized_start=2387
+  _globals['_ATTEMPTREPORT']._serialized_end=2641
+  _globals['_REPORTATTEMPTSREQUEST']._serialized_start=2643
+  _globals['_REPORTATTEMPTSREQUEST']._serialized_end=2720
+  _globals['_REPORTATTEMPTSRESPONSE']._serialized_start=2722
+  _globals['_REPORTATTEMPTSRESPONSE']._serialized_end=2781
+  _globals['_RESOLVERSERVICE']._serialized_start=3188
+  _globals['_RESOLVERSERVICE']._serialized_end=3603
 # @@protoc_insertion_point(module_scope)

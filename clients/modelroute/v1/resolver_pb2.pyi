@@ -5,7 +5,9 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from modelroute.v1 import common_pb2 as _common_pb2
@@ -37,6 +39,38 @@ MODEL_UNUSABLE_REASON_UNSPECIFIED: ModelUnusableReason.ValueType  # 0
 MODEL_UNUSABLE_REASON_MODEL_DISABLED: ModelUnusableReason.ValueType  # 1
 MODEL_UNUSABLE_REASON_NO_USABLE_ATTACHMENT: ModelUnusableReason.ValueType  # 2
 Global___ModelUnusableReason: _TypeAlias = ModelUnusableReason  # noqa: Y015
+
+class _AttemptOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    ATTEMPT_OUTCOME_SUCCESS: _AttemptOutcome.ValueType  # 1
+    ATTEMPT_OUTCOME_RATE_LIMITED: _AttemptOutcome.ValueType  # 2
+    """429 or the provider's own quota signal; `retry_after` when it said one."""
+    ATTEMPT_OUTCOME_SERVER_ERROR: _AttemptOutcome.ValueType  # 3
+    """5xx or an equivalent provider-side failure."""
+    ATTEMPT_OUTCOME_TIMEOUT: _AttemptOutcome.ValueType  # 4
+    ATTEMPT_OUTCOME_CONNECTION_FAILED: _AttemptOutcome.ValueType  # 5
+    ATTEMPT_OUTCOME_KEY_REJECTED: _AttemptOutcome.ValueType  # 6
+    """401/403: the provider refused the credential it was given."""
+
+class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
+    """What came of one attempt to call a provider config."""
+
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+ATTEMPT_OUTCOME_SUCCESS: AttemptOutcome.ValueType  # 1
+ATTEMPT_OUTCOME_RATE_LIMITED: AttemptOutcome.ValueType  # 2
+"""429 or the provider's own quota signal; `retry_after` when it said one."""
+ATTEMPT_OUTCOME_SERVER_ERROR: AttemptOutcome.ValueType  # 3
+"""5xx or an equivalent provider-side failure."""
+ATTEMPT_OUTCOME_TIMEOUT: AttemptOutcome.ValueType  # 4
+ATTEMPT_OUTCOME_CONNECTION_FAILED: AttemptOutcome.ValueType  # 5
+ATTEMPT_OUTCOME_KEY_REJECTED: AttemptOutcome.ValueType  # 6
+"""401/403: the provider refused the credential it was given."""
+Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
 @_typing.final
 class ResolveModelRequest(_message.Message):
@@ -79,6 +113,7 @@ class ResolvedAttachment(_message.Message):
     BASE_URL_FIELD_NUMBER: _builtins.int
     KEY_SOURCE_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
+    COOLDOWN_UNTIL_FIELD_NUMBER: _builtins.int
     provider_config: _builtins.str
     position: _builtins.int
     family: _common_pb2.Family.ValueType
@@ -90,6 +125,12 @@ class ResolvedAttachment(_message.Message):
     key_source: _common_pb2.KeySource.ValueType
     api_key: _builtins.str
     """Empty for KEY_SOURCE_AMBIENT."""
+    @_builtins.property
+    def cooldown_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while this attachment is cooling down after failures: it comes after
+        every attachment that is not, until then.
+        """
+
     def __init__(
         self,
         *,
@@ -100,10 +141,11 @@ class ResolvedAttachment(_message.Message):
         base_url: _builtins.str = ...,
         key_source: _common_pb2.KeySource.ValueType = ...,
         api_key: _builtins.str = ...,
+        cooldown_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown_until", b"cooldown_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "base_url", b"base_url", "family", b"family", "key_source", b"key_source", "model", b"model", "position", b"position", "provider_config", b"provider_config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "base_url", b"base_url", "cooldown_until", b"cooldown_until", "family", b"family", "key_source", b"key_source", "model", b"model", "position", b"position", "provider_config", b"provider_config"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -226,6 +268,7 @@ class AvailableModel(_message.Message):
     SELECTED_PROVIDER_CONFIG_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
     SELECTED_MODEL_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
     model_config: _builtins.str
     display_name: _builtins.str
     family: _common_pb2.Family.ValueType
@@ -237,6 +280,10 @@ class AvailableModel(_message.Message):
     selected_model: _builtins.str
     """The upstream model name the selected attachment is sent; unset when not
     usable.
+    """
+    degraded: _builtins.bool
+    """Usable, but the selected attachment is cooling down (every usable
+    attachment of this model is).
     """
     @_builtins.property
     def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedAttachment]:
@@ -254,10 +301,11 @@ class AvailableModel(_message.Message):
         selected_provider_config: _builtins.str = ...,
         skipped: _abc.Iterable[Global___SkippedAttachment] | None = ...,
         selected_model: _builtins.str = ...,
+        degraded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "family", b"family", "is_default", b"is_default", "model", b"model", "model_config", b"model_config", "selected_model", b"selected_model", "selected_provider_config", b"selected_provider_config", "skipped", b"skipped", "usable", b"usable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "display_name", b"display_name", "family", b"family", "is_default", b"is_default", "model", b"model", "model_config", b"model_config", "selected_model", b"selected_model", "selected_provider_config", b"selected_provider_config", "skipped", b"skipped", "usable", b"usable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,9 +393,12 @@ class ExplainResolutionRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     USER_KEY_OVERRIDES_FIELD_NUMBER: _builtins.int
     PROVIDER_ENABLED_OVERRIDES_FIELD_NUMBER: _builtins.int
+    IGNORE_HEALTH_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """`modelConfigs/{model_config}` or the bare id; empty means the default."""
     user: _builtins.str
+    ignore_health: _builtins.bool
+    """What-if: resolve as if no attachment were cooling down."""
     @_builtins.property
     def user_key_overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserKeyOverride]: ...
     @_builtins.property
@@ -359,10 +410,11 @@ class ExplainResolutionRequest(_message.Message):
         user: _builtins.str = ...,
         user_key_overrides: _abc.Iterable[Global___UserKeyOverride] | None = ...,
         provider_enabled_overrides: _abc.Iterable[Global___ProviderEnabledOverride] | None = ...,
+        ignore_health: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "provider_enabled_overrides", b"provider_enabled_overrides", "user", b"user", "user_key_overrides", b"user_key_overrides"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignore_health", b"ignore_health", "model", b"model", "provider_enabled_overrides", b"provider_enabled_overrides", "user", b"user", "user_key_overrides", b"user_key_overrides"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +435,7 @@ class AttachmentOutcome(_message.Message):
     FIXABLE_BY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    COOLDOWN_UNTIL_FIELD_NUMBER: _builtins.int
     provider_config: _builtins.str
     position: _builtins.int
     family: _common_pb2.Family.ValueType
@@ -395,6 +448,10 @@ class AttachmentOutcome(_message.Message):
     message: _builtins.str
     model: _builtins.str
     """The upstream model name this attachment is (or would be) sent."""
+    @_builtins.property
+    def cooldown_until(self) -> _timestamp_pb2.Timestamp:
+        """Set when usable and cooling down (unless the request ignores health)."""
+
     def __init__(
         self,
         *,
@@ -407,10 +464,11 @@ class AttachmentOutcome(_message.Message):
         fixable_by: _common_pb2.FixableBy.ValueType = ...,
         message: _builtins.str = ...,
         model: _builtins.str = ...,
+        cooldown_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown_until", b"cooldown_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "fixable_by", b"fixable_by", "key_source", b"key_source", "message", b"message", "model", b"model", "position", b"position", "provider_config", b"provider_config", "reason", b"reason", "usable", b"usable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_until", b"cooldown_until", "family", b"family", "fixable_by", b"fixable_by", "key_source", b"key_source", "message", b"message", "model", b"model", "position", b"position", "provider_config", b"provider_config", "reason", b"reason", "usable", b"usable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,3 +509,102 @@ class ExplainResolutionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainResolutionResponse: _TypeAlias = ExplainResolutionResponse  # noqa: Y015
+
+@_typing.final
+class AttemptReport(_message.Message):
+    """One attempt. A caller's own mistake (a bad request) is not reported."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_CONFIG_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    KEY_SOURCE_FIELD_NUMBER: _builtins.int
+    CONFIG_REVISION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    provider_config: _builtins.str
+    """`providerConfigs/{provider_config}` the attempt went to."""
+    model: _builtins.str
+    """The upstream model name that was sent (the attachment's `model`)."""
+    user: _builtins.str
+    """The user the attempt was made for; required when `key_source` is USER."""
+    key_source: _common_pb2.KeySource.ValueType
+    """The key source the resolution handed out; required for KEY_REJECTED."""
+    config_revision: _builtins.int
+    """The `config_revision` of the resolution the attempt came from: a
+    KEY_REJECTED older than the key's last change is about a replaced key.
+    """
+    outcome: Global___AttemptOutcome.ValueType
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration:
+        """The provider's Retry-After, for RATE_LIMITED; 0 to 24 hours (capped at
+        the provider config's max cooldown).
+        """
+
+    def __init__(
+        self,
+        *,
+        provider_config: _builtins.str = ...,
+        model: _builtins.str = ...,
+        user: _builtins.str = ...,
+        key_source: _common_pb2.KeySource.ValueType = ...,
+        config_revision: _builtins.int = ...,
+        outcome: Global___AttemptOutcome.ValueType = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_revision", b"config_revision", "key_source", b"key_source", "model", b"model", "outcome", b"outcome", "provider_config", b"provider_config", "retry_after", b"retry_after", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptReport: _TypeAlias = AttemptReport  # noqa: Y015
+
+@_typing.final
+class ReportAttemptsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptReport]:
+        """At most 1000 reports."""
+
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[Global___AttemptReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportAttemptsRequest: _TypeAlias = ReportAttemptsRequest  # noqa: Y015
+
+@_typing.final
+class ReportAttemptsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    IGNORED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Reports that were taken into account."""
+    ignored: _builtins.int
+    """KEY_REJECTED reports about a key that has since been replaced (or
+    removed), which changed nothing.
+    """
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+        ignored: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignored", b"ignored", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportAttemptsResponse: _TypeAlias = ReportAttemptsResponse  # noqa: Y015

@@ -52,6 +52,11 @@ class ResolverServiceStub:
                 request_serializer=modelroute_dot_v1_dot_resolver__pb2.ExplainResolutionRequest.SerializeToString,
                 response_deserializer=modelroute_dot_v1_dot_resolver__pb2.ExplainResolutionResponse.FromString,
                 _registered_method=True)
+        self.ReportAttempts = channel.unary_unary(
+                '/modelroute.v1.ResolverService/ReportAttempts',
+                request_serializer=modelroute_dot_v1_dot_resolver__pb2.ReportAttemptsRequest.SerializeToString,
+                response_deserializer=modelroute_dot_v1_dot_resolver__pb2.ReportAttemptsResponse.FromString,
+                _registered_method=True)
 
 
 class ResolverServiceServicer:
@@ -83,6 +88,16 @@ class ResolverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportAttempts(self, request, context):
+        """What happened when callers tried the attachments they were given, so
+        that every replica's next resolution demotes a failing provider and
+        skips a rejected key. A batch with any invalid report is refused whole
+        (INVALID_ARGUMENT); while the database is away: UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResolverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +115,11 @@ def add_ResolverServiceServicer_to_server(servicer, server):
                     servicer.ExplainResolution,
                     request_deserializer=modelroute_dot_v1_dot_resolver__pb2.ExplainResolutionRequest.FromString,
                     response_serializer=modelroute_dot_v1_dot_resolver__pb2.ExplainResolutionResponse.SerializeToString,
+            ),
+            'ReportAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAttempts,
+                    request_deserializer=modelroute_dot_v1_dot_resolver__pb2.ReportAttemptsRequest.FromString,
+                    response_serializer=modelroute_dot_v1_dot_resolver__pb2.ReportAttemptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +206,33 @@ class ResolverService:
             '/modelroute.v1.ResolverService/ExplainResolution',
             modelroute_dot_v1_dot_resolver__pb2.ExplainResolutionRequest.SerializeToString,
             modelroute_dot_v1_dot_resolver__pb2.ExplainResolutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.v1.ResolverService/ReportAttempts',
+            modelroute_dot_v1_dot_resolver__pb2.ReportAttemptsRequest.SerializeToString,
+            modelroute_dot_v1_dot_resolver__pb2.ReportAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

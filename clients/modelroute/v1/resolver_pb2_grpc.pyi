@@ -45,6 +45,12 @@ class ResolverServiceStub:
     """Every enabled model with whether it is usable for the user."""
     ExplainResolution: _grpc.UnaryUnaryMultiCallable[_resolver_pb2.ExplainResolutionRequest, _resolver_pb2.ExplainResolutionResponse]
     """The same walk for admins, without secrets, with what-if overrides."""
+    ReportAttempts: _grpc.UnaryUnaryMultiCallable[_resolver_pb2.ReportAttemptsRequest, _resolver_pb2.ReportAttemptsResponse]
+    """What happened when callers tried the attachments they were given, so
+    that every replica's next resolution demotes a failing provider and
+    skips a rejected key. A batch with any invalid report is refused whole
+    (INVALID_ARGUMENT); while the database is away: UNAVAILABLE.
+    """
 
 @_typing.type_check_only
 class ResolverServiceAsyncStub(ResolverServiceStub):
@@ -63,6 +69,12 @@ class ResolverServiceAsyncStub(ResolverServiceStub):
     """Every enabled model with whether it is usable for the user."""
     ExplainResolution: _aio.UnaryUnaryMultiCallable[_resolver_pb2.ExplainResolutionRequest, _resolver_pb2.ExplainResolutionResponse]  # type: ignore[assignment]
     """The same walk for admins, without secrets, with what-if overrides."""
+    ReportAttempts: _aio.UnaryUnaryMultiCallable[_resolver_pb2.ReportAttemptsRequest, _resolver_pb2.ReportAttemptsResponse]  # type: ignore[assignment]
+    """What happened when callers tried the attachments they were given, so
+    that every replica's next resolution demotes a failing provider and
+    skips a rejected key. A batch with any invalid report is refused whole
+    (INVALID_ARGUMENT); while the database is away: UNAVAILABLE.
+    """
 
 class ResolverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Answers "for model M and user U, which provider config serves, with which
@@ -96,5 +108,17 @@ class ResolverServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resolver_pb2.ExplainResolutionResponse, _abc.Awaitable[_resolver_pb2.ExplainResolutionResponse]]:
         """The same walk for admins, without secrets, with what-if overrides."""
+
+    @_abc_1.abstractmethod
+    def ReportAttempts(
+        self,
+        request: _resolver_pb2.ReportAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resolver_pb2.ReportAttemptsResponse, _abc.Awaitable[_resolver_pb2.ReportAttemptsResponse]]:
+        """What happened when callers tried the attachments they were given, so
+        that every replica's next resolution demotes a failing provider and
+        skips a rejected key. A batch with any invalid report is refused whole
+        (INVALID_ARGUMENT); while the database is away: UNAVAILABLE.
+        """
 
 def add_ResolverServiceServicer_to_server(servicer: ResolverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

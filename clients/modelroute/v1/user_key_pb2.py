@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from modelroute.v1 import common_pb2 as modelroute_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelroute/v1/user_key.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1amodelroute/v1/common.proto\"\xc7\x01\n\x12UserProviderConfig\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12%\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x18\n\x10has_user_api_key\x18\x04 \x01(\x08\x12\"\n\x1a\x63\x65ntral_fallback_available\x18\x05 \x01(\x08\x12\x1d\n\x15user_api_key_required\x18\x06 \x01(\x08\"\x8d\x01\n\x19SetUserProviderKeyRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x0fprovider_config\x18\x02 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x04\"x\n\x1c\x44\x65leteUserProviderKeyRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x0fprovider_config\x18\x02 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\"[\n\x1eListUserProviderConfigsRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"|\n\x1fListUserProviderConfigsResponse\x12@\n\x15user_provider_configs\x18\x01 \x03(\x0b\x32!.modelroute.v1.UserProviderConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xcb\x02\n\x0eUserKeyService\x12\x61\n\x12SetUserProviderKey\x12(.modelroute.v1.SetUserProviderKeyRequest\x1a!.modelroute.v1.UserProviderConfig\x12\\\n\x15\x44\x65leteUserProviderKey\x12+.modelroute.v1.DeleteUserProviderKeyRequest\x1a\x16.google.protobuf.Empty\x12x\n\x17ListUserProviderConfigs\x12-.modelroute.v1.ListUserProviderConfigsRequest\x1a..modelroute.v1.ListUserProviderConfigsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelroute/v1/user_key.proto\x12\rmodelroute.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelroute/v1/common.proto\"\xfe\x01\n\x12UserProviderConfig\x12\x17\n\x0fprovider_config\x18\x01 \x01(\t\x12%\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x15.modelroute.v1.Family\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x18\n\x10has_user_api_key\x18\x04 \x01(\x08\x12\"\n\x1a\x63\x65ntral_fallback_available\x18\x05 \x01(\x08\x12\x1d\n\x15user_api_key_required\x18\x06 \x01(\x08\x12\x35\n\x11key_rejected_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\x19SetUserProviderKeyRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x0fprovider_config\x18\x02 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x04\"x\n\x1c\x44\x65leteUserProviderKeyRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x0fprovider_config\x18\x02 \x01(\tB+\xe2\x41\x01\x02\xfa\x41$\n\"modelroute.internal/ProviderConfig\"[\n\x1eListUserProviderConfigsRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"|\n\x1fListUserProviderConfigsResponse\x12@\n\x15user_provider_configs\x18\x01 \x03(\x0b\x32!.modelroute.v1.UserProviderConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xcb\x02\n\x0eUserKeyService\x12\x61\n\x12SetUserProviderKey\x12(.modelroute.v1.SetUserProviderKeyRequest\x1a!.modelroute.v1.UserProviderConfig\x12\\\n\x15\x44\x65leteUserProviderKey\x12+.modelroute.v1.DeleteUserProviderKeyRequest\x1a\x16.google.protobuf.Empty\x12x\n\x17ListUserProviderConfigs\x12-.modelroute.v1.ListUserProviderConfigsRequest\x1a..modelroute.v1.ListUserProviderConfigsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,16 +48,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEUSERPROVIDERKEYREQUEST'].fields_by_name['provider_config']._serialized_options = b'\342A\001\002\372A$\n\"modelroute.internal/ProviderConfig'
   _globals['_LISTUSERPROVIDERCONFIGSREQUEST'].fields_by_name['user']._loaded_options = None
   _globals['_LISTUSERPROVIDERCONFIGSREQUEST'].fields_by_name['user']._serialized_options = b'\342A\001\002'
-  _globals['_USERPROVIDERCONFIG']._serialized_start=165
-  _globals['_USERPROVIDERCONFIG']._serialized_end=364
-  _globals['_SETUSERPROVIDERKEYREQUEST']._serialized_start=367
-  _globals['_SETUSERPROVIDERKEYREQUEST']._serialized_end=508
-  _globals['_DELETEUSERPROVIDERKEYREQUEST']._serialized_start=510
-  _globals['_DELETEUSERPROVIDERKEYREQUEST']._serialized_end=630
-  _globals['_LISTUSERPROVIDERCONFIGSREQUEST']._serialized_start=632
-  _globals['_LISTUSERPROVIDERCONFIGSREQUEST']._serialized_end=723
-  _globals['_LISTUSERPROVIDERCONFIGSRESPONSE']._serialized_start=725
-  _globals['_LISTUSERPROVIDERCONFIGSRESPONSE']._serialized_end=849
-  _globals['_USERKEYSERVICE']._serialized_start=852
-  _globals['_USERKEYSERVICE']._serialized_end=1183
+  _globals['_USERPROVIDERCONFIG']._serialized_start=198
+  _globals['_USERPROVIDERCONFIG']._serialized_end=452
+  _globals['_SETUSERPROVIDERKEYREQUEST']._serialized_start=455
+  _globals['_SETUSERPROVIDERKEYREQUEST']._serialized_end=596
+  _globals['_DELETEUSERPROVIDERKEYREQUEST']._serialized_start=598
+  _globals['_DELETEUSERPROVIDERKEYREQUEST']._serialized_end=718
+  _globals['_LISTUSERPROVIDERCONFIGSREQUEST']._serialized_start=720
+  _globals['_LISTUSERPROVIDERCONFIGSREQUEST']._serialized_end=811
+  _globals['_LISTUSERPROVIDERCONFIGSRESPONSE']._serialized_start=813
+  _globals['_LISTUSERPROVIDERCONFIGSRESPONSE']._serialized_end=937
+  _globals['_USERKEYSERVICE']._serialized_start=940
+  _globals['_USERKEYSERVICE']._serialized_end=1271
 # @@protoc_insertion_point(module_scope)

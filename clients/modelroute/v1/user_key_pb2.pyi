@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from modelroute.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -31,6 +32,7 @@ class UserProviderConfig(_message.Message):
     HAS_USER_API_KEY_FIELD_NUMBER: _builtins.int
     CENTRAL_FALLBACK_AVAILABLE_FIELD_NUMBER: _builtins.int
     USER_API_KEY_REQUIRED_FIELD_NUMBER: _builtins.int
+    KEY_REJECTED_TIME_FIELD_NUMBER: _builtins.int
     provider_config: _builtins.str
     family: _common_pb2.Family.ValueType
     display_name: _builtins.str
@@ -39,6 +41,12 @@ class UserProviderConfig(_message.Message):
     """The central key serves this user when they have no key of their own."""
     user_api_key_required: _builtins.bool
     """The user must bring a key: no central fallback."""
+    @_builtins.property
+    def key_rejected_time(self) -> _timestamp_pb2.Timestamp:
+        """Set when the provider rejected the user's current key (an attempt
+        report): resolution skips it until the user sets a new one.
+        """
+
     def __init__(
         self,
         *,
@@ -48,10 +56,11 @@ class UserProviderConfig(_message.Message):
         has_user_api_key: _builtins.bool = ...,
         central_fallback_available: _builtins.bool = ...,
         user_api_key_required: _builtins.bool = ...,
+        key_rejected_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_rejected_time", b"key_rejected_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_fallback_available", b"central_fallback_available", "display_name", b"display_name", "family", b"family", "has_user_api_key", b"has_user_api_key", "provider_config", b"provider_config", "user_api_key_required", b"user_api_key_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_fallback_available", b"central_fallback_available", "display_name", b"display_name", "family", b"family", "has_user_api_key", b"has_user_api_key", "key_rejected_time", b"key_rejected_time", "provider_config", b"provider_config", "user_api_key_required", b"user_api_key_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
