@@ -173,7 +173,15 @@ def running_server(migrated_url: str, keyring: Keyring) -> Iterator[RunningServe
 
 
 # Access tokens survive: the session's all-roles token is one of them.
-TABLES = ("user_provider_keys", "model_attachments", "model_configs", "provider_configs", "audit_events")
+TABLES = (
+    "key_rejections",
+    "provider_health",
+    "user_provider_keys",
+    "model_attachments",
+    "model_configs",
+    "provider_configs",
+    "audit_events",
+)
 
 
 @pytest.fixture

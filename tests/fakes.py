@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import builtins
 import copy
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from modelroute_server.domain.access import AccessToken
 from modelroute_server.domain.audit import AuditEntry, AuditEvent, AuditFilter, Caller
 from modelroute_server.domain.families import Family
+from modelroute_server.domain.health import AttachmentHealth, KeyMark
 from modelroute_server.domain.models import ModelConfig, next_default
 from modelroute_server.domain.providers import ProviderConfig, StoredKey
 
@@ -26,7 +27,10 @@ class State:
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     user_keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    user_key_revisions: dict[tuple[str, str], int] = field(default_factory=dict)
     tokens: dict[str, AccessToken] = field(default_factory=dict)
+    health: dict[tuple[str, str], AttachmentHealth] = field(default_factory=dict)
+    marks: dict[tuple[str, str], KeyMark] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
     clock: int = 0  # every write happens one second after the last
 
@@ -58,6 +62,7 @@ class FakeUnitOfWork:
         self.user_keys = _UserKeys(self)
         self.access_tokens = _Tokens(self)
         self.audit = _Audit(self)
+        self.health = _Health(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -224,8 +229,15 @@ class _UserKeys:
     def exists(self, user: str, provider_config_id: str) -> bool:
         return (user, provider_config_id) in self._rows
 
-    def put(self, user: str, provider_config_id: str, api_key: str) -> None:
+    def with_revision(self, user: str, provider_config_id: str) -> tuple[StoredKey, int] | None:
+        secret = self._rows.get((user, provider_config_id))
+        if secret is None:
+            return None
+        return StoredKey(secret), self._uow._state.user_key_revisions.get((user, provider_config_id), 0)
+
+    def put(self, user: str, provider_config_id: str, api_key: str, revision: int) -> None:
         self._rows[(user, provider_config_id)] = api_key
+        self._uow._state.user_key_revisions[(user, provider_config_id)] = revision
         self._uow.changed()
 
     def delete(self, user: str, provider_config_id: str) -> bool:
@@ -310,3 +322,72 @@ class _Audit:
         kept = [e for e in events if e.event_time >= before]
         self._uow._state.audit = kept
         return len(events) - len(kept)
+
+
+class _Health:
+    """Provider health rows and key marks; as the row triggers do, only a cooldown that moves, or a mark,
+    takes a sequence number (without moving the revision)."""
+
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    @property
+    def _rows(self) -> dict[tuple[str, str], AttachmentHealth]:
+        return self._uow._state.health
+
+    @property
+    def _marks(self) -> dict[tuple[str, str], KeyMark]:
+        return self._uow._state.marks
+
+    def locked(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], AttachmentHealth]:
+        return {k: self._rows[k] for k in keys if k in self._rows}
+
+    def save(
+        self, states: Mapping[tuple[str, str], AttachmentHealth], stored: Collection[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        for key, state in states.items():
+            if key[0] not in self._uow._state.providers:
+                continue
+            before = self._rows.get(key)
+            if state.healthy:
+                self._rows.pop(key, None)
+            else:
+                self._rows[key] = state
+            if (before.cooldown_until if before else None) != state.cooldown_until:
+                self._uow.changed(moves_revision=False)
+        return set()
+
+    def of_providers(
+        self, provider_config_ids: Iterable[str]
+    ) -> dict[str, builtins.list[tuple[str, AttachmentHealth]]]:
+        wanted = set(provider_config_ids)
+        found: dict[str, list[tuple[str, AttachmentHealth]]] = {}
+        for (pid, model), state in sorted(self._rows.items()):
+            if pid in wanted:
+                found.setdefault(pid, []).append((model, state))
+        return found
+
+    def reset(self, provider_config_id: str) -> bool:
+        gone = [k for k in self._rows if k[0] == provider_config_id]
+        for key in gone:
+            del self._rows[key]
+        mark = self._marks.pop((provider_config_id, ""), None)
+        if gone or mark:
+            self._uow.changed(moves_revision=False)
+        return bool(gone or mark)
+
+    def marks(self, provider_config_ids: Iterable[str], user: str = "") -> dict[str, KeyMark]:
+        return {pid: self._marks[(pid, user)] for pid in provider_config_ids if (pid, user) in self._marks}
+
+    def user_marks(self, user: str) -> dict[str, KeyMark]:
+        return {pid: mark for (pid, u), mark in self._marks.items() if u == user}
+
+    def put_mark(self, provider_config_id: str, user: str, mark: KeyMark) -> None:
+        self._marks[(provider_config_id, user)] = mark
+        self._uow.changed(moves_revision=False)
+
+    def delete_mark(self, provider_config_id: str, user: str) -> bool:
+        found = self._marks.pop((provider_config_id, user), None) is not None
+        if found:
+            self._uow.changed(moves_revision=False)
+        return found

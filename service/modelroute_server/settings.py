@@ -12,6 +12,7 @@ from pathlib import Path
 from .domain import rules
 from .domain.access import ROLE_NAMES, Role, role_from_name
 from .domain.families import Family
+from .domain.health import HealthPolicy, HealthPolicyOverride, health_policy_problems
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
@@ -61,6 +62,8 @@ class Settings:
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     # One JSON line per call (method, status code, duration, actor) on the `modelroute.access` logger.
     access_log: bool = False
+    # When attempt reports start a cooldown (a provider config's `health_policy` may override each).
+    health_policy: HealthPolicy = field(default_factory=HealthPolicy)
 
     @property
     def embedded(self) -> bool:
@@ -234,8 +237,32 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             ),
             access_log=env.get("MODELROUTE_ACCESS_LOG", "").lower() in TRUE_VALUES,
             metrics_listen=_metrics_listen(env.get("MODELROUTE_METRICS_LISTEN") or DEFAULT_METRICS_LISTEN),
+            health_policy=_health_policy(env),
         )
     )
+
+
+def _health_policy(env: Mapping[str, str]) -> HealthPolicy:
+    defaults = HealthPolicy()
+    policy = HealthPolicy(
+        _count(
+            env.get("MODELROUTE_HEALTH_FAILURE_THRESHOLD", str(defaults.failure_threshold)),
+            "MODELROUTE_HEALTH_FAILURE_THRESHOLD",
+        ),
+        parse_duration(env.get("MODELROUTE_HEALTH_FAILURE_WINDOW", "60s"), "MODELROUTE_HEALTH_FAILURE_WINDOW"),
+        parse_duration(env.get("MODELROUTE_HEALTH_BASE_COOLDOWN", "30s"), "MODELROUTE_HEALTH_BASE_COOLDOWN"),
+        parse_duration(env.get("MODELROUTE_HEALTH_MAX_COOLDOWN", "10m"), "MODELROUTE_HEALTH_MAX_COOLDOWN"),
+    )
+    problems = health_policy_problems(
+        HealthPolicyOverride(
+            policy.failure_threshold, policy.failure_window, policy.base_cooldown, policy.max_cooldown
+        ),
+        defaults,
+        "MODELROUTE_HEALTH",
+    )
+    if problems.violations:
+        raise SettingsError("; ".join(f"{v.field}: {v.description}" for v in problems.violations))
+    return policy
 
 
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$")

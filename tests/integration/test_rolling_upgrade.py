@@ -16,10 +16,10 @@ from modelroute_server.entrypoints.health import ADMIN_SERVICES, SERVING
 from ..conftest import PostgresForTests, RunningServer, all_roles_token, build_app, migrated_database, wait_for
 from ..helpers import call_error, create_model, create_provider, stubs
 
-# The revision before the head, which this build serves too (overrides refused there).
-PREVIOUS = "0006"
-# The head of the build before this one, which 0006 (an expand) names as serving it and 0007 does not.
-PREVIOUS_BUILD = "0005"
+# The revision before the head, which this build serves too (health changes logged under older kinds).
+PREVIOUS = "0008"
+# The head of the build before this one, which 0008 (an expand) names as serving it and 0009 does not.
+PREVIOUS_BUILD = "0007"
 
 
 def test_this_build_serves_its_head_and_the_previous_revision() -> None:
@@ -122,7 +122,7 @@ def test_the_compatibility_record_goes_down_and_up_again(postgres: PostgresForTe
     url = migrated_database(postgres)
     engine = database.create_engine(url)
     try:
-        database.downgrade(engine, PREVIOUS)  # no override exists: no --allow-data-loss needed
+        database.downgrade(engine, PREVIOUS)  # no health policy exists: no --allow-data-loss needed
         with engine.connect() as connection:
             assert served_by(connection, database.head_revision()) is None
             # The expand step names the build before this one; this build still serves it.
@@ -130,7 +130,7 @@ def test_the_compatibility_record_goes_down_and_up_again(postgres: PostgresForTe
             assert database.schema_problem(connection) is None
         database.upgrade(engine)
         with engine.connect() as connection:
-            # The contract step names this build alone: the build before it would ignore overrides.
+            # The contract step names this build alone: the build before it cannot read the new kinds.
             assert served_by(connection, database.head_revision()) == [database.head_revision()]
     finally:
         engine.dispose()
@@ -143,36 +143,30 @@ def served_by(connection: sa.Connection, revision: str) -> list[str] | None:
     return list(value) if value is not None else None
 
 
-def test_overrides_wait_for_the_contract_step(postgres: PostgresForTests, keyring: Keyring) -> None:
-    """Between the two steps of the upgrade a replica of the build before may serve, and it would send an
-    override's provider config the model's own name: this build refuses overrides there, and only there."""
-    url = postgres.create_database()
-    engine = database.create_engine(url)
+def test_overrides_are_refused_while_a_build_without_them_may_serve(
+    postgres: PostgresForTests, keyring: Keyring
+) -> None:
+    """While the schema's record says a build that predates overrides may serve it, that build would send an
+    override's provider config the model's own name: this build refuses overrides then, and only then."""
+    url = migrated_database(postgres)
+    _pretend_a_newer_migration(url, [database.head_revision(), "0005"])
+    app = build_app(url, keyring)
+    server = RunningServer(app, all_roles_token(app))
     try:
-        database.upgrade(engine, PREVIOUS)
-        app = build_app(url, keyring)
-        server = RunningServer(app, all_roles_token(app))
-        try:
-            s = stubs(server.channel)
-            create_provider(s, "openai-main", api_key="sk-rolling-1")
-            create_provider(s, "openai-eu", api_key="sk-rolling-2")
-            create_model(s, "m", providers=("openai-main",))  # no override: fine
-            with_override = model_config_pb2.ModelConfig(
-                family=common_pb2.FAMILY_OPENAI,
-                model="gpt-4o",
-                context_limit=1000,
-                attachments=[model_config_pb2.Attachment(provider_config="providerConfigs/openai-eu", model="eu-1")],
-            )
-            request = model_config_pb2.CreateModelConfigRequest(model_config=with_override, model_config_id="o")
-            error = call_error(s.models.CreateModelConfig, request)
-            assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SCHEMA_UPGRADE_PENDING")
-            assert "modelroute-server migrate" in error.message
-
-            database.upgrade(engine)  # the contract step, while the replica serves
-            created = s.models.CreateModelConfig(request)
-            assert [a.effective_model for a in created.attachments] == ["eu-1"]
-        finally:
-            server.stop()
-            app.close()
+        s = stubs(server.channel)
+        create_provider(s, "openai-main", api_key="sk-rolling-1")
+        create_provider(s, "openai-eu", api_key="sk-rolling-2")
+        create_model(s, "m", providers=("openai-main",))  # no override: fine
+        with_override = model_config_pb2.ModelConfig(
+            family=common_pb2.FAMILY_OPENAI,
+            model="gpt-4o",
+            context_limit=1000,
+            attachments=[model_config_pb2.Attachment(provider_config="providerConfigs/openai-eu", model="eu-1")],
+        )
+        request = model_config_pb2.CreateModelConfigRequest(model_config=with_override, model_config_id="o")
+        error = call_error(s.models.CreateModelConfig, request)
+        assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SCHEMA_UPGRADE_PENDING")
+        assert "modelroute-server migrate" in error.message
     finally:
-        engine.dispose()
+        server.stop()
+        app.close()

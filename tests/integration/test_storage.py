@@ -143,6 +143,11 @@ def check_seeded_keys(ctx: ServiceContext) -> None:
 # ---------------------------------------------------------------- migrations
 
 
+# The provider config columns added after 0002, as a row written before them reads: key_incarnation
+# (0003) and the health policy (0008).
+ADDED_SINCE_0002 = (None, None, None, None, None)
+
+
 def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine: sa.Engine, keyring: Keyring) -> None:
     assert database.current_revision(fresh_engine) is None
     database.upgrade(fresh_engine, "0002")
@@ -152,8 +157,9 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
     database.upgrade(fresh_engine)
     assert database.current_revision(fresh_engine) == database.head_revision()
     assert served(fresh_engine)
-    # 0003 only adds key_incarnation (the last column), NULL for rows written before it.
-    assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
+    # 0003 only adds key_incarnation, and 0008 the four health policy columns (the last ones): NULL for
+    # rows written before them.
+    assert rows(fresh_engine, "provider_configs") == [(*row, *ADDED_SINCE_0002) for row in providers_before]
     ctx = sql_context(fresh_engine, keyring)
     check_seeded_keys(ctx)
     assert len(providers_before) == len(SEEDED)
@@ -169,7 +175,7 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
 
     database.upgrade(fresh_engine)
     assert database.current_revision(fresh_engine) == database.head_revision()
-    assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
+    assert rows(fresh_engine, "provider_configs") == [(*row, *ADDED_SINCE_0002) for row in providers_before]
     # 0004 starts the change sequence at the revision, with an empty log (pruned through it).
     assert rows(fresh_engine, "config_revision") == [(*revision_before[0], len(SEEDED), len(SEEDED))]
     check_seeded_keys(ctx)
@@ -180,7 +186,7 @@ def test_upgrade_downgrade_to_0001_and_back_keeps_provider_configs(fresh_engine:
     assert [a.provider.id for a in model.attachments] == ["openai-main"]
     # Upgrading an up-to-date schema is a no-op.
     database.upgrade(fresh_engine)
-    assert rows(fresh_engine, "provider_configs") == [(*row, None) for row in providers_before]
+    assert rows(fresh_engine, "provider_configs") == [(*row, *ADDED_SINCE_0002) for row in providers_before]
 
 
 def test_a_downgrade_that_would_drop_rows_is_refused_unless_allowed(fresh_engine: sa.Engine, keyring: Keyring) -> None:

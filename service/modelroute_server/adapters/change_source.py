@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from ..domain.changes import ChangeBatch, FullState
 from ..domain.families import Family
+from ..domain.health import KeyMark, ProviderHealthState
 from ..domain.models import CallOptions, ModelConfig
 from .crypto import Keyring
 from .repositories import (
@@ -90,6 +91,43 @@ ALL_ATTACHMENT_LISTS = (
 _FAMILIES = {family.value: family for family in Family}
 _OPTIONS_AT = slice(9, 9 + len(OPTION_COLUMNS))
 _TIMES_AT = _OPTIONS_AT.stop
+
+# Provider health as replicas hold it: the cooldowns in force and the marks of rejected keys.
+_COOLDOWNS = "SELECT provider_config_id, model, cooldown_until FROM provider_health WHERE cooldown_until > now()"
+_CENTRAL_MARKS = (
+    "SELECT provider_config_id, key_source, key_fingerprint, rejected_time FROM key_rejections WHERE user_id = ''"
+)
+_USER_MARKS = (
+    "SELECT user_id, provider_config_id, key_source, key_fingerprint, rejected_time FROM key_rejections "
+    "WHERE user_id <> ''"
+)
+_OF_PROVIDERS = " AND provider_config_id = ANY(%s::text[])"
+_OF_USERS = " AND user_id = ANY(%s::text[])"
+
+
+def _fetch_health(connection: sa.Connection, ids: Sequence[str] | None = None) -> dict[str, ProviderHealthState]:
+    """Each provider config's health that is not empty (of `ids` only, when given)."""
+    params = [list(ids)] if ids is not None else None
+    cooldowns: dict[str, dict[str, Any]] = {}
+    marks: dict[str, KeyMark] = {}
+    with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(_COOLDOWNS + (_OF_PROVIDERS if ids is not None else ""), params)
+        for provider_id, model, until in cursor.fetchall():
+            cooldowns.setdefault(provider_id, {})[model] = until
+        cursor.execute(_CENTRAL_MARKS + (_OF_PROVIDERS if ids is not None else ""), params)
+        for provider_id, source, fingerprint, rejected_time in cursor.fetchall():
+            marks[provider_id] = KeyMark(source, bytes(fingerprint), rejected_time)
+    return {pid: ProviderHealthState(cooldowns.get(pid, {}), marks.get(pid)) for pid in cooldowns.keys() | marks.keys()}
+
+
+def _fetch_user_marks(connection: sa.Connection, users: Sequence[str] | None = None) -> dict[str, dict[str, KeyMark]]:
+    found: dict[str, dict[str, KeyMark]] = {}
+    with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(_USER_MARKS + (_OF_USERS if users is not None else ""), [list(users)] if users else None)
+        for user, provider_id, source, fingerprint, rejected_time in cursor.fetchall():
+            found.setdefault(user, {})[provider_id] = KeyMark(source, bytes(fingerprint), rejected_time)
+    return found
+
 
 # Run at every catch-up (after every write, on every replica): built once.
 _POSITION = sa.select(config_revision.c.sequence, config_revision.c.revision, config_revision.c.pruned_through)
@@ -210,12 +248,14 @@ class PostgresChangeSource:
                     provider_from_row(r, self._keyring) for r in connection.execute(sa.select(provider_configs))
                 ]
                 tokens = [access_token_from_row(r) for r in connection.execute(sa.select(access_tokens))]
+                health = _fetch_health(connection)
+                user_marks = _fetch_user_marks(connection)
                 models = _fetch_models(connection, LIVE_MODELS, attachment_lists=lists)
             finally:
                 # Also when this side failed: the exporting transaction stays open until both have read.
                 user_keys = keys.result()
                 lists.result()
-        return FullState(position.sequence, position.revision, providers, models, user_keys, tokens)
+        return FullState(position.sequence, position.revision, providers, models, user_keys, tokens, health, user_marks)
 
     def _in_snapshot(self, exported_snapshot: str, read: Callable[..., _T], *arguments: Any) -> _T:
         """`read` in a transaction of its own that sees the exported snapshot of another."""
@@ -234,8 +274,19 @@ class PostgresChangeSource:
             if len(entries) > MAX_BATCH_ENTRIES:
                 return None
             named: dict[str, set[str]] = {"provider": set(), "model": set(), "user_key": set(), "token": set()}
+            health_of: set[str] = set()
+            marks_of: set[str] = set()
             for kind, entity_id, user_id in entries:
-                named[kind].add(user_id if kind == "user_key" else entity_id)
+                if kind == "health" or (kind == "key_mark" and not user_id):
+                    health_of.add(entity_id)
+                elif kind == "key_mark":
+                    marks_of.add(user_id)
+                else:
+                    named[kind].add(user_id if kind == "user_key" else entity_id)
+            # Before migration 0009 health changes are logged as the config's, and a user's key mark as
+            # a change of their keys: both are re-read with them.
+            health_of |= named["provider"]
+            marks_of |= named["user_key"]
             return ChangeBatch(
                 position.sequence,
                 position.revision,
@@ -243,6 +294,8 @@ class PostgresChangeSource:
                 models=self._models(connection, named["model"]),
                 user_keys=self._user_keys(connection, named["user_key"]),
                 tokens=self._tokens(connection, named["token"]),
+                health=self._health(connection, health_of),
+                user_marks=self._user_marks(connection, marks_of),
             )
 
     def _providers(self, connection: sa.Connection, ids: set[str]) -> dict[str, Any]:
@@ -262,6 +315,18 @@ class PostgresChangeSource:
         found: dict[str, Any] = dict.fromkeys(users)  # no key left: None
         if users:
             found.update(_fetch_user_keys(connection, USER_KEYS_OF, [list(users)]))
+        return found
+
+    def _health(self, connection: sa.Connection, ids: set[str]) -> dict[str, Any]:
+        found: dict[str, Any] = dict.fromkeys(ids)  # healthy, or gone: None
+        if ids:
+            found.update(_fetch_health(connection, list(ids)))
+        return found
+
+    def _user_marks(self, connection: sa.Connection, users: set[str]) -> dict[str, Any]:
+        found: dict[str, Any] = dict.fromkeys(users)
+        if users:
+            found.update(_fetch_user_marks(connection, list(users)))
         return found
 
     def _tokens(self, connection: sa.Connection, ids: set[str]) -> dict[str, Any]:

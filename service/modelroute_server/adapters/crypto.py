@@ -60,6 +60,7 @@ class Keyring:
         # Primary first: derived keys sign with it and verify with any.
         self._materials = [keys[primary_key_id], *(m for k, m in keys.items() if k != primary_key_id)]
         self.primary_key_id = primary_key_id
+        self._fingerprint_keys = self.derive("key-fingerprint")
 
     def __repr__(self) -> str:
         return f"Keyring(key_ids={sorted(self._ciphers)}, primary={self.primary_key_id!r})"
@@ -92,6 +93,19 @@ class Keyring:
     def derive(self, label: str) -> list[bytes]:
         """Purpose-bound secrets, one per key, the primary's first; every replica derives the same."""
         return [hmac.new(m, b"modelroute/derive/" + label.encode(), hashlib.sha256).digest() for m in self._materials]
+
+    def fingerprint(self, plaintext: str) -> bytes:
+        """A keyed fingerprint of a key (a rejected key's mark): tells the same key apart from a new one,
+        and reveals nothing of it without the keyring."""
+        return self._fingerprints(plaintext)[0]
+
+    def fingerprint_matches(self, plaintext: str, fingerprint: bytes) -> bool:
+        """`plaintext` is the key `fingerprint` was taken of, under any key of the ring (so a rotation
+        does not clear a mark)."""
+        return any(hmac.compare_digest(f, fingerprint) for f in self._fingerprints(plaintext))
+
+    def _fingerprints(self, plaintext: str) -> list[bytes]:
+        return [hmac.new(k, plaintext.encode(), hashlib.sha256).digest()[:16] for k in self._fingerprint_keys]
 
     def seal(self, plaintext: str, row_binding: bytes) -> SealedKey:
         nonce = secrets.token_bytes(NONCE_BYTES)

@@ -91,9 +91,9 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 
 # The revisions before this build's head that it still serves: each later migration up to the head only
-# changed what the code does not need (0007 only lets overrides be written; before it, this build
-# refuses them with SCHEMA_UPGRADE_PENDING).
-OLDER_REVISIONS_SERVED = frozenset({"0006"})
+# changed what the code does not need (0009 only renames the change log's kinds for health changes,
+# which this build reads under both names).
+OLDER_REVISIONS_SERVED = frozenset({"0008"})
 
 
 def served_schema_revisions() -> frozenset[str]:

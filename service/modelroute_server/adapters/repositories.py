@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import logging
 import sys
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import partial
@@ -24,6 +24,7 @@ from ..domain.access import AccessToken, Role
 from ..domain.audit import AuditEntry, AuditEvent, AuditFilter, Caller, FieldChange
 from ..domain.errors import DomainError, Reason
 from ..domain.families import Family
+from ..domain.health import NO_OVERRIDE, AttachmentHealth, HealthPolicyOverride, KeyMark
 from ..domain.models import CallOptions, ModelConfig
 from ..domain.providers import CredentialPolicy, ProviderConfig, StoredKey
 from .crypto import (
@@ -40,9 +41,11 @@ from .schema import (
     access_tokens,
     audit_events,
     config_revision,
+    key_rejections,
     model_attachments,
     model_configs,
     provider_configs,
+    provider_health,
     user_provider_keys,
 )
 
@@ -151,6 +154,7 @@ class ProviderConfigRepository:
             "central_api_key_enabled": config.policy.central_api_key_enabled,
             "allow_user_api_key": config.policy.allow_user_api_key,
             "allow_central_api_key_fallback": config.policy.allow_central_api_key_fallback,
+            **health_policy_columns(config.health_policy),
         }
 
     def _sealed_columns(self, config: ProviderConfig) -> dict[str, Any]:
@@ -182,7 +186,37 @@ def provider_from_row(row: sa.Row[Any], keyring: Keyring) -> ProviderConfig:
         create_time=row.create_time,
         update_time=row.update_time,
         revision=row.revision,
+        health_policy=_health_policy_from_row(row),
     )
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return timedelta(seconds=value) if value is not None else None
+
+
+def _health_policy_from_row(row: sa.Row[Any]) -> HealthPolicyOverride:
+    mapping = row._mapping
+    if "health_failure_threshold" not in mapping:  # a row read without the columns (a narrower select)
+        return NO_OVERRIDE
+    policy = HealthPolicyOverride(
+        row.health_failure_threshold,
+        _seconds(row.health_failure_window_seconds),
+        _seconds(row.health_base_cooldown_seconds),
+        _seconds(row.health_max_cooldown_seconds),
+    )
+    return NO_OVERRIDE if policy.is_empty else policy
+
+
+def health_policy_columns(policy: HealthPolicyOverride) -> dict[str, Any]:
+    def seconds(value: timedelta | None) -> float | None:
+        return value.total_seconds() if value is not None else None
+
+    return {
+        "health_failure_threshold": policy.failure_threshold,
+        "health_failure_window_seconds": seconds(policy.failure_window),
+        "health_base_cooldown_seconds": seconds(policy.base_cooldown),
+        "health_max_cooldown_seconds": seconds(policy.max_cooldown),
+    }
 
 
 def sealed_from_row(row: sa.Row[Any]) -> SealedKey:
@@ -437,7 +471,16 @@ class UserKeyRepository:
             is not None
         )
 
-    def put(self, user: str, provider_config_id: str, api_key: str) -> None:
+    def with_revision(self, user: str, provider_config_id: str) -> tuple[StoredKey, int] | None:
+        """The key, opened, and the config revision of its last change (0: set before that was kept)."""
+        row = self._connection.execute(
+            sa.select(user_provider_keys).where(
+                user_provider_keys.c.user_id == user, user_provider_keys.c.provider_config_id == provider_config_id
+            )
+        ).one_or_none()
+        return (_open_user_key(row, self._keyring), row.revision or 0) if row is not None else None
+
+    def put(self, user: str, provider_config_id: str, api_key: str, revision: int) -> None:
         sealed = seal_bound(self._keyring, api_key, partial(user_key_binding, user, provider_config_id))
         statement = insert(user_provider_keys).values(
             user_id=user,
@@ -447,6 +490,7 @@ class UserKeyRepository:
             key_incarnation=sealed.incarnation,
             create_time=sa.func.now(),
             update_time=sa.func.now(),
+            revision=revision,
         )
         self._connection.execute(
             statement.on_conflict_do_update(
@@ -456,6 +500,7 @@ class UserKeyRepository:
                     "api_key_key_id": statement.excluded.api_key_key_id,
                     "key_incarnation": statement.excluded.key_incarnation,
                     "update_time": sa.func.now(),
+                    "revision": statement.excluded.revision,
                 },
             )
         )
@@ -675,6 +720,171 @@ def busy_error(exc: BaseException) -> DomainError:
     )
 
 
+HealthKey = tuple[str, str]  # (provider config id, upstream model)
+
+_LOCK_HEALTH = sa.text(
+    """
+    SELECT h.* FROM provider_health h
+    JOIN unnest(CAST(:provider_ids AS text[]), CAST(:models AS text[])) AS k (provider_config_id, model)
+      ON h.provider_config_id = k.provider_config_id AND h.model = k.model
+    ORDER BY h.provider_config_id, h.model
+    FOR UPDATE OF h
+    """
+)
+_HEALTH_VALUES = (
+    "unnest(CAST(:provider_ids AS text[]), CAST(:models AS text[]), CAST(:failures AS integer[]), "
+    "CAST(:window_starts AS timestamptz[]), CAST(:window_failures AS integer[]), CAST(:trips AS integer[]), "
+    "CAST(:last_cooldowns AS double precision[]), CAST(:cooldowns_until AS timestamptz[])) "
+    "AS v (provider_config_id, model, consecutive_failures, window_start, window_failures, trips, "
+    "last_cooldown_seconds, cooldown_until)"
+)
+# A row for a config that is gone is not written (the config's delete removed its health).
+_INSERT_HEALTH = sa.text(
+    "INSERT INTO provider_health (provider_config_id, model, consecutive_failures, window_start, window_failures, "
+    "trips, last_cooldown_seconds, cooldown_until) "
+    f"SELECT v.* FROM {_HEALTH_VALUES} JOIN provider_configs p ON p.id = v.provider_config_id "
+    "ON CONFLICT DO NOTHING RETURNING provider_config_id, model"
+)
+_UPDATE_HEALTH = sa.text(
+    "UPDATE provider_health h SET consecutive_failures = v.consecutive_failures, window_start = v.window_start, "
+    "window_failures = v.window_failures, trips = v.trips, last_cooldown_seconds = v.last_cooldown_seconds, "
+    f"cooldown_until = v.cooldown_until, update_time = now() FROM {_HEALTH_VALUES} "
+    "WHERE h.provider_config_id = v.provider_config_id AND h.model = v.model"
+)
+_DELETE_HEALTH = sa.text(
+    "DELETE FROM provider_health h "
+    "USING unnest(CAST(:provider_ids AS text[]), CAST(:models AS text[])) AS k (provider_config_id, model) "
+    "WHERE h.provider_config_id = k.provider_config_id AND h.model = k.model"
+)
+
+
+def _health_from_row(row: sa.Row[Any]) -> AttachmentHealth:
+    return AttachmentHealth(
+        row.consecutive_failures,
+        row.window_start,
+        row.window_failures,
+        row.trips,
+        timedelta(seconds=row.last_cooldown_seconds),
+        row.cooldown_until,
+    )
+
+
+def _key_arrays(keys: Iterable[HealthKey]) -> dict[str, list[str]]:
+    keys = list(keys)
+    return {"provider_ids": [k[0] for k in keys], "models": [k[1] for k in keys]}
+
+
+def _state_arrays(states: Mapping[HealthKey, AttachmentHealth]) -> dict[str, list[Any]]:
+    values = list(states.values())
+    return {
+        **_key_arrays(states),
+        "failures": [v.consecutive_failures for v in values],
+        "window_starts": [v.window_start for v in values],
+        "window_failures": [v.window_failures for v in values],
+        "trips": [v.trips for v in values],
+        "last_cooldowns": [v.last_cooldown.total_seconds() for v in values],
+        "cooldowns_until": [v.cooldown_until for v in values],
+    }
+
+
+class ProviderHealthRepository:
+    """Provider health rows and rejected-key marks (migration 0008). Every statement has a fixed size."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def locked(self, keys: Iterable[HealthKey]) -> dict[HealthKey, AttachmentHealth]:
+        """The stored state of those `keys` that have a row, locked until commit (in key order, so two
+        writers never wait on each other in a cycle); a key with no row is healthy."""
+        rows = self._connection.execute(_LOCK_HEALTH, _key_arrays(sorted(set(keys))))
+        return {(r.provider_config_id, r.model): _health_from_row(r) for r in rows}
+
+    def save(self, states: Mapping[HealthKey, AttachmentHealth], stored: Collection[HealthKey]) -> set[HealthKey]:
+        """Writes each state: a healthy one deletes its row; `stored` are the keys that have one. Returns
+        the keys whose new row could not be inserted because another writer inserted it first."""
+        healthy = [k for k, v in states.items() if v.healthy and k in stored]
+        updates = {k: v for k, v in states.items() if not v.healthy and k in stored}
+        inserts = {k: v for k, v in sorted(states.items()) if not v.healthy and k not in stored}
+        if healthy:
+            self._connection.execute(_DELETE_HEALTH, _key_arrays(healthy))
+        if updates:
+            self._connection.execute(_UPDATE_HEALTH, _state_arrays(updates))
+        lost: set[HealthKey] = set()
+        if inserts:
+            inserted = {tuple(r) for r in self._connection.execute(_INSERT_HEALTH, _state_arrays(inserts))}
+            lost = {k for k in inserts if k not in inserted}
+        return lost
+
+    def of_providers(self, provider_config_ids: Iterable[str]) -> dict[str, list[tuple[str, AttachmentHealth]]]:
+        """Every upstream model's state with any failure, trip or cooldown, by provider config id."""
+        ids = list(set(provider_config_ids))
+        found: dict[str, list[tuple[str, AttachmentHealth]]] = {}
+        if ids:
+            rows = self._connection.execute(
+                sa.select(provider_health)
+                .where(any_of(provider_health.c.provider_config_id, ids))
+                .order_by(provider_health.c.provider_config_id, provider_health.c.model)
+            )
+            for row in rows:
+                found.setdefault(row.provider_config_id, []).append((row.model, _health_from_row(row)))
+        return found
+
+    def reset(self, provider_config_id: str) -> bool:
+        """Ends every cooldown of the config and clears its central key's mark; whether anything was there."""
+        health = self._connection.execute(
+            sa.delete(provider_health).where(provider_health.c.provider_config_id == provider_config_id)
+        )
+        mark = self._connection.execute(
+            sa.delete(key_rejections).where(
+                key_rejections.c.provider_config_id == provider_config_id, key_rejections.c.user_id == ""
+            )
+        )
+        return bool(health.rowcount or mark.rowcount)
+
+    def marks(self, provider_config_ids: Iterable[str], user: str = "") -> dict[str, KeyMark]:
+        """The marks of `user`'s keys ('' for the central keys) for those configs, by provider config id."""
+        ids = list(set(provider_config_ids))
+        if not ids:
+            return {}
+        rows = self._connection.execute(
+            sa.select(key_rejections).where(
+                any_of(key_rejections.c.provider_config_id, ids), key_rejections.c.user_id == user
+            )
+        )
+        return {r.provider_config_id: KeyMark(r.key_source, bytes(r.key_fingerprint), r.rejected_time) for r in rows}
+
+    def user_marks(self, user: str) -> dict[str, KeyMark]:
+        rows = self._connection.execute(sa.select(key_rejections).where(key_rejections.c.user_id == user))
+        return {r.provider_config_id: KeyMark(r.key_source, bytes(r.key_fingerprint), r.rejected_time) for r in rows}
+
+    def put_mark(self, provider_config_id: str, user: str, mark: KeyMark) -> None:
+        statement = insert(key_rejections).values(
+            provider_config_id=provider_config_id,
+            user_id=user,
+            key_source=mark.key_source,
+            key_fingerprint=mark.fingerprint,
+            rejected_time=mark.rejected_time,
+        )
+        self._connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[key_rejections.c.provider_config_id, key_rejections.c.user_id],
+                set_={
+                    "key_source": statement.excluded.key_source,
+                    "key_fingerprint": statement.excluded.key_fingerprint,
+                    "rejected_time": statement.excluded.rejected_time,
+                },
+            )
+        )
+
+    def delete_mark(self, provider_config_id: str, user: str) -> bool:
+        result = self._connection.execute(
+            sa.delete(key_rejections).where(
+                key_rejections.c.provider_config_id == provider_config_id, key_rejections.c.user_id == user
+            )
+        )
+        return bool(result.rowcount)
+
+
 class UnitOfWork:
     """One transaction per use case; nothing is written unless `commit` is called (the service layer's
     `unit_of_work.UnitOfWork` port). A database that is unreachable or goes away raises
@@ -720,6 +930,7 @@ class UnitOfWork:
         self.user_keys = UserKeyRepository(self._connection, self._keyring)
         self.access_tokens = AccessTokenRepository(self._connection)
         self.audit = AuditRepository(self._connection)
+        self.health = ProviderHealthRepository(self._connection)
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:

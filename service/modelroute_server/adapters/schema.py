@@ -53,6 +53,11 @@ provider_configs = sa.Table(
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revision", sa.BigInteger, nullable=False),
+    # The config's own cooldown rule (migration 0008); NULL takes the service's default.
+    sa.Column("health_failure_threshold", sa.Integer),
+    sa.Column("health_failure_window_seconds", sa.Float),
+    sa.Column("health_base_cooldown_seconds", sa.Float),
+    sa.Column("health_max_cooldown_seconds", sa.Float),
 )
 
 model_configs = sa.Table(
@@ -105,6 +110,34 @@ user_provider_keys = sa.Table(
     sa.Column("key_incarnation", sa.LargeBinary),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    # The config revision of the key's last change; NULL: set before migration 0008.
+    sa.Column("revision", sa.BigInteger),
+)
+
+# What attempt reports did to one (provider config, upstream model) (migration 0008).
+provider_health = sa.Table(
+    "provider_health",
+    metadata,
+    sa.Column("provider_config_id", sa.Text, primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True)),
+    sa.Column("window_failures", sa.Integer, nullable=False),
+    sa.Column("trips", sa.Integer, nullable=False),
+    sa.Column("last_cooldown_seconds", sa.Float, nullable=False),
+    sa.Column("cooldown_until", sa.DateTime(timezone=True)),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Keys a provider refused, by a keyed fingerprint (never the key); user '' for the central key.
+key_rejections = sa.Table(
+    "key_rejections",
+    metadata,
+    sa.Column("provider_config_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("key_source", sa.Text, nullable=False),
+    sa.Column("key_fingerprint", sa.LargeBinary, nullable=False),
+    sa.Column("rejected_time", sa.DateTime(timezone=True), nullable=False),
 )
 
 access_tokens = sa.Table(

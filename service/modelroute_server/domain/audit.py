@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .access import AccessToken
@@ -107,6 +107,23 @@ def provider_record(config: ProviderConfig) -> dict[str, Any]:
         "credential_policy.central_api_key_enabled": config.policy.central_api_key_enabled,
         "credential_policy.allow_user_api_key": config.policy.allow_user_api_key,
         "credential_policy.allow_central_api_key_fallback": config.policy.allow_central_api_key_fallback,
+        **_health_policy_record(config),
+    }
+
+
+def _health_policy_record(config: ProviderConfig) -> dict[str, Any]:
+    policy = config.health_policy
+    if policy.is_empty:
+        return {}
+
+    def seconds(value: timedelta | None) -> float | None:
+        return value.total_seconds() if value is not None else None
+
+    return {
+        "health_policy.failure_threshold": policy.failure_threshold,
+        "health_policy.failure_window_seconds": seconds(policy.failure_window),
+        "health_policy.base_cooldown_seconds": seconds(policy.base_cooldown),
+        "health_policy.max_cooldown_seconds": seconds(policy.max_cooldown),
     }
 
 

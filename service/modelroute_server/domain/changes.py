@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .access import AccessToken
+from .health import KeyMark, ProviderHealthState
 from .models import ModelConfig
 from .providers import ProviderConfig
 
@@ -22,6 +23,9 @@ class FullState:
     # Each user's sealed keys, packed into one value (`adapters.crypto.pack_sealed_keys`).
     user_keys: Iterable[tuple[str, bytes]]
     tokens: Sequence[AccessToken]
+    # Provider health by provider config id (only those with any), and users' key marks by user.
+    health: Mapping[str, ProviderHealthState] = field(default_factory=dict)
+    user_marks: Mapping[str, Mapping[str, KeyMark]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,7 @@ class ChangeBatch:
     # By user: all of that user's keys, packed.
     user_keys: Mapping[str, bytes | None] = field(default_factory=dict)
     tokens: Mapping[str, AccessToken | None] = field(default_factory=dict)
+    # A provider config's health as it is now (None: healthy, or the config is gone).
+    health: Mapping[str, ProviderHealthState | None] = field(default_factory=dict)
+    # By user: all of that user's key marks by provider config id (None: none left).
+    user_marks: Mapping[str, Mapping[str, KeyMark] | None] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from datetime import datetime
 from . import rules
 from .errors import DomainError, FieldViolation, Reason, ViolationCollector
 from .families import Family
+from .health import NO_OVERRIDE, HealthPolicyOverride
 
 
 class KeySource(enum.Enum):
@@ -29,6 +30,8 @@ class StoredKey:
     """A key read back from storage: its plaintext, or None when it cannot be decrypted."""
 
     secret: str | None = field(repr=False)
+    # The provider refused this very key (an attempt report): resolution treats it as absent.
+    rejected: bool = False
 
     @property
     def undecryptable(self) -> bool:
@@ -80,6 +83,7 @@ class ProviderConfig:
     create_time: datetime | None = None
     update_time: datetime | None = None
     revision: int = 0
+    health_policy: HealthPolicyOverride = NO_OVERRIDE
 
     @property
     def name(self) -> str:

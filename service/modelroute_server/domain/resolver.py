@@ -12,11 +12,12 @@ import enum
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from . import rules
 from .families import Family
 from .models import ModelConfig
-from .providers import KeySource, ProviderConfig, StoredKey, central_credential
+from .providers import CentralCredential, KeySource, ProviderConfig, StoredKey, central_credential
 
 
 class SkipReason(enum.Enum):
@@ -25,6 +26,8 @@ class SkipReason(enum.Enum):
     CENTRAL_KEY_MISSING = "CENTRAL_KEY_MISSING"
     KEY_UNDECRYPTABLE = "KEY_UNDECRYPTABLE"
     INVALID_CONFIG = "INVALID_CONFIG"
+    USER_KEY_REJECTED = "USER_KEY_REJECTED"
+    CENTRAL_KEY_REJECTED = "CENTRAL_KEY_REJECTED"
 
 
 class FixableBy(enum.Enum):
@@ -50,6 +53,8 @@ class AttachmentOutcome:
     message: str = ""
     # The attachment's upstream model name override; '' sends the model's own (`Resolution.upstream_model`).
     model_override: str = ""
+    # Usable, but cooling down until then (provider health): demoted behind the attachments that are not.
+    cooldown_until: datetime | None = None
 
     @property
     def usable(self) -> bool:
@@ -63,11 +68,31 @@ class Resolution:
     # The positions whose outcome a caller's key (or a what-if) decided; every other outcome, and the
     # whole answer when there is none, is the same for every caller.
     decided_by_caller: frozenset[int] = frozenset()
+    # Some usable attachment is cooling down: `usable_outcomes` is then in health order.
+    cooling: bool = False
 
     # Computed once per resolution (a call reads each several times).
     @functools.cached_property
     def usable_outcomes(self) -> tuple[AttachmentOutcome, ...]:
-        return tuple(o for o in self.outcomes if o.skip_reason is None)
+        """The usable attachments in the order to try them: those cooling down after all the others, in
+        their order; when every one is cooling down, the one that recovers first leads (health never
+        turns a working configuration into an outage)."""
+        usable = tuple(o for o in self.outcomes if o.skip_reason is None)
+        if not self.cooling:
+            return usable
+        ready = [o for o in usable if o.cooldown_until is None]
+        cooling = [o for o in usable if o.cooldown_until is not None]
+        if not ready and cooling:
+            first = min(cooling, key=lambda o: (o.cooldown_until, o.position))
+            cooling.remove(first)
+            ready.append(first)
+        return (*ready, *cooling)
+
+    @property
+    def degraded(self) -> bool:
+        """Usable, but through an attachment that is cooling down."""
+        selected = self.selected
+        return selected is not None and selected.cooldown_until is not None
 
     @property
     def selected(self) -> AttachmentOutcome | None:
@@ -114,7 +139,8 @@ class ProviderVerdict:
     `without_user_key` is the resolver's verdict for a caller holding no user key
     for it (at position 0); a user key can change it only when `user_key_matters`
     (the config is enabled and accepts user keys). `config_problem` is the stored
-    row's base URL check, so no call parses a URL.
+    row's base URL check, so no call parses a URL. `central_rejected`: the provider
+    refused the central key this config would use (its mark matches that key).
     """
 
     provider: ProviderConfig
@@ -122,6 +148,7 @@ class ProviderVerdict:
     config_problem: str | None
     without_user_key: AttachmentOutcome
     user_key_matters: bool
+    central_rejected: bool = False
     # By override ('' for none), then position: string keys hash once, so no call builds a key.
     _outcomes: dict[str, dict[int, AttachmentOutcome]] = field(default_factory=lambda: {"": {}}, repr=False)
 
@@ -139,13 +166,20 @@ class ProviderVerdict:
         return outcome
 
 
-def prepare_provider(provider: ProviderConfig, deployment_keys: Mapping[Family, str]) -> ProviderVerdict:
+def prepare_provider(
+    provider: ProviderConfig, deployment_keys: Mapping[Family, str], central_rejected: bool = False
+) -> ProviderVerdict:
     deployment_key = deployment_keys.get(provider.family)
     problem = runtime_config_problem(provider)
     keys = {provider.family: deployment_key} if deployment_key is not None else {}
-    outcome = _attachment_outcome(provider, 0, provider.enabled, None, keys, problem)
+    outcome = _attachment_outcome(provider, 0, provider.enabled, None, keys, problem, central_rejected)
     return ProviderVerdict(
-        provider, deployment_key, problem, outcome, provider.enabled and provider.policy.allow_user_api_key
+        provider,
+        deployment_key,
+        problem,
+        outcome,
+        provider.enabled and provider.policy.allow_user_api_key,
+        central_rejected,
     )
 
 
@@ -155,6 +189,8 @@ def resolve(
     user_keys: Mapping[str, StoredKey],
     deployment_keys: Mapping[Family, str],
     what_if: WhatIf | None = None,
+    cooldowns: Mapping[str, Mapping[str, datetime]] | None = None,
+    now: datetime | None = None,
 ) -> Resolution:
     """Walk the attachments in order; record one outcome each.
 
@@ -162,7 +198,7 @@ def resolve(
     config to a sibling of the same family (guarantee 3 in docs/behaviour.md).
     """
     verdicts = {pid: prepare_provider(providers[pid], deployment_keys) for pid in model.attachments}
-    return resolve_prepared(model, verdicts, user_keys, what_if)
+    return resolve_prepared(model, verdicts, user_keys, what_if, cooldowns, now)
 
 
 def resolve_prepared(
@@ -170,9 +206,14 @@ def resolve_prepared(
     verdicts: Mapping[str, ProviderVerdict],
     user_keys: Mapping[str, StoredKey],
     what_if: WhatIf | None = None,
+    cooldowns: Mapping[str, Mapping[str, datetime]] | None = None,
+    now: datetime | None = None,
 ) -> Resolution:
     """`resolve` over verdicts prepared when the configuration changed: only an attachment whose
-    verdict the caller's key (or a what-if) can change is decided again."""
+    verdict the caller's key (or a what-if) can change is decided again.
+
+    `cooldowns`: by provider config id, the upstream models cooling down until when (provider
+    health); one that ends by `now` is over."""
     outcomes = []
     decided = []
     overrides = model.overrides
@@ -189,6 +230,7 @@ def resolve_prepared(
             what_if is None
             and verdict.config_problem is None
             and user_key is not None
+            and not user_key.rejected
             and rules.key_is_present(user_key.secret)
         ):
             # Rule 2's first case, the common one: the caller's own key, decrypted, for an enabled config
@@ -211,11 +253,24 @@ def resolve_prepared(
             if provider_id in what_if.user_has_key:
                 user_key = _WHAT_IF_KEY if what_if.user_has_key[provider_id] else None
         keys = {provider.family: verdict.deployment_key} if verdict.deployment_key is not None else {}
-        outcome = _attachment_outcome(provider, position, enabled, user_key, keys, verdict.config_problem)
+        outcome = _attachment_outcome(
+            provider, position, enabled, user_key, keys, verdict.config_problem, verdict.central_rejected
+        )
         outcomes.append(replace(outcome, model_override=override) if override else outcome)
     if what_if is not None:
         decided = list(range(len(outcomes)))
-    return Resolution(model, tuple(outcomes), frozenset(decided))
+    cooling = False
+    if cooldowns:
+        assert now is not None
+        for index, outcome in enumerate(outcomes):
+            by_model = cooldowns.get(outcome.provider_config_id)
+            if by_model is None or outcome.skip_reason is not None:
+                continue
+            until = by_model.get(outcome.model_override or model.model)
+            if until is not None and until > now:
+                outcomes[index] = replace(outcome, cooldown_until=until)
+                cooling = True
+    return Resolution(model, tuple(outcomes), frozenset(decided), cooling)
 
 
 def provider_outcome(
@@ -234,6 +289,7 @@ def _attachment_outcome(
     user_key: StoredKey | None,
     deployment_keys: Mapping[Family, str],
     config_problem: str | None,
+    central_rejected: bool = False,
 ) -> AttachmentOutcome:
     def skipped(reason: SkipReason, fixable_by: FixableBy, message: str) -> AttachmentOutcome:
         return AttachmentOutcome(
@@ -251,10 +307,15 @@ def _attachment_outcome(
         return skipped(SkipReason.PROVIDER_DISABLED, FixableBy.ADMIN, "the provider config is disabled")
 
     # 2. The credential policy decides the key (first matching rule, docs/behaviour.md "Resolution").
+    # A key the provider rejected counts as absent (docs/behaviour.md, "Rejected keys").
     policy = provider.policy
     central = central_credential(provider, deployment_keys)
+    if central_rejected and central.source in (KeySource.STORED, KeySource.DEPLOYMENT):
+        ambient = policy.central_api_key_enabled and provider.family.supports_ambient_credentials
+        central = CentralCredential(KeySource.AMBIENT if ambient else None)
     has_central_key = central.source in (KeySource.STORED, KeySource.DEPLOYMENT)
-    user_key_present = user_key is not None and user_key.present
+    user_key_rejected = user_key is not None and user_key.rejected
+    user_key_present = user_key is not None and user_key.present and not user_key_rejected
     source: KeySource
     secret: str | None
     if policy.allow_user_api_key and user_key_present:
@@ -276,6 +337,8 @@ def _attachment_outcome(
                 "the stored central key cannot be decrypted with the configured keyring",
             )
     elif has_central_key and policy.allow_user_api_key:
+        if user_key_rejected:
+            return skipped(SkipReason.USER_KEY_REJECTED, FixableBy.USER, _USER_KEY_REJECTED)
         return skipped(
             SkipReason.USER_KEY_REQUIRED,
             FixableBy.USER,
@@ -284,10 +347,18 @@ def _attachment_outcome(
     elif central.source is KeySource.AMBIENT and policy.central_key_serves_users:
         source, secret = KeySource.AMBIENT, None
     elif policy.allow_user_api_key:
+        if user_key_rejected:
+            return skipped(SkipReason.USER_KEY_REJECTED, FixableBy.USER, _USER_KEY_REJECTED)
         return skipped(
             SkipReason.USER_KEY_REQUIRED,
             FixableBy.USER,
             "this provider config accepts only the user's own key and the user has none",
+        )
+    elif central_rejected:
+        return skipped(
+            SkipReason.CENTRAL_KEY_REJECTED,
+            FixableBy.ADMIN,
+            "the provider rejected the central key; set a new key (or reset the provider config's health)",
         )
     else:
         return skipped(
@@ -301,6 +372,9 @@ def _attachment_outcome(
         return skipped(SkipReason.INVALID_CONFIG, FixableBy.ADMIN, config_problem)
 
     return AttachmentOutcome(provider.id, position, provider.family, provider.base_url, source, secret)
+
+
+_USER_KEY_REJECTED = "the provider rejected the user's key for this provider config; the user must set a new one"
 
 
 def runtime_config_problem(provider: ProviderConfig) -> str | None:

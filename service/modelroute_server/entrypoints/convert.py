@@ -5,14 +5,16 @@ Protobuf stops here: nothing below the entrypoints sees a message.
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
@@ -20,10 +22,12 @@ from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, res
 from ..adapters.crypto import Keyring, user_key_opener
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
+from ..domain.health import AttemptOutcome, HealthPolicyOverride
 from ..domain.models import Attachment, CallOptions, ModelConfig, check_attachment_count, upstream_name_problem
 from ..domain.providers import KeySource, provider_config_name
 from ..domain.resolver import AttachmentOutcome, FixableBy, ModelUnusableReason, Resolution, SkipReason
 from ..domain.rules import SLUG_PATTERN
+from ..service_layer.health import AttemptReport
 from ..service_layer.inputs import (
     MODEL_OPTION_PATHS,
     MODEL_UPDATABLE_PATHS,
@@ -46,6 +50,8 @@ FIXABLE_BY_TO_PROTO = {f: common_pb2.FixableBy.Value("FIXABLE_BY_" + f.name) for
 UNUSABLE_TO_PROTO = {
     r: resolver_pb2.ModelUnusableReason.Value("MODEL_UNUSABLE_REASON_" + r.name) for r in ModelUnusableReason
 }
+PROTO_TO_KEY_SOURCE = {value: source for source, value in KEY_SOURCE_TO_PROTO.items()}
+PROTO_TO_OUTCOME = {resolver_pb2.AttemptOutcome.Value("ATTEMPT_OUTCOME_" + o.name): o for o in AttemptOutcome}
 POLICY_FIELDS = (
     "central_api_key_enabled",
     "allow_user_api_key",
@@ -164,6 +170,7 @@ def provider_input(
             ("enabled", message.HasField("enabled")),
             ("api_key", bool(message.api_key)),
             ("family", message.family != common_pb2.FAMILY_UNSPECIFIED),
+            ("health_policy", message.HasField("health_policy")),
         )
         if present
     ] + [f"credential_policy.{f}" for f in POLICY_FIELDS if _has(policy, f)]
@@ -190,6 +197,7 @@ def provider_input(
             policy.allow_central_api_key_fallback if policy.HasField("allow_central_api_key_fallback") else None
         ),
         api_key=message.api_key,
+        health_policy=health_policy_input(message.health_policy) if message.HasField("health_policy") else None,
         etag=message.etag,
         paths=paths,
     )
@@ -201,6 +209,7 @@ def _unknown_family(field_path: str, value: int) -> DomainError:
 
 def provider_to_proto(view: ProviderConfigView) -> provider_config_pb2.ProviderConfig:
     config, facts = view.config, view.facts
+    now = datetime.now(UTC)
     return provider_config_pb2.ProviderConfig(
         name=config.name,
         family=FAMILY_TO_PROTO[config.family],
@@ -218,6 +227,55 @@ def provider_to_proto(view: ProviderConfigView) -> provider_config_pb2.ProviderC
         create_time=to_timestamp(config.create_time),
         update_time=to_timestamp(config.update_time),
         etag=etag_of(config.revision),
+        health=provider_config_pb2.ProviderHealth(
+            models=[
+                provider_config_pb2.ModelHealth(
+                    model=model,
+                    consecutive_failures=state.consecutive_failures,
+                    trips=state.trips,
+                    cooldown_until=to_timestamp(state.cooldown_until if state.cooling_at(now) else None),
+                )
+                for model, state in view.health.models
+            ],
+            central_key_rejected_time=to_timestamp(view.health.central_key_rejected_time),
+        ),
+        health_policy=_health_policy_to_proto(config.health_policy),
+    )
+
+
+def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(value)
+    return duration
+
+
+def _health_policy_to_proto(policy: HealthPolicyOverride) -> provider_config_pb2.HealthPolicy | None:
+    if policy.is_empty:
+        return None
+    return provider_config_pb2.HealthPolicy(
+        failure_threshold=policy.failure_threshold,
+        failure_window=_duration(policy.failure_window),
+        base_cooldown=_duration(policy.base_cooldown),
+        max_cooldown=_duration(policy.max_cooldown),
+    )
+
+
+def health_policy_input(message: provider_config_pb2.HealthPolicy) -> HealthPolicyOverride:
+    def duration(name: str) -> timedelta | None:
+        if not message.HasField(name):  # type: ignore[arg-type]
+            return None
+        value: duration_pb2.Duration = getattr(message, name)
+        if value.nanos % 1000 or not -315_576_000_000 <= value.seconds <= 315_576_000_000:
+            raise invalid_field(f"provider_config.health_policy.{name}", "must be a whole number of microseconds")
+        return value.ToTimedelta()
+
+    return HealthPolicyOverride(
+        message.failure_threshold if message.HasField("failure_threshold") else None,
+        duration("failure_window"),
+        duration("base_cooldown"),
+        duration("max_cooldown"),
     )
 
 
@@ -478,6 +536,7 @@ def user_provider_to_proto(view: UserProviderView) -> user_key_pb2.UserProviderC
         has_user_api_key=view.has_user_api_key,
         central_fallback_available=view.central_fallback_available,
         user_api_key_required=view.user_api_key_required,
+        key_rejected_time=to_timestamp(view.key_rejected_time),
     )
 
 
@@ -493,6 +552,7 @@ def resolved_attachment(outcome: AttachmentOutcome, upstream_model: str) -> reso
         base_url=outcome.base_url or "",
         key_source=_key_source(outcome.key_source),
         api_key=outcome.secret or "",
+        cooldown_until=to_timestamp(outcome.cooldown_until),
     )
 
 
@@ -560,6 +620,11 @@ class _KeptAnswer:
     parts: tuple[bytes | _CallerKey, ...]
     # Counts the answer in the metrics each time it is given.
     tally: Callable[[], None]
+    # Provider health it was decided from: the cooldowns, the user's key marks, and when the first
+    # cooldown it demoted ends (time.time(); infinity when it demoted none).
+    cooldowns: object = None
+    user_marks: object = None
+    valid_until: float = math.inf
 
 
 def _nothing() -> None:
@@ -620,6 +685,9 @@ class ResolveResponses:
             or snapshot.models.get(model.id) is not model
             or (user and snapshot.user_keys.get(user) is not entry.user_keys)
             or (not asked[0] and snapshot.default_model_id != model.id)
+            or snapshot.cooldowns is not entry.cooldowns
+            or (user and snapshot.user_marks.get(user) is not entry.user_marks)
+            or (entry.valid_until != math.inf and time.time() >= entry.valid_until)
         ):
             return None
         self._use(snapshot)
@@ -640,7 +708,22 @@ class ResolveResponses:
             if len(self._answers) >= self._kept_answers:
                 self._answers.popitem(last=False)
             user_keys = snapshot.user_keys.get(user) if user else None
-            self._answers[asked] = _KeptAnswer(resolution.model, snapshot.verdicts, user_keys, parts, tally)
+            user_marks = snapshot.user_marks.get(user) if user else None
+            valid_until = (
+                min(o.cooldown_until.timestamp() for o in resolution.usable_outcomes if o.cooldown_until)
+                if resolution.cooling
+                else math.inf
+            )
+            self._answers[asked] = _KeptAnswer(
+                resolution.model,
+                snapshot.verdicts,
+                user_keys,
+                parts,
+                tally,
+                snapshot.cooldowns,
+                user_marks,
+                valid_until,
+            )
         # The caller's keys this resolution opened: a kept answer's first call does not open them again.
         opened = {o.provider_config_id: o.secret for o in resolution.outcomes if o.key_source is KeySource.USER}
         answer = self._rendered(parts, opened)
@@ -671,6 +754,9 @@ class ResolveResponses:
         """The answer without its config_revision field, in encodings kept per snapshot, with each caller
         key left sealed in its place."""
         model, decided = resolution.model, resolution.decided_by_caller
+        if resolution.cooling:
+            # Health ordered it, for as long as a cooldown runs: nothing of it is shared with other answers.
+            decided = frozenset(range(len(resolution.outcomes)))
         if not decided:
             encoded = self._responses.get(model.id)
             if encoded is None:
@@ -756,6 +842,7 @@ def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:
         selected_provider_config=provider_config_name(selected.provider_config_id) if selected else "",
         skipped=[skipped_attachment(o, resolution.upstream_model(o)) for o in resolution.skipped],
         selected_model=resolution.upstream_model(selected) if selected else "",
+        degraded=resolution.degraded,
     )
 
 
@@ -777,8 +864,35 @@ def explain_response(resolution: Resolution, revision: int) -> resolver_pb2.Expl
                 fixable_by=FIXABLE_BY_TO_PROTO[o.fixable_by] if o.fixable_by else common_pb2.FIXABLE_BY_UNSPECIFIED,
                 message=o.message,
                 model=resolution.upstream_model(o),
+                cooldown_until=to_timestamp(o.cooldown_until),
             )
             for o in resolution.outcomes
         ],
         config_revision=revision,
     )
+
+
+# ---------------------------------------------------------------- attempt reports
+
+
+def attempt_reports(request: resolver_pb2.ReportAttemptsRequest) -> list[AttemptReport]:
+    """The reports as the use case checks them: a name that does not parse, an unset enum or an
+    unknown one arrive as None and are refused there, with every other problem of the batch."""
+    reports = []
+    for report in request.attempts:
+        retry_after = None
+        if report.HasField("retry_after"):
+            value = report.retry_after
+            retry_after = timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+        reports.append(
+            AttemptReport(
+                provider_config_id=_id_in(report.provider_config, "providerConfigs"),
+                model=report.model,
+                user=report.user,
+                key_source=PROTO_TO_KEY_SOURCE.get(report.key_source),
+                config_revision=report.config_revision,
+                outcome=PROTO_TO_OUTCOME.get(report.outcome),
+                retry_after=retry_after,
+            )
+        )
+    return reports

@@ -64,6 +64,10 @@ ADMIN_WRITE_WORKERS = 4
 # once, instead of queueing until the callers' deadlines.
 MAX_ADMIN_READS_IN_FLIGHT = 16
 MAX_WRITES_IN_FLIGHT = 16
+# Attempt reports are best effort (the client drops a batch refused): their own threads and bound, so that
+# a flood of reports never delays an admin write, and the other way round.
+ATTEMPT_REPORT_WORKERS = 2
+MAX_ATTEMPT_REPORTS_IN_FLIGHT = 32
 # Resolution answers from memory at once; only a call waiting for a revision (`min_revision`, or this
 # replica's own write) stays in flight, and this many of those are taken at most.
 MAX_WAITING_RESOLUTIONS = 1000
@@ -135,7 +139,7 @@ class BoundedWork:
 
 
 class AdminWork:
-    """Admin reads and writes, each class on worker threads of its own and bounded on its own."""
+    """Admin reads, writes and attempt reports, each class on worker threads of its own and bounded on its own."""
 
     def __init__(
         self,
@@ -143,9 +147,12 @@ class AdminWork:
         write_workers: int = ADMIN_WRITE_WORKERS,
         max_reads: int = MAX_ADMIN_READS_IN_FLIGHT,
         max_writes: int = MAX_WRITES_IN_FLIGHT,
+        report_workers: int = ATTEMPT_REPORT_WORKERS,
+        max_reports: int = MAX_ATTEMPT_REPORTS_IN_FLIGHT,
     ) -> None:
         self.reads = BoundedWork("admin reads", read_workers, max_reads)
         self.writes = BoundedWork("writes", write_workers, max_writes)
+        self.reports = BoundedWork("attempt reports", report_workers, max_reports)
 
     async def read(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.reads.run(work, *args, **kwargs)
@@ -153,6 +160,10 @@ class AdminWork:
     async def write(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.writes.run(work, *args, **kwargs)
 
+    async def report(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.reports.run(work, *args, **kwargs)
+
     def shutdown(self) -> None:
         self.reads.shutdown()
         self.writes.shutdown()
+        self.reports.shutdown()

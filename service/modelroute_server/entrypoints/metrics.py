@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from ..domain.errors import DomainError
 from ..domain.resolver import Resolution, SkipReason
+from ..service_layer.health import ReportsApplied
 from .authorization import current_caller_or_none, short_method
 from .executors import CallBound
 from .transport import split_address
@@ -116,6 +118,24 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self._attempt_reports = Counter(
+            "modelroute_attempt_reports",
+            "Attempt reports recorded, by outcome (IGNORED: a rejected-key report about a key replaced since).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._health_transitions = Counter(
+            "modelroute_health_transitions",
+            "Cooldowns started (TRIP) and ended by a success (RECOVERY) through this replica's reports.",
+            ["transition"],
+            registry=registry,
+        )
+        self._rejected_keys = Counter(
+            "modelroute_rejected_keys",
+            "Keys marked rejected through this replica's reports, by key source.",
+            ["key_source"],
+            registry=registry,
+        )
         self._methods: dict[str, MethodMetrics] = {}
 
     def method(self, method: str) -> MethodMetrics:
@@ -151,6 +171,16 @@ class Metrics:
         for violation in error.precondition_violations:
             if violation.type in skip_reasons:
                 self._skips.labels(violation.type).inc()
+
+    def attempts_reported(self, outcomes: Iterable[str], applied: ReportsApplied) -> None:
+        for outcome in outcomes:
+            self._attempt_reports.labels(outcome).inc()
+        if applied.ignored:
+            self._attempt_reports.labels("IGNORED").inc(applied.ignored)
+        for moved in applied.transitions:
+            self._health_transitions.labels(moved.value).inc()
+        for source in applied.marked:
+            self._rejected_keys.labels(source).inc()
 
     def watch(self, app: Application) -> None:
         """Reads what `app` counts itself at every scrape."""
@@ -218,7 +248,22 @@ def _snapshot_families(app: Application) -> Iterator[Metric]:
     )
     applies.add_metric(["changes"], statistics.applied_batches, statistics.apply_seconds)
     applies.add_metric(["full"], statistics.full_loads, statistics.full_load_seconds)
-    yield from (revision, sequence, age, cut_off, applies)
+    cooling = GaugeMetricFamily(
+        "modelroute_attachments_cooling_down",
+        "(provider config, upstream model) pairs cooling down now, as this replica resolves them.",
+    )
+    now = datetime.now(UTC)
+    cooling.add_metric(
+        [],
+        float(
+            sum(
+                until > now
+                for by_model in (snapshot.cooldowns if snapshot else {}).values()
+                for until in by_model.values()
+            )
+        ),
+    )
+    yield from (revision, sequence, age, cut_off, applies, cooling)
 
 
 def _bound_families(bounds: Sequence[CallBound]) -> Iterator[Metric]:

@@ -86,7 +86,7 @@ class Application:
         self.metrics.watch(self)
 
     def call_bounds(self) -> list[CallBound]:
-        bounds = [self.work.reads.bound, self.work.writes.bound]
+        bounds = [self.work.reads.bound, self.work.writes.bound, self.work.reports.bound]
         return bounds if self.resolution_bound is None else [self.resolution_bound, *bounds]
 
     def named_pools(self) -> list[NamedPool]:
@@ -190,7 +190,9 @@ def wire_application(
         ctx.deployment_keys,
         tokens,
         log_retention=settings.change_log_retention,
+        fingerprints=ctx.keyring,
     )
+    ctx.health_policy = settings.health_policy
     ctx.on_commit.append(snapshots.committed)
     app = Application(
         settings,
@@ -300,7 +302,7 @@ def create_server(
     model_config_pb2_grpc.add_ModelConfigServiceServicer_to_server(ModelConfigServicer(app.ctx, app.work), server)
     user_key_pb2_grpc.add_UserKeyServiceServicer_to_server(UserKeyServicer(app.ctx, app.work), server)
     resolver = ResolverServicer(
-        app.ctx, app.snapshots, app.settings.kept_answers, app.settings.max_snapshot_age, app.metrics
+        app.ctx, app.snapshots, app.settings.kept_answers, app.settings.max_snapshot_age, app.metrics, app.work
     )
     app.resolution_bound = resolver.waiting
     resolver_pb2_grpc.add_ResolverServiceServicer_to_server(resolver, server)

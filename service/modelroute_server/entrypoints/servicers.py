@@ -36,7 +36,7 @@ from modelroute.v1 import (
 from ..domain.errors import DomainError, invalid_field
 from ..domain.models import model_config_name
 from ..domain.resolver import WhatIf
-from ..service_layer import access_tokens, audit, model_configs, provider_configs, resolution, user_keys
+from ..service_layer import access_tokens, audit, health, model_configs, provider_configs, resolution, user_keys
 from ..service_layer.context import ServiceContext, WriteReceipt
 from ..service_layer.default_model import DefaultChange
 from ..service_layer.snapshot import Snapshot, SnapshotStore, configuration_stale
@@ -193,6 +193,14 @@ class ProviderConfigServicer(_WritingServicer, provider_config_pb2_grpc.Provider
             config_revision=outcome.revision,
         )
 
+    @rpc
+    async def ResetProviderHealth(
+        self, request: provider_config_pb2.ResetProviderHealthRequest, context: grpc.aio.ServicerContext
+    ) -> provider_config_pb2.ProviderConfig:
+        provider_id = convert.provider_id_from_name(request.name, "name")
+        view = await self._write(context, None, health.reset_provider_health, self._ctx, current_caller(), provider_id)
+        return convert.provider_to_proto(view)
+
 
 class ModelConfigServicer(_WritingServicer, model_config_pb2_grpc.ModelConfigServiceServicer):
     @rpc
@@ -345,9 +353,11 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         kept_answers: int = 10_000,
         max_snapshot_age: timedelta | None = None,
         metrics: Metrics | None = None,
+        work: AdminWork | None = None,
     ) -> None:
         self._ctx = ctx
         self._snapshots = snapshots
+        self._work = work or AdminWork()
         self._max_snapshot_age = max_snapshot_age
         self._metrics = metrics or Metrics()
         self._responses = convert.ResolveResponses(ctx.keyring, kept_answers, self._metrics.resolution_tally)
@@ -440,8 +450,21 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
             },
         )
         snapshot = await self._snapshot()
-        outcome = resolution.explain_resolution(self._ctx, snapshot, model_id, request.user, what_if)
+        outcome = resolution.explain_resolution(
+            self._ctx, snapshot, model_id, request.user, what_if, request.ignore_health
+        )
         return convert.explain_response(outcome, snapshot.revision)
+
+    @rpc
+    async def ReportAttempts(
+        self, request: resolver_pb2.ReportAttemptsRequest, context: grpc.aio.ServicerContext
+    ) -> resolver_pb2.ReportAttemptsResponse:
+        reports = convert.attempt_reports(request)
+        snapshot = self._snapshots.snapshot
+        known = snapshot.providers if snapshot is not None else {}
+        applied = await self._work.report(health.report_attempts, self._ctx, current_caller(), reports, known)
+        self._metrics.attempts_reported((r.outcome.value for r in reports if r.outcome is not None), applied)
+        return resolver_pb2.ReportAttemptsResponse(recorded=applied.recorded, ignored=applied.ignored)
 
 
 class AccessTokenServicer(_WritingServicer, access_token_pb2_grpc.AccessTokenServiceServicer):

@@ -11,6 +11,7 @@ from typing import ParamSpec, TypeVar
 from ..adapters.crypto import Keyring
 from ..domain.audit import AuditEntry, Caller
 from ..domain.families import Family
+from ..domain.health import HealthPolicy
 from .paging import PageTokens
 from .unit_of_work import UnitOfWork, UnitOfWorkFactory
 
@@ -74,6 +75,8 @@ class ServiceContext:
     deployment_keys: Mapping[Family, str] = field(default_factory=dict, repr=False)
     # Called with the change sequence of every commit that changed something replicas read.
     on_commit: list[Callable[[int], None]] = field(default_factory=list)
+    # The service's cooldown rule (settings); a provider config's `health_policy` overrides parts of it.
+    health_policy: HealthPolicy = field(default_factory=HealthPolicy)
 
     def __post_init__(self) -> None:
         self.page_tokens = PageTokens(self.keyring.derive("page-token"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..domain.families import Family
+from ..domain.health import HealthPolicyOverride
 from ..domain.models import Attachment, CallOptions
 
 PROVIDER_UPDATABLE_PATHS = frozenset(
@@ -20,6 +21,8 @@ PROVIDER_UPDATABLE_PATHS = frozenset(
         "credential_policy.allow_user_api_key",
         "credential_policy.allow_central_api_key_fallback",
         "api_key",
+        # Replaced as a whole: every field it leaves unset takes the service's default.
+        "health_policy",
     }
 )
 MODEL_OPTION_PATHS = frozenset(f"options.{name}" for name in CallOptions.__dataclass_fields__)
@@ -52,6 +55,7 @@ class ProviderConfigInput:
     allow_user_api_key: bool | None = None
     allow_central_api_key_fallback: bool | None = None
     api_key: str = field(default="", repr=False)
+    health_policy: HealthPolicyOverride | None = None
     etag: str = ""
     paths: frozenset[str] = frozenset()
 

@@ -14,6 +14,7 @@ from ..domain.errors import (
     ViolationCollector,
 )
 from ..domain.families import FAMILY_NAMES, Family
+from ..domain.health import NO_OVERRIDE, health_policy_problems
 from ..domain.models import model_config_name
 from ..domain.providers import (
     CredentialPolicy,
@@ -24,6 +25,7 @@ from ..domain.providers import (
 from .audit import default_move
 from .context import ServiceContext
 from .default_model import DefaultChange, settle_default
+from .health import health_views
 from .inputs import ProviderConfigInput
 from .paging import page_size
 from .resources import check_etag, provider_not_found, provider_resource
@@ -83,6 +85,10 @@ def create_provider_config(
         key_problem = rules.api_key_problem(request.api_key)
         if key_problem:
             violations.add(f"{PREFIX}api_key", key_problem)
+    health_policy = request.health_policy or NO_OVERRIDE
+    violations.violations += health_policy_problems(
+        health_policy, ctx.health_policy, f"{PREFIX}health_policy"
+    ).violations
     violations.raise_if_any()
     assert request.family is not None
     config = ProviderConfig(
@@ -97,6 +103,7 @@ def create_provider_config(
             bool(request.allow_central_api_key_fallback),
         ),
         api_key=StoredKey(request.api_key) if request.api_key else None,
+        health_policy=health_policy,
     )
     validate_provider_config(config, ctx.deployment_keys, PREFIX)
     with ctx.write(caller) as write:
@@ -117,9 +124,10 @@ def create_provider_config(
 def get_provider_config(ctx: ServiceContext, provider_config_id: str) -> ProviderConfigView:
     with ctx.read() as uow:
         config = uow.providers.get(provider_config_id)
-    if config is None:
-        raise provider_not_found(provider_config_id)
-    return provider_view(config, ctx.deployment_keys)
+        if config is None:
+            raise provider_not_found(provider_config_id)
+        health = health_views(ctx, uow, [config])[config.id]
+    return provider_view(config, ctx.deployment_keys, health)
 
 
 def list_provider_configs(
@@ -131,8 +139,9 @@ def list_provider_configs(
         configs = uow.providers.list(
             family=list_filter.family, enabled=list_filter.enabled, after_id=after, limit=size + 1
         )
-    page, next_token = ctx.page_tokens.cut(configs, size, "providerConfigs?" + list_filter.canonical)
-    return ProviderConfigPage([provider_view(c, ctx.deployment_keys) for c in page], next_token)
+        page, next_token = ctx.page_tokens.cut(configs, size, "providerConfigs?" + list_filter.canonical)
+        health = health_views(ctx, uow, page)
+    return ProviderConfigPage([provider_view(c, ctx.deployment_keys, health[c.id]) for c in page], next_token)
 
 
 def update_provider_config(
@@ -146,6 +155,10 @@ def update_provider_config(
         return view
     if "api_key" in paths and request.api_key:
         _check_new_key(request.api_key)
+    if "health_policy" in paths:
+        health_policy_problems(
+            request.health_policy or NO_OVERRIDE, ctx.health_policy, f"{PREFIX}health_policy"
+        ).raise_if_any()
     with ctx.write(caller) as write:
         uow = write.uow
         current = uow.providers.get(provider_config_id)
@@ -165,13 +178,16 @@ def update_provider_config(
         changes = _changes(current, updated)
         if not changes:
             # The same values (the same key included, compared here): no revision, no event, no write.
-            return provider_view(current, ctx.deployment_keys)
+            return provider_view(current, ctx.deployment_keys, health_views(ctx, uow, [current])[current.id])
         key_changed = any(c.field == "api_key" for c in changes)
         uow.providers.update(updated, write.config_revision, key_changed=key_changed)
+        if key_changed:
+            uow.health.delete_mark(provider_config_id, "")  # the mark was about the key replaced
         stored = uow.providers.get(provider_config_id)
+        assert stored is not None
+        health = health_views(ctx, uow, [stored])[stored.id]
         write.record(AuditEntry(current.name, changes))
-    assert stored is not None
-    return provider_view(stored, ctx.deployment_keys)
+    return provider_view(stored, ctx.deployment_keys, health)
 
 
 def _apply(current: ProviderConfig, request: ProviderConfigInput) -> ProviderConfig:
@@ -194,6 +210,8 @@ def _apply(current: ProviderConfig, request: ProviderConfigInput) -> ProviderCon
     changes["policy"] = policy
     if "api_key" in paths:
         changes["api_key"] = StoredKey(request.api_key) if request.api_key else None
+    if "health_policy" in paths:
+        changes["health_policy"] = request.health_policy or NO_OVERRIDE
     return replace(current, **changes)  # type: ignore[arg-type]
 
 

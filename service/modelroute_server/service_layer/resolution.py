@@ -9,7 +9,8 @@ can change a verdict.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from ..adapters.crypto import open_user_key
 from ..domain.errors import DomainError, PreconditionViolation, Reason
@@ -46,17 +47,36 @@ def _user_keys(
     if not user or user not in snapshot.user_keys:
         return {}
     verdicts = snapshot.verdicts
-    return {
+    keys = {
         provider_id: open_user_key(ctx.keyring, user, provider_id, key)
         for provider_id, key in snapshot.sealed_user_keys(user, model.attachments).items()
         if what_if is not None or verdicts[provider_id].user_key_matters
     }
+    marks = snapshot.user_marks.get(user)
+    if marks:
+        # A mark counts only while it is about the key the user has now (a new key clears it by itself).
+        for provider_id, mark in marks.items():
+            key = keys.get(provider_id)
+            if key is not None and key.secret and ctx.keyring.fingerprint_matches(key.secret, mark.fingerprint):
+                keys[provider_id] = replace(key, rejected=True)
+    return keys
 
 
 def resolution_for(
-    ctx: ServiceContext, snapshot: Snapshot, model: ModelConfig, user: str, what_if: WhatIf | None = None
+    ctx: ServiceContext,
+    snapshot: Snapshot,
+    model: ModelConfig,
+    user: str,
+    what_if: WhatIf | None = None,
+    *,
+    ignore_health: bool = False,
 ) -> Resolution:
-    return resolve_prepared(model, snapshot.verdicts, _user_keys(ctx, snapshot, model, user, what_if), what_if)
+    cooldowns = None if ignore_health else snapshot.cooldowns
+    # The clock is read only while some attachment is cooling down somewhere (rare).
+    now = datetime.now(UTC) if cooldowns else None
+    return resolve_prepared(
+        model, snapshot.verdicts, _user_keys(ctx, snapshot, model, user, what_if), what_if, cooldowns, now
+    )
 
 
 def resolve_model(ctx: ServiceContext, snapshot: Snapshot, model_config_id: str | None, user: str) -> Resolution:
@@ -109,9 +129,15 @@ def list_available_models(
 
 
 def explain_resolution(
-    ctx: ServiceContext, snapshot: Snapshot, model_config_id: str | None, user: str, what_if: WhatIf
+    ctx: ServiceContext,
+    snapshot: Snapshot,
+    model_config_id: str | None,
+    user: str,
+    what_if: WhatIf,
+    ignore_health: bool = False,
 ) -> Resolution:
     for provider_id in (*what_if.user_has_key, *what_if.provider_enabled):
         if provider_id not in snapshot.providers:
             raise provider_not_found(provider_id, context="a what-if override names ")
-    return resolution_for(ctx, snapshot, _find_model(snapshot, model_config_id), user, what_if)
+    model = _find_model(snapshot, model_config_id)
+    return resolution_for(ctx, snapshot, model, user, what_if, ignore_health=ignore_health)

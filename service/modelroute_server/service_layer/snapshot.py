@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import immutables
@@ -36,8 +36,9 @@ from ..domain.access import AccessToken
 from ..domain.changes import ChangeBatch, FullState
 from ..domain.errors import DomainError, PreconditionViolation, Reason
 from ..domain.families import Family
+from ..domain.health import KeyMark, ProviderHealthState
 from ..domain.models import ModelConfig
-from ..domain.providers import ProviderConfig
+from ..domain.providers import ProviderConfig, central_credential
 from ..domain.resolver import ProviderVerdict, prepare_provider
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ class ChangeSource(Protocol):
         ...
 
     def prune_log(self, older_than: timedelta) -> None: ...
+
+
+class KeyFingerprints(Protocol):
+    """Tells whether a rejected key's mark is about this very key (the keyring, in production)."""
+
+    def fingerprint_matches(self, plaintext: str, fingerprint: bytes) -> bool: ...
 
 
 class TokenSink(Protocol):
@@ -77,6 +84,12 @@ class Snapshot:
     user_keys: immutables.Map[str, bytes] = field(repr=False)
     # Live model ids in order, for paging through a hundred thousand models without sorting them.
     model_ids: Sequence[str] = field(default=(), repr=False)
+    # Provider health by provider config id (only those with any), and its cooldowns as the resolver
+    # reads them (by provider config id, then upstream model); empty in the common case.
+    health: Mapping[str, ProviderHealthState] = field(default_factory=dict, repr=False)
+    cooldowns: Mapping[str, Mapping[str, datetime]] = field(default_factory=dict, repr=False)
+    # Users' key marks, by user then provider config id.
+    user_marks: immutables.Map[str, Mapping[str, KeyMark]] = field(default_factory=immutables.Map, repr=False)
 
     def models_after(self, after: str | None) -> Iterator[ModelConfig]:
         """Live models in id order, starting after `after` (None: from the first)."""
@@ -114,30 +127,80 @@ class _ProviderView(Mapping[str, ProviderConfig]):
         return provider_id in self._verdicts
 
 
-def build_snapshot(state: FullState, deployment_keys: Mapping[Family, str]) -> Snapshot:
+def _prepared(
+    provider: ProviderConfig,
+    deployment_keys: Mapping[Family, str],
+    health: ProviderHealthState | None,
+    fingerprints: KeyFingerprints | None,
+) -> ProviderVerdict:
+    """The provider's verdict, with its central key rejected when its mark is about the key it would use
+    now (a new stored key, or a new deployment key, clears the mark by itself)."""
+    mark = health.central_mark if health is not None else None
+    rejected = False
+    if mark is not None and fingerprints is not None:
+        secret = central_credential(provider, deployment_keys).secret
+        rejected = secret is not None and fingerprints.fingerprint_matches(secret, mark.fingerprint)
+    return prepare_provider(provider, deployment_keys, rejected)
+
+
+def _cooldowns(health: Mapping[str, ProviderHealthState]) -> dict[str, Mapping[str, datetime]]:
+    return {pid: state.cooldowns for pid, state in health.items() if state.cooldowns}
+
+
+def build_snapshot(
+    state: FullState, deployment_keys: Mapping[Family, str], fingerprints: KeyFingerprints | None = None
+) -> Snapshot:
     models = immutables.Map({m.id: m for m in state.models})
     default = next((m.id for m in state.models if m.is_default), None)
+    health = dict(state.health)
     return Snapshot(
         state.sequence,
         state.revision,
-        {p.id: prepare_provider(p, deployment_keys) for p in state.providers},
+        {p.id: _prepared(p, deployment_keys, health.get(p.id), fingerprints) for p in state.providers},
         models,
         default,
         immutables.Map(state.user_keys),
         sorted(models.keys()),
+        health,
+        _cooldowns(health),
+        immutables.Map(state.user_marks),
     )
 
 
-def apply_changes(snapshot: Snapshot, batch: ChangeBatch, deployment_keys: Mapping[Family, str]) -> Snapshot:
+def apply_changes(
+    snapshot: Snapshot,
+    batch: ChangeBatch,
+    deployment_keys: Mapping[Family, str],
+    fingerprints: KeyFingerprints | None = None,
+) -> Snapshot:
     """The next snapshot: `snapshot` with the batch's entities replaced; nothing else is touched."""
     verdicts: Mapping[str, ProviderVerdict] = snapshot.verdicts
-    if batch.providers:
+    health, cooldowns = snapshot.health, snapshot.cooldowns
+    if batch.health:
+        health = dict(health)
+        for provider_id, state in batch.health.items():
+            if state is None or state.empty:
+                health.pop(provider_id, None)
+            else:
+                health[provider_id] = state
+        cooldowns = _cooldowns(health)
+    # A verdict changes with its config, or with its central key's mark.
+    central_marks_changed = {
+        pid
+        for pid, state in batch.health.items()
+        if (state.central_mark if state else None) != (h.central_mark if (h := snapshot.health.get(pid)) else None)
+    }
+    if batch.providers or central_marks_changed:
         changed = dict(verdicts)  # about a thousand entries at most: a copy costs microseconds
         for provider_id, provider in batch.providers.items():
             if provider is None:
                 changed.pop(provider_id, None)
             else:
-                changed[provider_id] = prepare_provider(provider, deployment_keys)
+                changed[provider_id] = _prepared(provider, deployment_keys, health.get(provider_id), fingerprints)
+        for provider_id in central_marks_changed - batch.providers.keys():
+            if provider_id in changed:
+                provider = changed[provider_id].provider
+                changed[provider_id] = _prepared(provider, deployment_keys, health.get(provider_id), fingerprints)
         verdicts = changed
     models, default, model_ids = snapshot.models, snapshot.default_model_id, snapshot.model_ids
     if batch.models:
@@ -166,7 +229,27 @@ def apply_changes(snapshot: Snapshot, batch: ChangeBatch, deployment_keys: Mappi
                 else:
                     keys.pop(user, None)
             user_keys = keys.finish()
-    return Snapshot(batch.sequence, batch.revision, verdicts, models, default, user_keys, model_ids)
+    user_marks = snapshot.user_marks
+    if batch.user_marks:
+        with user_marks.mutate() as marks:
+            for user, by_provider in batch.user_marks.items():
+                if by_provider:
+                    marks[user] = by_provider
+                else:
+                    marks.pop(user, None)
+            user_marks = marks.finish()
+    return Snapshot(
+        batch.sequence,
+        batch.revision,
+        verdicts,
+        models,
+        default,
+        user_keys,
+        model_ids,
+        health,
+        cooldowns,
+        user_marks,
+    )
 
 
 def _updated_ids(ids: Sequence[str], added: list[str], removed: list[str]) -> Sequence[str]:
@@ -273,9 +356,11 @@ class SnapshotStore:
         tokens: TokenSink | None = None,
         *,
         log_retention: timedelta = timedelta(hours=24),
+        fingerprints: KeyFingerprints | None = None,
     ) -> None:
         self._source = source
         self._deployment_keys = deployment_keys
+        self._fingerprints = fingerprints
         self._tokens = tokens
         self._log_retention = log_retention
         self._snapshot: Snapshot | None = None
@@ -463,7 +548,7 @@ class SnapshotStore:
             if batch is not None:
                 started = time.perf_counter()
                 try:
-                    snapshot = apply_changes(current, batch, self._deployment_keys)
+                    snapshot = apply_changes(current, batch, self._deployment_keys, self._fingerprints)
                 except Exception:
                     # A fault in applying (pure code, no database): never retry the same batch forever.
                     log.exception("applying a change failed; loading in full instead")
@@ -483,7 +568,7 @@ class SnapshotStore:
             except Exception:
                 self._full_load_needed = True
                 raise
-            snapshot = build_snapshot(state, self._deployment_keys)
+            snapshot = build_snapshot(state, self._deployment_keys, self._fingerprints)
         if self._tokens is not None:
             self._tokens.replace_all(state.tokens)
         self.statistics.full_loads += 1

@@ -9,13 +9,14 @@ without it rolls back. A database that cannot be reached raises `DomainError(DAT
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Protocol
 
 from ..domain.access import AccessToken
 from ..domain.audit import AuditEntry, AuditEvent, AuditFilter, Caller
 from ..domain.families import Family
+from ..domain.health import AttachmentHealth, KeyMark
 from ..domain.models import ModelConfig
 from ..domain.providers import ProviderConfig, StoredKey
 
@@ -93,7 +94,11 @@ class UserKeys(Protocol):
 
     def exists(self, user: str, provider_config_id: str) -> bool: ...
 
-    def put(self, user: str, provider_config_id: str, api_key: str) -> None: ...
+    def with_revision(self, user: str, provider_config_id: str) -> tuple[StoredKey, int] | None:
+        """The key and the config revision of its last change (0 when unknown)."""
+        ...
+
+    def put(self, user: str, provider_config_id: str, api_key: str, revision: int) -> None: ...
 
     def delete(self, user: str, provider_config_id: str) -> bool: ...
 
@@ -122,6 +127,34 @@ class AuditEvents(Protocol):
     def prune(self, before: datetime) -> int: ...
 
 
+HealthKey = tuple[str, str]  # (provider config id, upstream model)
+
+
+class ProviderHealthStore(Protocol):
+    def locked(self, keys: Iterable[HealthKey]) -> dict[HealthKey, AttachmentHealth]:
+        """The stored state of the keys that have one, locked until commit; the others are healthy."""
+        ...
+
+    def save(self, states: Mapping[HealthKey, AttachmentHealth], stored: Collection[HealthKey]) -> set[HealthKey]:
+        """Writes the states (`stored`: the keys that had a row); returns the keys another writer created
+        meanwhile, whose state must be decided again."""
+        ...
+
+    def of_providers(
+        self, provider_config_ids: Iterable[str]
+    ) -> dict[str, builtins.list[tuple[str, AttachmentHealth]]]: ...
+
+    def reset(self, provider_config_id: str) -> bool: ...
+
+    def marks(self, provider_config_ids: Iterable[str], user: str = "") -> dict[str, KeyMark]: ...
+
+    def user_marks(self, user: str) -> dict[str, KeyMark]: ...
+
+    def put_mark(self, provider_config_id: str, user: str, mark: KeyMark) -> None: ...
+
+    def delete_mark(self, provider_config_id: str, user: str) -> bool: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def changes(self) -> ChangeSequencePort: ...
@@ -140,6 +173,9 @@ class UnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditEvents: ...
+
+    @property
+    def health(self) -> ProviderHealthStore: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

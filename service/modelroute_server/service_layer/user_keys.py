@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..domain import rules
 from ..domain.audit import SECRET_SET, AuditEntry, Caller, comparable_secret, secret_change
@@ -21,6 +22,8 @@ class UserProviderView:
     provider: ProviderConfig
     has_user_api_key: bool
     central_fallback_available: bool
+    # Since when the provider has been refusing the user's current key (an attempt report).
+    key_rejected_time: datetime | None = None
 
     @property
     def user_api_key_required(self) -> bool:
@@ -35,10 +38,15 @@ def check_user(user: str, field_path: str = "user") -> None:
         collector.raise_if_any()
 
 
-def _user_view(provider: ProviderConfig, has_key: bool, deployment_keys: Mapping[Family, str]) -> UserProviderView:
+def _user_view(
+    provider: ProviderConfig,
+    has_key: bool,
+    deployment_keys: Mapping[Family, str],
+    key_rejected_time: datetime | None = None,
+) -> UserProviderView:
     # The resolver decides whether the central credential serves a user without a key.
     fallback = provider_outcome(provider, None, deployment_keys).usable
-    return UserProviderView(provider, has_key, fallback)
+    return UserProviderView(provider, has_key, fallback, key_rejected_time)
 
 
 def _key_entry(provider: str, user: str, before: str | None, after: str | None) -> AuditEntry:
@@ -75,7 +83,9 @@ def set_user_provider_key(
             )
         before = comparable_secret(uow.user_keys.get(user, provider_config_id))
         if before != api_key:  # the same key again changes nothing (compared here, never logged)
-            uow.user_keys.put(user, provider_config_id, api_key)
+            uow.user_keys.put(user, provider_config_id, api_key, write.config_revision)
+            # A new key clears a rejected one's mark (resolution would not match it anyway).
+            uow.health.delete_mark(provider_config_id, user)
             write.record(_key_entry(provider.name, user, before, api_key))
     return _user_view(provider, True, ctx.deployment_keys)
 
@@ -89,6 +99,7 @@ def delete_user_provider_key(ctx: ServiceContext, caller: Caller, user: str, pro
             return
     with ctx.write(caller) as write:
         if write.uow.user_keys.delete(user, provider_config_id):
+            write.uow.health.delete_mark(provider_config_id, user)
             # Whatever the key was, it is now cleared: no need to decrypt it to say so.
             write.record(_key_entry(provider_config_name(provider_config_id), user, SECRET_SET, None))
 
@@ -109,6 +120,19 @@ def list_user_provider_configs(
     with ctx.read() as uow:
         providers = [p for p in uow.providers.list(enabled=True, after_id=after) if p.policy.allow_user_api_key]
         keys = uow.user_keys.for_user(user)
+        marks = uow.health.user_marks(user)
     page, next_token = ctx.page_tokens.cut(providers, size, query)
-    views = [_user_view(p, p.id in keys and keys[p.id].present, ctx.deployment_keys) for p in page]
+    views = []
+    for p in page:
+        key, mark = keys.get(p.id), marks.get(p.id)
+        # A mark counts only while it is about the key the user has now.
+        rejected = (
+            mark.rejected_time
+            if mark is not None
+            and key is not None
+            and key.secret is not None
+            and ctx.keyring.fingerprint_matches(key.secret, mark.fingerprint)
+            else None
+        )
+        views.append(_user_view(p, key is not None and key.present, ctx.deployment_keys, rejected))
     return UserProviderPage(views, next_token)

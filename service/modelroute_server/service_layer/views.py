@@ -4,17 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..domain.families import Family
+from ..domain.health import AttachmentHealth
 from ..domain.models import ModelConfig
 from ..domain.providers import CredentialFacts, ProviderConfig, credential_facts
 from .default_model import UNCHANGED, DefaultChange
 
 
 @dataclass(frozen=True)
+class ProviderHealthView:
+    """What attempt reports say of a provider config now: each upstream model's state, and since when its
+    central key (the one it uses now) is marked rejected."""
+
+    models: tuple[tuple[str, AttachmentHealth], ...] = ()
+    central_key_rejected_time: datetime | None = None
+
+
+NO_HEALTH = ProviderHealthView()
+
+
+@dataclass(frozen=True)
 class ProviderConfigView:
     config: ProviderConfig
     facts: CredentialFacts
+    health: ProviderHealthView = NO_HEALTH
 
 
 @dataclass(frozen=True)
@@ -35,8 +50,10 @@ class ModelConfigView:
     default_change: DefaultChange = UNCHANGED
 
 
-def provider_view(config: ProviderConfig, deployment_keys: Mapping[Family, str]) -> ProviderConfigView:
-    return ProviderConfigView(config, credential_facts(config, deployment_keys))
+def provider_view(
+    config: ProviderConfig, deployment_keys: Mapping[Family, str], health: ProviderHealthView = NO_HEALTH
+) -> ProviderConfigView:
+    return ProviderConfigView(config, credential_facts(config, deployment_keys), health)
 
 
 def model_view(
