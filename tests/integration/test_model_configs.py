@@ -184,7 +184,12 @@ def default_models(s: Stubs, engine: sa.Engine) -> list[str]:
 def reset(app: Application) -> None:
     """An empty configuration again (the same as the `app` fixture does before each test)."""
     with app.engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE key_rejections, provider_health, user_provider_keys, model_attachments, model_configs, provider_configs"))
+        conn.execute(
+            sa.text(
+                "TRUNCATE key_rejections, provider_health, user_provider_keys, model_attachments, model_configs, "
+                "provider_configs"
+            )
+        )
     app.snapshots.invalidate()
 
 
