@@ -51,6 +51,12 @@ def test_outage_and_recovery(own_postgres: OwnPostgres, keyring: Keyring) -> Non
         assert during == before
         error = call_error(s.providers.CreateProviderConfig, provider_request("b"))
         assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        # Attempt reports are best effort: refused quickly, never queued.
+        attempt = resolver_pb2.AttemptReport(
+            provider_config="providerConfigs/a", model="gpt-4.1", outcome=resolver_pb2.ATTEMPT_OUTCOME_SERVER_ERROR
+        )
+        error = call_error(s.resolver.ReportAttempts, resolver_pb2.ReportAttemptsRequest(attempts=[attempt]))
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
         wait_for(lambda: status(ADMIN_SERVICES[0]) == NOT_SERVING)
         outage = statuses()
         assert outage == {"": SERVING, RESOLVER_SERVICE: SERVING, **dict.fromkeys(ADMIN_SERVICES, NOT_SERVING)}
