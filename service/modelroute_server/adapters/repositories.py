@@ -208,15 +208,7 @@ def _health_policy_from_row(row: sa.Row[Any]) -> HealthPolicyOverride:
 
 
 def health_policy_columns(policy: HealthPolicyOverride) -> dict[str, Any]:
-    def seconds(value: timedelta | None) -> float | None:
-        return value.total_seconds() if value is not None else None
-
-    return {
-        "health_failure_threshold": policy.failure_threshold,
-        "health_failure_window_seconds": seconds(policy.failure_window),
-        "health_base_cooldown_seconds": seconds(policy.base_cooldown),
-        "health_max_cooldown_seconds": seconds(policy.max_cooldown),
-    }
+    return {f"health_{name}": value for name, value in policy.in_seconds().items()}
 
 
 def sealed_from_row(row: sa.Row[Any]) -> SealedKey:

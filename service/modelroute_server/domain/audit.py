@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .access import AccessToken
@@ -113,18 +113,7 @@ def provider_record(config: ProviderConfig) -> dict[str, Any]:
 
 def _health_policy_record(config: ProviderConfig) -> dict[str, Any]:
     policy = config.health_policy
-    if policy.is_empty:
-        return {}
-
-    def seconds(value: timedelta | None) -> float | None:
-        return value.total_seconds() if value is not None else None
-
-    return {
-        "health_policy.failure_threshold": policy.failure_threshold,
-        "health_policy.failure_window_seconds": seconds(policy.failure_window),
-        "health_policy.base_cooldown_seconds": seconds(policy.base_cooldown),
-        "health_policy.max_cooldown_seconds": seconds(policy.max_cooldown),
-    }
+    return {} if policy.is_empty else {f"health_policy.{name}": v for name, v in policy.in_seconds().items()}
 
 
 def comparable_secret(stored: StoredKey | None) -> str | None:

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from .errors import ViolationCollector
 
@@ -54,6 +55,19 @@ class HealthPolicyOverride:
     @property
     def is_empty(self) -> bool:
         return self == NO_OVERRIDE
+
+    def in_seconds(self) -> dict[str, float | int | None]:
+        """The policy as plain numbers (durations in seconds), as stored and as audited."""
+
+        def seconds(value: timedelta | None) -> float | None:
+            return value.total_seconds() if value is not None else None
+
+        return {
+            "failure_threshold": self.failure_threshold,
+            "failure_window_seconds": seconds(self.failure_window),
+            "base_cooldown_seconds": seconds(self.base_cooldown),
+            "max_cooldown_seconds": seconds(self.max_cooldown),
+        }
 
     def over(self, defaults: HealthPolicy) -> HealthPolicy:
         return HealthPolicy(
@@ -207,6 +221,18 @@ class KeyMark:
     key_source: str  # "USER", "STORED" or "DEPLOYMENT"
     fingerprint: bytes = field(repr=False)
     rejected_time: datetime
+
+
+class KeyFingerprints(Protocol):
+    """Tells whether a fingerprint was taken of this very key (the keyring, in production)."""
+
+    def fingerprint_matches(self, plaintext: str, fingerprint: bytes) -> bool: ...
+
+
+def mark_applies(mark: KeyMark | None, secret: str | None, fingerprints: KeyFingerprints) -> bool:
+    """A rejected key's mark counts only while the key in use is that very key: a new key clears it by
+    itself."""
+    return mark is not None and bool(secret) and fingerprints.fingerprint_matches(secret or "", mark.fingerprint)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from ..domain.health import (
     KeyMark,
     Transition,
     after_reports,
+    mark_applies,
     transition,
 )
 from ..domain.providers import KeySource, ProviderConfig, central_credential, provider_config_name
@@ -196,8 +197,7 @@ def _mark_rejected_key(
         secret = central.secret
     if not secret:
         return None
-    existing = uow.health.marks([provider_id], user).get(provider_id)
-    if existing is not None and ctx.keyring.fingerprint_matches(secret, existing.fingerprint):
+    if mark_applies(uow.health.marks([provider_id], user).get(provider_id), secret, ctx.keyring):
         return False
     uow.health.put_mark(provider_id, user, KeyMark(report.key_source.value, ctx.keyring.fingerprint(secret), now))
     uow.audit.add(
@@ -225,12 +225,9 @@ def health_views(
     marks = uow.health.marks(by_id)
     views = {}
     for provider_id, provider in by_id.items():
-        rejected = None
         mark = marks.get(provider_id)
-        if mark is not None:
-            secret = central_credential(provider, ctx.deployment_keys).secret
-            if secret is not None and ctx.keyring.fingerprint_matches(secret, mark.fingerprint):
-                rejected = mark.rejected_time
+        secret = central_credential(provider, ctx.deployment_keys).secret
+        rejected = mark.rejected_time if mark is not None and mark_applies(mark, secret, ctx.keyring) else None
         models = tuple(rows.get(provider_id, ()))
         views[provider_id] = ProviderHealthView(models, rejected) if models or rejected else NO_HEALTH
     return views

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from ..adapters.crypto import open_user_key
 from ..domain.errors import DomainError, PreconditionViolation, Reason
+from ..domain.health import mark_applies
 from ..domain.models import ModelConfig
 from ..domain.providers import StoredKey, provider_config_name
 from ..domain.resolver import AttachmentOutcome, Resolution, WhatIf, resolve_prepared
@@ -57,7 +58,7 @@ def _user_keys(
         # A mark counts only while it is about the key the user has now (a new key clears it by itself).
         for provider_id, mark in marks.items():
             key = keys.get(provider_id)
-            if key is not None and key.secret and ctx.keyring.fingerprint_matches(key.secret, mark.fingerprint):
+            if key is not None and mark_applies(mark, key.secret, ctx.keyring):
                 keys[provider_id] = replace(key, rejected=True)
     return keys
 

@@ -36,7 +36,7 @@ from ..domain.access import AccessToken
 from ..domain.changes import ChangeBatch, FullState
 from ..domain.errors import DomainError, PreconditionViolation, Reason
 from ..domain.families import Family
-from ..domain.health import KeyMark, ProviderHealthState
+from ..domain.health import KeyFingerprints, KeyMark, ProviderHealthState, mark_applies
 from ..domain.models import ModelConfig
 from ..domain.providers import ProviderConfig, central_credential
 from ..domain.resolver import ProviderVerdict, prepare_provider
@@ -54,12 +54,6 @@ class ChangeSource(Protocol):
         ...
 
     def prune_log(self, older_than: timedelta) -> None: ...
-
-
-class KeyFingerprints(Protocol):
-    """Tells whether a rejected key's mark is about this very key (the keyring, in production)."""
-
-    def fingerprint_matches(self, plaintext: str, fingerprint: bytes) -> bool: ...
 
 
 class TokenSink(Protocol):
@@ -136,10 +130,12 @@ def _prepared(
     """The provider's verdict, with its central key rejected when its mark is about the key it would use
     now (a new stored key, or a new deployment key, clears the mark by itself)."""
     mark = health.central_mark if health is not None else None
-    rejected = False
-    if mark is not None and fingerprints is not None:
-        secret = central_credential(provider, deployment_keys).secret
-        rejected = secret is not None and fingerprints.fingerprint_matches(secret, mark.fingerprint)
+    # Only a config with a mark has its central key looked at (the deployment key, or a decrypted one).
+    rejected = (
+        mark is not None
+        and fingerprints is not None
+        and mark_applies(mark, central_credential(provider, deployment_keys).secret, fingerprints)
+    )
     return prepare_provider(provider, deployment_keys, rejected)
 
 

@@ -10,6 +10,7 @@ from ..domain import rules
 from ..domain.audit import SECRET_SET, AuditEntry, Caller, comparable_secret, secret_change
 from ..domain.errors import DomainError, Reason, ViolationCollector
 from ..domain.families import Family
+from ..domain.health import mark_applies
 from ..domain.providers import ProviderConfig, provider_config_name
 from ..domain.resolver import provider_outcome
 from .context import ServiceContext
@@ -125,14 +126,7 @@ def list_user_provider_configs(
     views = []
     for p in page:
         key, mark = keys.get(p.id), marks.get(p.id)
-        # A mark counts only while it is about the key the user has now.
-        rejected = (
-            mark.rejected_time
-            if mark is not None
-            and key is not None
-            and key.secret is not None
-            and ctx.keyring.fingerprint_matches(key.secret, mark.fingerprint)
-            else None
-        )
+        secret = key.secret if key is not None else None
+        rejected = mark.rejected_time if mark is not None and mark_applies(mark, secret, ctx.keyring) else None
         views.append(_user_view(p, key is not None and key.present, ctx.deployment_keys, rejected))
     return UserProviderPage(views, next_token)
