@@ -5,18 +5,21 @@
         async for model in client.list_model_configs():
             ...
 
-Channel, retries, deadlines, errors and `Written` answers are those of the synchronous client.
+Channel, retries, deadlines, errors and `Written` answers are those of the synchronous client, and so is
+`call_with_failover` (here `fn` is a coroutine function, or an async generator function for a stream; the
+attempt reports are sent by a task on the client's event loop).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 import grpc
 from google.protobuf import empty_pb2
 
-from . import calls
+from . import calls, failover
+from .attempts import AsyncReporter, AttemptReport, Reporting, ReportingStatistics
 from .calls import Call, ListCall, Written
 from .channel import DEFAULT_TARGET, DEFAULT_TIMEOUT, open_aio_channel
 from .client import _DEFAULT, stubs_for
@@ -27,6 +30,7 @@ from .v1 import access_token_pb2, audit_pb2, model_config_pb2, provider_config_p
 __all__ = ["AsyncPager", "Client"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 Item = TypeVar("Item")
 
 
@@ -69,6 +73,7 @@ class Client:
         token: str | None = None,
         tls: TLS | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        reporting: Reporting | None = None,
     ) -> None:
         self._owns_channel = isinstance(target, str)
         if isinstance(target, str):
@@ -79,8 +84,13 @@ class Client:
         self._metadata = ((AUTHORIZATION_METADATA, f"Bearer {token}"),) if token else None
         self.timeout = timeout
         self._stubs = stubs_for(self.channel)
+        self._reporting = reporting or Reporting()
+        self._reporter = AsyncReporter(self._send_reports, self._reporting)
 
     async def close(self) -> None:
+        """Sends the attempt reports still queued (for at most `reporting.close_timeout`), then closes the
+        channel if the client opened it."""
+        await self._reporter.close()
         if self._owns_channel:
             await self.channel.close()
 
@@ -130,10 +140,79 @@ class Client:
         user_has_key: Mapping[str, bool] | None = None,
         provider_enabled: Mapping[str, bool] | None = None,
         *,
+        ignore_health: bool = False,
         timeout: float | None = _DEFAULT,
     ) -> resolver_pb2.ExplainResolutionResponse:
-        """The resolution walk without secrets; `user_has_key` and `provider_enabled` are what-ifs."""
-        return await self._send(calls.explain(model, user, user_has_key, provider_enabled), timeout)
+        """The resolution walk without secrets; `user_has_key` and `provider_enabled` are what-ifs, and
+        `ignore_health` resolves as if no attachment were cooling down."""
+        return await self._send(calls.explain(model, user, user_has_key, provider_enabled, ignore_health), timeout)
+
+    async def report_attempts(
+        self, reports: Iterable[AttemptReport | resolver_pb2.AttemptReport], *, timeout: float | None = _DEFAULT
+    ) -> resolver_pb2.ReportAttemptsResponse:
+        """See `modelroute.Client.report_attempts`."""
+        return await self._send(calls.report_attempts(reports), timeout)
+
+    # ------------------------------------------------------------ failover
+
+    @overload
+    async def call_with_failover(
+        self,
+        model: str,
+        user: str,
+        fn: Callable[[failover.Attempt], AsyncIterator[T]],
+        *,
+        budget: float | None = None,
+        classify: failover.Classifier | None = None,
+        max_attempts: int | None = None,
+    ) -> AsyncIterator[T]: ...
+
+    @overload
+    async def call_with_failover(
+        self,
+        model: str,
+        user: str,
+        fn: Callable[[failover.Attempt], Awaitable[R]],
+        *,
+        budget: float | None = None,
+        classify: failover.Classifier | None = None,
+        max_attempts: int | None = None,
+    ) -> R: ...
+
+    async def call_with_failover(
+        self,
+        model: str,
+        user: str,
+        fn: Callable[[failover.Attempt], Any],
+        *,
+        budget: float | None = None,
+        classify: failover.Classifier | None = None,
+        max_attempts: int | None = None,
+    ) -> Any:
+        """See `modelroute.Client.call_with_failover`. `fn` is a coroutine function (its result is awaited)
+        or an async generator function (a stream: its first chunk is awaited inside the failover loop, and
+        an async iterator of every chunk is returned)."""
+
+        async def resolve(remaining: float | None) -> resolver_pb2.ResolveModelResponse:
+            return await self.resolve(model, user, timeout=failover.resolution_timeout(self.timeout, remaining))
+
+        return await failover.run_async(
+            resolve,
+            fn,
+            user=user,
+            report=self._reporter.report if self._reporting.enabled else None,
+            budget=budget,
+            classify=classify,
+            max_attempts=max_attempts,
+        )
+
+    @property
+    def failover_statistics(self) -> ReportingStatistics:
+        """The attempt reports so far: reported, ignored, dropped, send failures, queued."""
+        return self._reporter.statistics()
+
+    async def _send_reports(self, batch: list[AttemptReport], timeout: float) -> resolver_pb2.ReportAttemptsResponse:
+        return await self.report_attempts(batch, timeout=timeout)
 
     # ------------------------------------------------------------ provider configs
 
@@ -163,7 +242,7 @@ class Client:
         *,
         timeout: float | None = _DEFAULT,
     ) -> Written[provider_config_pb2.ProviderConfig]:
-        """`paths`: the update mask (empty: every field given)."""
+        """`paths`: the update mask (empty: every field given); see `modelroute.Client.update_provider_config`."""
         return await self._write(calls.update_provider_config(provider_config, paths), timeout)
 
     async def delete_provider_config(
@@ -171,6 +250,13 @@ class Client:
     ) -> Written[provider_config_pb2.DeleteProviderConfigResponse]:
         """`force`: detach it from every model first (models left with no attachment are deleted)."""
         return await self._write(calls.delete_provider_config(provider_config_id, force, etag), timeout)
+
+    async def reset_provider_health(
+        self, provider_config_id: str, *, timeout: float | None = _DEFAULT
+    ) -> Written[provider_config_pb2.ProviderConfig]:
+        """Ends every cooldown of the provider config and clears its central key's rejected mark (users' marks
+        stay: a new key clears one). Safe to repeat."""
+        return await self._write(calls.reset_provider_health(provider_config_id), timeout)
 
     # ------------------------------------------------------------ model configs
 

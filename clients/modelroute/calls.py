@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf import empty_pb2, field_mask_pb2
 from google.protobuf.message import Message
@@ -23,6 +23,9 @@ from .v1 import (
     resolver_pb2,
     user_key_pb2,
 )
+
+if TYPE_CHECKING:
+    from .attempts import AttemptReport
 
 R = TypeVar("R")
 Item = TypeVar("Item")
@@ -105,11 +108,16 @@ def available_models(user: str, page_size: int) -> ListCall[resolver_pb2.Availab
 
 
 def explain(
-    model: str, user: str, user_has_key: Mapping[str, bool] | None, provider_enabled: Mapping[str, bool] | None
+    model: str,
+    user: str,
+    user_has_key: Mapping[str, bool] | None,
+    provider_enabled: Mapping[str, bool] | None,
+    ignore_health: bool = False,
 ) -> Call[resolver_pb2.ExplainResolutionResponse]:
     request = resolver_pb2.ExplainResolutionRequest(
         model=model,
         user=user,
+        ignore_health=ignore_health,
         user_key_overrides=[
             resolver_pb2.UserKeyOverride(provider_config=provider_config_name(p), has_user_api_key=v)
             for p, v in (user_has_key or {}).items()
@@ -120,6 +128,16 @@ def explain(
         ],
     )
     return Call("resolver", "ExplainResolution", request)
+
+
+def report_attempts(
+    reports: Iterable[AttemptReport | resolver_pb2.AttemptReport],
+) -> Call[resolver_pb2.ReportAttemptsResponse]:
+    """At most 1000 reports. Best effort: never retried (a repeated batch would count its failures twice)."""
+    request = resolver_pb2.ReportAttemptsRequest(
+        attempts=[r if isinstance(r, resolver_pb2.AttemptReport) else r.to_proto() for r in reports]
+    )
+    return Call("resolver", "ReportAttempts", request)
 
 
 # ------------------------------------------------------------------ provider configs
@@ -164,6 +182,33 @@ def delete_provider_config(
         name=provider_config_name(provider_config_id), force=force, etag=etag
     )
     return Call("providers", "DeleteProviderConfig", request, write=True)
+
+
+def reset_provider_health(provider_config_id: str) -> Call[provider_config_pb2.ProviderConfig]:
+    """Ends every cooldown of the provider config and clears its central key's rejected mark."""
+    request = provider_config_pb2.ResetProviderHealthRequest(name=provider_config_name(provider_config_id))
+    return Call("providers", "ResetProviderHealth", request, write=True)
+
+
+def health_policy(
+    failure_threshold: int | None = None,
+    failure_window: float | None = None,
+    base_cooldown: float | None = None,
+    max_cooldown: float | None = None,
+) -> provider_config_pb2.HealthPolicy:
+    """A provider config's `health_policy` from a count and durations in seconds; every None is left unset
+    (the service's default). It is written as a whole: `health_policy` in an update mask."""
+    policy = provider_config_pb2.HealthPolicy()
+    if failure_threshold is not None:
+        policy.failure_threshold = failure_threshold
+    for field_name, seconds in (
+        ("failure_window", failure_window),
+        ("base_cooldown", base_cooldown),
+        ("max_cooldown", max_cooldown),
+    ):
+        if seconds is not None:
+            getattr(policy, field_name).FromNanoseconds(round(seconds * 1e9))
+    return policy
 
 
 # ------------------------------------------------------------------ model configs

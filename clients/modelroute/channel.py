@@ -22,8 +22,9 @@ PACKAGE = "modelroute.v1"
 
 # Methods gRPC may send again after UNAVAILABLE, RESOURCE_EXHAUSTED or a server's CANCELLED: every read,
 # and the writes whose repetition leaves the same state (an update sets values; a user key set or deleted
-# twice is the same key or none). Creates, deletes and undeletes are not retried: a repeat after a lost
-# answer would fail with ALREADY_EXISTS or NOT_FOUND although the first attempt succeeded.
+# twice is the same key or none; a provider config's health reset twice is reset). Creates, deletes and
+# undeletes are not retried: a repeat after a lost answer would fail with ALREADY_EXISTS or NOT_FOUND
+# although the first attempt succeeded.
 RESOLUTION_METHODS = (("ResolverService", "ResolveModel"),)
 READ_METHODS = (
     ("ResolverService", "ListAvailableModels"),
@@ -38,6 +39,7 @@ READ_METHODS = (
 )
 REPEATABLE_WRITES = (
     ("ProviderConfigService", "UpdateProviderConfig"),
+    ("ProviderConfigService", "ResetProviderHealth"),
     ("ModelConfigService", "UpdateModelConfig"),
     ("UserKeyService", "SetUserProviderKey"),
     ("UserKeyService", "DeleteUserProviderKey"),

@@ -8,19 +8,31 @@ and raises a `modelroute.errors.ModelrouteError` subclass: the class of the erro
 of its status code. Writes return `Written` (the resource, the config revision produced, and whether the
 default model moved). Lists return pagers that follow `next_page_token` to the end.
 
-A place is kept for the failover helper (`call_with_failover`), which comes with attempt reports.
+`call_with_failover(model, user, fn)` resolves, calls `fn(attempt)` on the selected attachment, then on
+each fallback while the failure is one another provider may not have, and reports every attempt in the
+background (`modelroute.failover`, `modelroute.attempts`; docs/clients.md, "The failover helper").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
 
-from . import calls
-from .calls import Call, ListCall, Written, family_from_name, model_config_name, provider_config_name, role_from_name
+from . import calls, failover
+from .attempts import AttemptReport, Reporter, Reporting, ReportingStatistics
+from .calls import (
+    Call,
+    ListCall,
+    Written,
+    family_from_name,
+    health_policy,
+    model_config_name,
+    provider_config_name,
+    role_from_name,
+)
 from .channel import DEFAULT_TARGET, DEFAULT_TIMEOUT, open_channel
 from .credentials import TLS, authenticated, token_from_env
 from .errors import ModelrouteError
@@ -45,6 +57,7 @@ __all__ = [
     "Pager",
     "Written",
     "family_from_name",
+    "health_policy",
     "model_config_name",
     "provider_config_name",
     "role_from_name",
@@ -97,6 +110,7 @@ class Client:
     channel. `token`: the bearer token; else MODELROUTE_TOKEN, else the file MODELROUTE_TOKEN_FILE names.
     `tls`: verify the server (with a certificate and key, mutual TLS); without it the channel is plaintext.
     `timeout`: the default deadline of every call, in seconds. `options`: more gRPC channel options.
+    `reporting`: how `call_with_failover` reports attempts (a background thread, started with the first).
     """
 
     def __init__(
@@ -107,6 +121,7 @@ class Client:
         token: str | None = None,
         tls: TLS | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        reporting: Reporting | None = None,
     ) -> None:
         self._owns_channel = isinstance(target, str)
         if isinstance(target, str):
@@ -118,8 +133,13 @@ class Client:
         self.channel: grpc.Channel = authenticated(base, token)
         self.timeout = timeout
         self._stubs = stubs_for(self.channel)
+        self._reporting = reporting or Reporting()
+        self._reporter = Reporter(self._send_reports, self._reporting)
 
     def close(self) -> None:
+        """Sends the attempt reports still queued (for at most `reporting.close_timeout`), then closes the
+        channel if the client opened it."""
+        self._reporter.close()
         if self._owns_channel:
             self._base_channel.close()
 
@@ -168,10 +188,60 @@ class Client:
         user_has_key: Mapping[str, bool] | None = None,
         provider_enabled: Mapping[str, bool] | None = None,
         *,
+        ignore_health: bool = False,
         timeout: float | None = _DEFAULT,
     ) -> resolver_pb2.ExplainResolutionResponse:
-        """The resolution walk without secrets; `user_has_key` and `provider_enabled` are what-ifs."""
-        return self._send(calls.explain(model, user, user_has_key, provider_enabled), timeout)
+        """The resolution walk without secrets; `user_has_key` and `provider_enabled` are what-ifs, and
+        `ignore_health` resolves as if no attachment were cooling down."""
+        return self._send(calls.explain(model, user, user_has_key, provider_enabled, ignore_health), timeout)
+
+    def report_attempts(
+        self, reports: Iterable[AttemptReport | resolver_pb2.AttemptReport], *, timeout: float | None = _DEFAULT
+    ) -> resolver_pb2.ReportAttemptsResponse:
+        """What came of attempts to call provider configs (at most 1000 per call). Sent once, never retried:
+        a repeat would count the failures twice. `call_with_failover` reports on its own, in the background."""
+        return self._send(calls.report_attempts(reports), timeout)
+
+    # ------------------------------------------------------------ failover
+
+    def call_with_failover(
+        self,
+        model: str,
+        user: str,
+        fn: Callable[[failover.Attempt], R],
+        *,
+        budget: float | None = None,
+        classify: failover.Classifier | None = None,
+        max_attempts: int | None = None,
+    ) -> R:
+        """Resolves `model` for `user`, then calls `fn(attempt)` on the selected attachment and on each
+        fallback while the failure is a provider's (rate limit, server error, timeout, connection failure,
+        rejected key); returns what `fn` returned. A caller's own mistake is raised at once; once `fn` has
+        started delivering (`attempt.started()`, or the first chunk of the iterator it returned) nothing fails
+        over. `budget`: seconds for the whole call (no attempt starts after). `classify`: tried before
+        `failover.classify_http` (return None to defer to it). Every attempt is reported in the background.
+        Raises `failover.FailoverExhausted` when no attempt succeeded."""
+
+        def resolve(remaining: float | None) -> resolver_pb2.ResolveModelResponse:
+            return self.resolve(model, user, timeout=failover.resolution_timeout(self.timeout, remaining))
+
+        return failover.run(
+            resolve,
+            fn,
+            user=user,
+            report=self._reporter.report if self._reporting.enabled else None,
+            budget=budget,
+            classify=classify,
+            max_attempts=max_attempts,
+        )
+
+    @property
+    def failover_statistics(self) -> ReportingStatistics:
+        """The attempt reports so far: reported, ignored, dropped, send failures, queued."""
+        return self._reporter.statistics()
+
+    def _send_reports(self, batch: list[AttemptReport], timeout: float) -> resolver_pb2.ReportAttemptsResponse:
+        return self.report_attempts(batch, timeout=timeout)
 
     # ------------------------------------------------------------ provider configs
 
@@ -201,7 +271,8 @@ class Client:
         *,
         timeout: float | None = _DEFAULT,
     ) -> Written[provider_config_pb2.ProviderConfig]:
-        """`paths`: the update mask (empty: every field given)."""
+        """`paths`: the update mask (empty: every field given). A health policy is written as a whole:
+        `provider_config.health_policy = health_policy(failure_threshold=5)` with `health_policy` in `paths`."""
         return self._write(calls.update_provider_config(provider_config, paths), timeout)
 
     def delete_provider_config(
@@ -209,6 +280,13 @@ class Client:
     ) -> Written[provider_config_pb2.DeleteProviderConfigResponse]:
         """`force`: detach it from every model first (models left with no attachment are deleted)."""
         return self._write(calls.delete_provider_config(provider_config_id, force, etag), timeout)
+
+    def reset_provider_health(
+        self, provider_config_id: str, *, timeout: float | None = _DEFAULT
+    ) -> Written[provider_config_pb2.ProviderConfig]:
+        """Ends every cooldown of the provider config and clears its central key's rejected mark (users' marks
+        stay: a new key clears one). Safe to repeat."""
+        return self._write(calls.reset_provider_health(provider_config_id), timeout)
 
     # ------------------------------------------------------------ model configs
 

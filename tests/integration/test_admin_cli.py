@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from modelroute.cli import main as admin_main
+from modelroute.v1 import common_pb2, resolver_pb2, resolver_pb2_grpc
 
 from ..conftest import RunningServer, all_roles_token
 from ..helpers import free_port
@@ -270,3 +273,183 @@ def test_the_other_writes_update_attach_detach_default_and_keys(
     admin.json("models", "undelete", "first", code=4)  # not deleted: a precondition (ALREADY_EXISTS)
     stale = admin.json("models", "delete", "first", "--etag", '"1"', code=4)["error"]
     assert stale["reason"] == "ETAG_MISMATCH"
+
+
+def eventually(probe: Callable[[], str], accept: Callable[[str], bool], what: str, timeout: float = 10) -> str:
+    """`probe()` again until `accept` takes what it printed: replicas learn of attempt reports a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = probe()
+        if accept(seen):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never {what}; last:\n{seen}")
+        time.sleep(0.05)
+
+
+def report(
+    server: RunningServer, provider: str, model: str, outcome: int, times: int = 1, **fields: Any
+) -> resolver_pb2.ReportAttemptsResponse:
+    """What a caller of ResolveModel reports after trying an attachment (the session's token has every role)."""
+    attempt = resolver_pb2.AttemptReport(
+        provider_config=f"providerConfigs/{provider}",
+        model=model,
+        outcome=outcome,
+        **fields,
+    )
+    stub = resolver_pb2_grpc.ResolverServiceStub(server.channel)
+    response: resolver_pb2.ReportAttemptsResponse = stub.ReportAttempts(
+        resolver_pb2.ReportAttemptsRequest(attempts=[attempt] * times), timeout=10
+    )
+    return response
+
+
+def test_a_cooling_provider_is_badged_everywhere_until_its_health_is_reset(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    monkeypatch.setenv("HEALTH_KEY", "sk-cli-health")
+    admin = Admin(running_server, capsys)
+    for provider in ("hot", "cool"):
+        admin.json("providers", "create", provider, "--family", "openai", "--api-key-env", "HEALTH_KEY")
+    create = ["--family", "openai", "--context-limit", "1000"]
+    admin.json("models", "create", "gpt-4o", *create, "--model", "gpt-4o", "--provider", "hot", "--provider", "cool")
+    admin.json("models", "create", "solo", *create, "--model", "gpt-solo", "--provider", "hot")
+    assert "[selected]" in row(admin.table("resolve", "gpt-4o"), "0")
+
+    # Three server errors within the window (the service's default threshold): both models of `hot` cool down.
+    assert report(running_server, "hot", "gpt-4o", resolver_pb2.ATTEMPT_OUTCOME_SERVER_ERROR, 3).recorded == 3
+    assert report(running_server, "hot", "gpt-solo", resolver_pb2.ATTEMPT_OUTCOME_SERVER_ERROR, 3).recorded == 3
+
+    listed = admin.table("providers", "list")
+    assert "[cooling down]" in row(listed, "hot") and "cooling" not in row(listed, "cool")
+    detail = admin.table("providers", "get", "hot")
+    assert "[cooling down]" in row(detail, "status")
+    [failures, trips] = [c.strip() for c in row(detail, "gpt-4o").split("│")[1:3]]
+    assert (failures, trips) == ("3", "1") and "s left)" in row(detail, "gpt-4o")
+    health = admin.json("providers", "get", "hot")["health"]
+    assert sorted(m["model"] for m in health["models"]) == ["gpt-4o", "gpt-solo"]
+    assert all(m["cooldown_until"] for m in health["models"])
+
+    # Resolution demotes it behind the healthy attachment, and says until when.
+    resolved = eventually(
+        lambda: admin.table("resolve", "gpt-4o"), lambda t: "[selected]" in row(t, "1"), "demoted the cooling `hot`"
+    )
+    assert "[fallback] [cooling down until " in row(resolved, "0") and "cooling" not in row(resolved, "1")
+    answer = admin.json("resolve", "gpt-4o")
+    selected = answer["selected"]
+    assert selected["provider_config"] == "providerConfigs/cool" and "cooldown_until" not in selected
+    assert [f["provider_config"] for f in answer["fallbacks"]] == ["providerConfigs/hot"]
+    [gpt_4o] = [m for m in health["models"] if m["model"] == "gpt-4o"]
+    assert answer["fallbacks"][0]["cooldown_until"] == gpt_4o["cooldown_until"]
+    explained = admin.table("explain", "gpt-4o")
+    assert "[fallback] [cooling down until " in row(explained, "0") and "[selected]" in row(explained, "1")
+    ignoring = admin.json("explain", "gpt-4o", "--ignore-health")
+    assert ignoring["selected_position"] == 0 and not any("cooldown_until" in o for o in ignoring["outcomes"])
+    available = admin.table("available")
+    assert "[degraded]" in row(available, "solo") and "degraded" not in row(available, "gpt-4o")
+
+    # The reset ends the cooldowns: a write (a revision to read it at), safe to repeat.
+    reset = admin.json("providers", "reset-health", "hot")
+    assert reset["config_revision"] > 0
+    assert not any("cooldown_until" in m for m in reset["provider_config"].get("health", {}).get("models", []))
+    assert "[cooling down]" not in row(admin.table("providers", "reset-health", "hot"), "status")
+    assert "cooling" not in row(admin.table("providers", "list"), "hot")
+    after = eventually(
+        lambda: admin.table("resolve", "gpt-4o", "--min-revision", str(reset["config_revision"])),
+        lambda t: "[selected]" in row(t, "0"),
+        "selected `hot` again after the reset",
+    )
+    assert "cooling" not in after
+    assert "degraded" not in row(admin.table("available"), "solo")
+    admin.table("providers", "reset-health", "no-such-provider", code=3)
+    assert admin.err.count("PROVIDER_CONFIG_NOT_FOUND") == 1
+
+
+def test_rejected_keys_are_badged_for_admins_and_users(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    monkeypatch.setenv("HEALTH_KEY", "sk-cli-health")
+    admin = Admin(running_server, capsys)
+    admin.json("providers", "create", "central", "--family", "openai", "--api-key-env", "HEALTH_KEY")
+    admin.json("providers", "create", "byok", "--family", "openai", "--policy", "user-only")
+    admin.json("providers", "create", "spare", "--family", "openai", "--api-key-env", "HEALTH_KEY")
+    providers = ["--provider", "central", "--provider", "byok", "--provider", "spare"]
+    admin.json(
+        "models", "create", "gpt-4o", "--family", "openai", "--model", "gpt-4o", "--context-limit", "9", *providers
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-alice-own\n"))
+    admin.json("user-keys", "set", "alice", "byok")
+    hers = admin.json("resolve", "gpt-4o", "--user", "alice")
+    revision = hers["config_revision"]
+
+    central = report(
+        running_server,
+        "central",
+        "gpt-4o",
+        resolver_pb2.ATTEMPT_OUTCOME_KEY_REJECTED,
+        key_source=common_pb2.KEY_SOURCE_STORED,
+        config_revision=revision,
+    )
+    user = report(
+        running_server,
+        "byok",
+        "gpt-4o",
+        resolver_pb2.ATTEMPT_OUTCOME_KEY_REJECTED,
+        key_source=common_pb2.KEY_SOURCE_USER,
+        user="alice",
+        config_revision=revision,
+    )
+    assert (central.recorded, user.recorded) == (1, 1)
+
+    listed = admin.table("providers", "list")
+    assert "[central key rejected]" in row(listed, "central") and "rejected" not in row(listed, "spare")
+    assert admin.json("providers", "get", "central")["health"]["central_key_rejected_time"]
+    assert "[key rejected]" in row(admin.table("user-keys", "list", "alice"), "byok")
+    resolved = eventually(
+        lambda: admin.table("resolve", "gpt-4o", "--user", "alice"),
+        lambda t: "[selected]" in row(t, "2"),
+        "skipped both rejected keys",
+    )
+    assert "[central key rejected]" in row(resolved, "0") and "admin" in row(resolved, "0")
+    assert "[key rejected]" in row(resolved, "1") and "user" in row(resolved, "1")
+    explained = admin.table("explain", "gpt-4o", "--user", "alice")
+    assert "[central key rejected]" in row(explained, "0") and "[key rejected]" in row(explained, "1")
+
+    # The reset clears the central key's mark; alice's stays until she sets a new key.
+    reset = admin.json("providers", "reset-health", "central")
+    assert "central_key_rejected_time" not in reset["provider_config"].get("health", {})
+    assert "rejected" not in row(admin.table("providers", "list"), "central")
+    after = eventually(
+        lambda: admin.table("resolve", "gpt-4o", "--user", "alice", "--min-revision", str(reset["config_revision"])),
+        lambda t: "[selected]" in row(t, "0"),
+        "used the central key again",
+    )
+    assert "[key rejected]" in row(after, "1")
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-alice-new\n"))
+    admin.json("user-keys", "set", "alice", "byok")
+    assert "rejected" not in row(admin.table("user-keys", "list", "alice"), "byok")
+
+
+def test_the_health_policy_is_written_as_a_whole_and_checked_by_the_service(
+    app: object, running_server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_TOKEN", all_roles_token(running_server.app))
+    monkeypatch.setenv("HEALTH_KEY", "sk-cli-health")
+    admin = Admin(running_server, capsys)
+    create = ["providers", "create", "p", "--family", "openai", "--api-key-env", "HEALTH_KEY"]
+    created = admin.json(*create, "--failure-threshold", "2")
+    assert created["provider_config"]["health_policy"] == {"failure_threshold": 2}
+    updated = admin.json("providers", "update", "p", "--base-cooldown", "5", "--max-cooldown", "120")
+    # As a whole: the threshold not given again is the service's default now.
+    assert updated["provider_config"]["health_policy"] == {"base_cooldown": "5s", "max_cooldown": "120s"}
+    detail = admin.table("providers", "get", "p")
+    assert "5s" in row(detail, "base cooldown") and "default" in row(detail, "failure threshold")
+    refused = admin.json("providers", "update", "p", "--failure-threshold", "0", code=2)["error"]
+    assert [v["field"] for v in refused["field_violations"]] == ["provider_config.health_policy.failure_threshold"]
+    too_short = admin.json("providers", "update", "p", "--base-cooldown", "60", "--max-cooldown", "30", code=2)
+    assert too_short["error"]["field_violations"][0]["field"] == "provider_config.health_policy.max_cooldown"
+    cleared = admin.json("providers", "update", "p", "--clear-health-policy")
+    assert cleared["provider_config"].get("health_policy", {}) == {}
+    assert cleared["config_revision"] > updated["config_revision"]

@@ -17,6 +17,9 @@ from modelroute.v1 import (
     user_key_pb2,
 )
 
+# Methods that are not one RPC each.
+HELPERS = {"call_with_failover"}
+
 
 def operations(cls: type) -> dict[str, list[tuple[str, object]]]:
     return {
@@ -29,7 +32,10 @@ def operations(cls: type) -> dict[str, list[tuple[str, object]]]:
 def test_the_asyncio_client_has_every_operation_of_the_sync_one() -> None:
     sync, aio = operations(modelroute.Client), operations(modelroute.aio.Client)
     assert sync == aio
-    assert len(sync) == len(rpcs())  # one method per RPC
+    assert set(sync) >= HELPERS
+    assert len(set(sync) - HELPERS) == len(rpcs())  # one method per RPC
+    assert isinstance(inspect.getattr_static(modelroute.aio.Client, "failover_statistics"), property)
+    assert isinstance(inspect.getattr_static(modelroute.Client, "failover_statistics"), property)
     # Every List is a pager there and an async pager here; every other operation is awaited here.
     for name in sync:
         coroutine = inspect.iscoroutinefunction(getattr(modelroute.aio.Client, name))
@@ -54,6 +60,9 @@ def test_the_retry_policy_names_real_methods_every_read_and_no_create() -> None:
     reads = {m for m in methods if m[1].startswith(("Get", "List", "Explain", "Resolve"))}
     assert reads <= retried
     assert not {m for m in retried if m[1].startswith(("Create", "Undelete"))}
+    # Attempt reports are best effort: a repeated batch would count its failures twice.
+    assert ("ResolverService", "ReportAttempts") in methods
+    assert ("ResolverService", "ReportAttempts") not in retried
 
 
 def test_the_service_config_is_round_robin_with_resolution_waiting_for_a_ready_replica() -> None:

@@ -9,7 +9,7 @@ import typer
 from google.protobuf.message import Message
 from rich.console import Console
 
-from ..calls import Written, family_from_name, model_config_name, provider_config_name
+from ..calls import Written, family_from_name, health_policy, model_config_name, provider_config_name
 from ..v1 import common_pb2, model_config_pb2, provider_config_pb2
 from . import render
 from .session import CommandFailed, ExitCode, Session, failures, read_secret
@@ -65,6 +65,21 @@ KeyEnv = Annotated[
     str | None, typer.Option("--api-key-env", metavar="VAR", help="read the key from this environment variable")
 ]
 Etag = Annotated[str, typer.Option("--etag", help="refuse unless the resource still has this etag (from get)")]
+FailureThreshold = Annotated[
+    int | None,
+    typer.Option("--failure-threshold", metavar="N", help="health policy: failure reports that start a cooldown"),
+]
+FailureWindow = Annotated[
+    float | None,
+    typer.Option("--failure-window", metavar="SECONDS", help="health policy: the failures must fall within this"),
+]
+BaseCooldown = Annotated[
+    float | None,
+    typer.Option("--base-cooldown", metavar="SECONDS", help="health policy: the first cooldown (each trip doubles it)"),
+]
+MaxCooldown = Annotated[
+    float | None, typer.Option("--max-cooldown", metavar="SECONDS", help="health policy: the longest cooldown")
+]
 ATTACHMENT_HELP = (
     "provider config id, in priority order; ID=UPSTREAM sends that provider UPSTREAM instead of the model's "
     "name (needed for a provider of another family)"
@@ -77,6 +92,15 @@ def given(message: Message, **values: object) -> list[str]:
     for name in paths:
         setattr(message, name, values[name])
     return paths
+
+
+def _health_policy(
+    failure_threshold: int | None, failure_window: float | None, base_cooldown: float | None, max_cooldown: float | None
+) -> provider_config_pb2.HealthPolicy | None:
+    """The health policy the options give, or None when none was given."""
+    if (failure_threshold, failure_window, base_cooldown, max_cooldown) == (None, None, None, None):
+        return None
+    return health_policy(failure_threshold, failure_window, base_cooldown, max_cooldown)
 
 
 def _policy_choice(value: str | None) -> str | None:
@@ -130,8 +154,13 @@ def providers_create(
     api_key_stdin: Annotated[
         bool, typer.Option("--api-key-stdin", help="read the key from stdin (no echo at a terminal)")
     ] = False,
+    failure_threshold: FailureThreshold = None,
+    failure_window: FailureWindow = None,
+    base_cooldown: BaseCooldown = None,
+    max_cooldown: MaxCooldown = None,
 ) -> None:
-    """Create a provider config; its key comes from --api-key-env or --api-key-stdin, never the command line."""
+    """Create a provider config; its key comes from --api-key-env or --api-key-stdin, never the command line.
+    Health policy options not given take the service's defaults."""
     session: Session = ctx.obj
     with failures(session):
         message = provider_config_pb2.ProviderConfig(
@@ -140,6 +169,7 @@ def providers_create(
             base_url=base_url,
             enabled=not disabled,
             credential_policy=policy(_policy_choice(credential_policy) or "central-only"),
+            health_policy=_health_policy(failure_threshold, failure_window, base_cooldown, max_cooldown),
         )
         if api_key_env or api_key_stdin:
             message.api_key = read_secret(api_key_env, "API key")
@@ -153,21 +183,39 @@ def providers_update(
     display_name: Annotated[str | None, typer.Option(help="rename it (for people; the id stays)")] = None,
     base_url: Annotated[str | None, typer.Option(help="a new endpoint; '' clears it")] = None,
     credential_policy: Policy = None,
+    failure_threshold: FailureThreshold = None,
+    failure_window: FailureWindow = None,
+    base_cooldown: BaseCooldown = None,
+    max_cooldown: MaxCooldown = None,
+    clear_health_policy: Annotated[
+        bool, typer.Option("--clear-health-policy", help="drop its own health policy: the service's defaults apply")
+    ] = False,
     etag: Etag = "",
 ) -> None:
-    """Change a provider config's display name, base URL or credential policy (only the options given)."""
+    """Change a provider config's display name, base URL, credential policy or health policy (only the options
+    given). The health policy options replace the whole policy: those not given take the service's defaults."""
     session: Session = ctx.obj
     with failures(session):
         chosen = _policy_choice(credential_policy)
+        health = _health_policy(failure_threshold, failure_window, base_cooldown, max_cooldown)
+        if health is not None and clear_health_policy:
+            raise CommandFailed("--clear-health-policy takes no other health policy option")
+        if clear_health_policy:
+            health = provider_config_pb2.HealthPolicy()
         message = provider_config_pb2.ProviderConfig(
             name=provider_config_name(provider_config),
             etag=etag,
             credential_policy=policy(chosen) if chosen else None,
+            health_policy=health,
         )
         paths = given(message, display_name=display_name, base_url=base_url)
         paths += ["credential_policy"] if chosen else []
+        paths += ["health_policy"] if health is not None else []
         if not paths:
-            raise CommandFailed("nothing to change: give --display-name, --base-url or --policy")
+            raise CommandFailed(
+                "nothing to change: give --display-name, --base-url, --policy, a health policy option "
+                "(--failure-threshold, --failure-window, --base-cooldown, --max-cooldown) or --clear-health-policy"
+            )
         _provider_written(session, session.client(ADMIN).update_provider_config(message, paths))
 
 
@@ -208,6 +256,17 @@ def providers_set_key(
         if not clear:
             message.api_key = read_secret(api_key_env, f"API key for {provider_config}")
         _provider_written(session, session.client(ADMIN).update_provider_config(message, ["api_key"]))
+
+
+@providers.command("reset-health")
+def providers_reset_health(
+    ctx: typer.Context, provider_config: Annotated[str, typer.Argument(help="provider config id")]
+) -> None:
+    """End every cooldown of a provider config and clear its central key's rejected mark (a user's rejected
+    key stays until the user sets a new one). Safe to run twice."""
+    session: Session = ctx.obj
+    with failures(session):
+        _provider_written(session, session.client(ADMIN).reset_provider_health(provider_config))
 
 
 @providers.command("delete")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
@@ -44,6 +45,11 @@ BADGE_STYLES = {
     "active": "green",
     "usable": "green",
     "unusable": "red",
+    "cooling down": "yellow",
+    "failing": "yellow",
+    "degraded": "yellow",
+    "key rejected": "red",
+    "central key rejected": "red",
 }
 SKIP_BADGES = {
     common_pb2.SKIP_REASON_PROVIDER_DISABLED: "disabled",
@@ -51,6 +57,8 @@ SKIP_BADGES = {
     common_pb2.SKIP_REASON_CENTRAL_KEY_MISSING: "no key",
     common_pb2.SKIP_REASON_KEY_UNDECRYPTABLE: "key undecryptable",
     common_pb2.SKIP_REASON_INVALID_CONFIG: "invalid config",
+    common_pb2.SKIP_REASON_USER_KEY_REJECTED: "key rejected",
+    common_pb2.SKIP_REASON_CENTRAL_KEY_REJECTED: "central key rejected",
 }
 POLICIES = {
     "central-only": (True, False, False),
@@ -107,8 +115,30 @@ def badges(*names: str) -> Text:
     for name in names:
         if text:
             text.append(" ")
-        text.append(f"[{name}]", style=BADGE_STYLES.get(name, ""))
+        # `cooling down until 14:03:07Z` takes the style of `cooling down`.
+        style = BADGE_STYLES.get(name) or BADGE_STYLES.get(name.partition(" until ")[0], "")
+        text.append(f"[{name}]", style=style)
     return text
+
+
+def _when(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def clock(stamp: timestamp_pb2.Timestamp) -> str:
+    """`14:03:07Z`: the time of day in UTC (a cooldown lasts at most 24 hours; JSON has the whole time)."""
+    return _when(stamp).strftime("%H:%M:%SZ")
+
+
+def cooldown_badges(attachment: resolver_pb2.ResolvedAttachment | resolver_pb2.AttachmentOutcome) -> list[str]:
+    """`cooling down until HH:MM:SSZ` for an attachment the answer says is cooling down, else nothing."""
+    if not attachment.HasField("cooldown_until"):
+        return []
+    return [f"cooling down until {clock(attachment.cooldown_until)}"]
+
+
+def seconds(duration: duration_pb2.Duration) -> str:
+    return f"{duration.ToTimedelta().total_seconds():g}s"
 
 
 def short(name: str) -> str:
@@ -151,13 +181,49 @@ def _printed(*renderables: Any) -> Render:
 # ------------------------------------------------------------------ provider configs
 
 
-def provider_badges(provider: provider_config_pb2.ProviderConfig) -> Text:
+def cooling_models(
+    health: provider_config_pb2.ProviderHealth, now: datetime | None = None
+) -> list[provider_config_pb2.ModelHealth]:
+    """The upstream models whose cooldown ends after `now` (default: the present)."""
+    moment = now or datetime.now(UTC)
+    return [m for m in health.models if m.HasField("cooldown_until") and _when(m.cooldown_until) > moment]
+
+
+def provider_badges(provider: provider_config_pb2.ProviderConfig, now: datetime | None = None) -> Text:
     names = ["enabled" if provider.enabled else "disabled"]
     if not provider.central_credential_usable and provider.credential_policy.central_api_key_enabled:
         names.append("no key")
     if provider.credential_policy.allow_user_api_key and not provider.credential_policy.central_api_key_enabled:
         names.append("user key required")
+    if provider.health.HasField("central_key_rejected_time"):
+        names.append("central key rejected")
+    if cooling_models(provider.health, now):
+        names.append("cooling down")
     return badges(*names)
+
+
+def health_policy_rows(policy: provider_config_pb2.HealthPolicy) -> list[tuple[str, str]]:
+    """The provider config's own cooldown rule, field by field; `default` where the service's applies."""
+    return [
+        ("failure threshold", str(policy.failure_threshold) if policy.HasField("failure_threshold") else "default"),
+        ("failure window", seconds(policy.failure_window) if policy.HasField("failure_window") else "default"),
+        ("base cooldown", seconds(policy.base_cooldown) if policy.HasField("base_cooldown") else "default"),
+        ("max cooldown", seconds(policy.max_cooldown) if policy.HasField("max_cooldown") else "default"),
+    ]
+
+
+def health_table(provider: provider_config_pb2.ProviderConfig, now: datetime | None = None) -> Table:
+    """One row per upstream model with failures, trips or a cooldown: what attempt reports said."""
+    moment = now or datetime.now(UTC)
+    table = _table("UPSTREAM MODEL", "FAILURES", "TRIPS", "COOLDOWN UNTIL", "STATUS", title="health")
+    for m in provider.health.models:
+        until, status = "-", badges("failing") if m.consecutive_failures else Text("")
+        if m.HasField("cooldown_until"):
+            left = (_when(m.cooldown_until) - moment).total_seconds()
+            until = m.cooldown_until.ToJsonString() + (f" ({left:.0f}s left)" if left > 0 else " (ended)")
+            status = badges("cooling down") if left > 0 else status
+        table.add_row(m.model, str(m.consecutive_failures), str(m.trips), until, status)
+    return table
 
 
 def providers_table(providers: Iterable[provider_config_pb2.ProviderConfig]) -> Render:
@@ -176,8 +242,10 @@ def providers_table(providers: Iterable[provider_config_pb2.ProviderConfig]) -> 
     return _printed(table)
 
 
-def provider_detail(p: provider_config_pb2.ProviderConfig) -> Render:
+def provider_detail(p: provider_config_pb2.ProviderConfig, now: datetime | None = None) -> Render:
     table = _table("FIELD", "VALUE", title=f"provider config {short(p.name)}")
+    health = p.health
+    rejected = health.central_key_rejected_time.ToJsonString() if health.HasField("central_key_rejected_time") else ""
     for label, value in (
         ("family", family(p.family)),
         ("display name", p.display_name),
@@ -185,11 +253,13 @@ def provider_detail(p: provider_config_pb2.ProviderConfig) -> Render:
         ("policy", policy_name(p.credential_policy)),
         ("stored key", "set" if p.has_api_key else "none"),
         ("central credential", key_source(p.central_credential_source) if p.central_credential_usable else "-"),
+        *([("central key rejected", rejected)] if rejected else []),
+        *health_policy_rows(p.health_policy),
         ("etag", p.etag),
     ):
         table.add_row(label, value)
-    table.add_row("status", provider_badges(p))
-    return _printed(table)
+    table.add_row("status", provider_badges(p, now))
+    return _printed(table, *([health_table(p, now)] if p.health.models else []))
 
 
 # ------------------------------------------------------------------ model configs
@@ -254,7 +324,7 @@ def resolution_table(answer: resolver_pb2.ResolveModelResponse) -> Render:
     )
     rows: list[tuple[int, Sequence[Any]]] = []
     for index, a in enumerate((answer.selected, *answer.fallbacks)):
-        status = badges("selected" if index == 0 else "fallback")
+        status = badges("selected" if index == 0 else "fallback", *cooldown_badges(a))
         rows.append(
             (
                 a.position,
@@ -315,7 +385,7 @@ def explain_table(answer: resolver_pb2.ExplainResolutionResponse) -> Render:
     for o in answer.outcomes:
         if o.usable:
             selected = o.position == answer.selected_position
-            status = badges("selected" if selected else "fallback")
+            status = badges("selected" if selected else "fallback", *cooldown_badges(o))
             fallback = fallback or not selected
         else:
             status = badges(SKIP_BADGES.get(o.reason, "skipped"))
@@ -335,7 +405,8 @@ def explain_table(answer: resolver_pb2.ExplainResolutionResponse) -> Render:
 def available_table(models: Iterable[resolver_pb2.AvailableModel]) -> Render:
     table = _table("MODEL CONFIG", "FAMILY", "MODEL", "SELECTED", "UPSTREAM MODEL", "STATUS")
     for m in models:
-        names = ["usable" if m.usable else "unusable"] + (["default"] if m.is_default else [])
+        names = ["usable" if m.usable else "unusable"] + (["degraded"] if m.degraded else [])
+        names += ["default"] if m.is_default else []
         table.add_row(
             short(m.model_config),
             family(m.family),
@@ -356,6 +427,8 @@ def user_keys_table(user: str, entries: Iterable[user_key_pb2.UserProviderConfig
         names = ["user key" if e.has_user_api_key else "no key"]
         if e.user_api_key_required and not e.has_user_api_key:
             names.append("user key required")
+        if e.HasField("key_rejected_time"):
+            names.append("key rejected")
         table.add_row(
             short(e.provider_config),
             family(e.family),

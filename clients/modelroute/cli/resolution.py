@@ -59,12 +59,15 @@ def explain(
         list[str] | None,
         typer.Option("--provider-enabled", metavar="PROVIDER=BOOL", help="what if this provider were enabled"),
     ] = None,
+    ignore_health: Annotated[
+        bool, typer.Option("--ignore-health", help="what if no attachment were cooling down")
+    ] = False,
 ) -> None:
     """ExplainResolution: the same walk for admins, never with secrets, with what-ifs."""
     session: Session = ctx.obj
     keys, enabled = _what_if(user_has_key, "--user-has-key"), _what_if(provider_enabled, "--provider-enabled")
     with failures(session):
-        answer = session.client("reader").explain(model, user, keys, enabled)
+        answer = session.client("reader").explain(model, user, keys, enabled, ignore_health=ignore_health)
         session.emit(render.as_dict(answer), render.explain_table(answer))
 
 
