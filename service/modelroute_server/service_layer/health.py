@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ..domain import rules
 from ..domain.audit import AuditEntry, Caller, FieldChange
@@ -126,10 +126,15 @@ def report_attempts(
             by_key.setdefault((report.provider_config_id, report.model), []).append(
                 (report.outcome, report.retry_after)
             )
+    # The database's clock decides cooldowns (every replica compares them with its own); a batch of
+    # successes needs none, and writes nothing unless some row had failures: one statement in all.
+    needs_clock = bool(rejections) or any(o.is_failure for found in by_key.values() for o, _ in found)
     with ctx.unit_of_work() as uow:
-        now = uow.now
+        now = uow.now if needs_clock else datetime.now(UTC)
+        wrote = bool(rejections)
         if by_key:
-            applied.transitions = _apply_health(ctx, uow, by_key, known_providers, now)
+            applied.transitions, changed = _apply_health(ctx, uow, by_key, known_providers, now)
+            wrote = wrote or changed
         for report in rejections:
             marked = _mark_rejected_key(ctx, uow, caller, report, now)
             if marked is None:
@@ -137,7 +142,7 @@ def report_attempts(
             elif marked and report.key_source is not None:
                 applied.marked.append(report.key_source.value)
         applied.recorded = len(reports) - applied.ignored
-        sequence = uow.changes.sequence_taken()
+        sequence = uow.changes.sequence_taken() if wrote else None
         uow.commit()
     if sequence is not None:
         for callback in ctx.on_commit:
@@ -151,8 +156,10 @@ def _apply_health(
     by_key: Mapping[HealthKey, list[tuple[AttemptOutcome, timedelta | None]]],
     providers: Mapping[str, ProviderConfig],
     now: datetime,
-) -> list[Transition]:
+) -> tuple[list[Transition], bool]:
+    """The transitions the reports caused, and whether any row was written."""
     transitions: list[Transition] = []
+    wrote = False
     pending = set(by_key)
     for _ in range(3):  # a row another writer inserted meanwhile is locked and decided again
         stored = uow.health.locked(pending)
@@ -163,6 +170,7 @@ def _apply_health(
             if after != before:
                 states[key] = after
         lost = uow.health.save(states, stored.keys())
+        wrote = wrote or bool(states)
         for key, after in states.items():
             if key not in lost:
                 moved = transition(stored.get(key, HEALTHY), after, now)
@@ -171,7 +179,7 @@ def _apply_health(
         if not lost:
             break
         pending = lost
-    return transitions
+    return transitions, wrote
 
 
 def _mark_rejected_key(
