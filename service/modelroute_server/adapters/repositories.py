@@ -672,8 +672,10 @@ STATEMENT_TIMEOUT = sa.text("SET LOCAL statement_timeout = '60s'")
 READ_STATEMENT_TIMEOUT = timedelta(seconds=10)
 READ_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :statement_ms, true)")
 # A write's own timeouts, also per transaction (set_config(..., true) is SET LOCAL with bound values).
+# With the transaction's own clock (now() is fixed for a transaction), so that asking for it costs nothing.
 WRITE_TIMEOUTS = sa.text(
-    "SELECT set_config('lock_timeout', :lock_ms, true), set_config('statement_timeout', :statement_ms, true)"
+    "SELECT set_config('lock_timeout', :lock_ms, true), set_config('statement_timeout', :statement_ms, true), "
+    "now()"
 )
 # SQLSTATEs of a transaction that waited too long or lost a race: lock_not_available (lock_timeout),
 # query_canceled (statement_timeout), deadlock_detected, serialization_failure. Trying again shortly
@@ -898,6 +900,7 @@ class UnitOfWork:
         self._read_timeout = read_timeout
 
     def __enter__(self) -> UnitOfWork:
+        self._now: datetime | None = None
         self._connection = connect(self._engine)
         if self._read_only:
             # One consistent view across several queries.
@@ -909,13 +912,13 @@ class UnitOfWork:
             self._connection.execute(READ_TIMEOUT, {"statement_ms": milliseconds(self._read_timeout)})
         else:
             timeouts = self._write_timeouts
-            self._connection.execute(
+            self._now = self._connection.execute(
                 WRITE_TIMEOUTS,
                 {
                     "lock_ms": milliseconds(timeouts.lock),
                     "statement_ms": milliseconds(timeouts.statement),
                 },
-            )
+            ).one()[2]
         self.changes = ChangeSequence(self._connection)
         self.providers = ProviderConfigRepository(self._connection, self._keyring)
         self.models = ModelConfigRepository(self._connection)
@@ -944,4 +947,7 @@ class UnitOfWork:
 
     @property
     def now(self) -> datetime:
-        return self._connection.execute(sa.select(sa.func.now())).scalar_one()  # type: ignore[no-any-return]
+        """The transaction's time (PostgreSQL's now(): the same for every statement of the transaction)."""
+        if self._now is None:
+            self._now = self._connection.execute(sa.select(sa.func.now())).scalar_one()
+        return self._now

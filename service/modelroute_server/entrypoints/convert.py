@@ -879,20 +879,25 @@ def attempt_reports(request: resolver_pb2.ReportAttemptsRequest) -> list[Attempt
     """The reports as the use case checks them: a name that does not parse, an unset enum or an
     unknown one arrive as None and are refused there, with every other problem of the batch."""
     reports = []
+    ids: dict[str, str | None] = {}  # a batch names few provider configs, many times each
     for report in request.attempts:
         retry_after = None
         if report.HasField("retry_after"):
             value = report.retry_after
             retry_after = timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+        name = report.provider_config
+        provider_config_id = ids.get(name, "")
+        if provider_config_id == "":
+            provider_config_id = ids[name] = _id_in(name, "providerConfigs")
         reports.append(
             AttemptReport(
-                provider_config_id=_id_in(report.provider_config, "providerConfigs"),
-                model=report.model,
-                user=report.user,
-                key_source=PROTO_TO_KEY_SOURCE.get(report.key_source),
-                config_revision=report.config_revision,
-                outcome=PROTO_TO_OUTCOME.get(report.outcome),
-                retry_after=retry_after,
+                provider_config_id,
+                report.model,
+                report.user,
+                PROTO_TO_KEY_SOURCE.get(report.key_source),
+                report.config_revision,
+                PROTO_TO_OUTCOME.get(report.outcome),
+                retry_after,
             )
         )
     return reports

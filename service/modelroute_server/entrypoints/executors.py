@@ -66,7 +66,9 @@ MAX_ADMIN_READS_IN_FLIGHT = 16
 MAX_WRITES_IN_FLIGHT = 16
 # Attempt reports are best effort (the client drops a batch refused): their own threads and bound, so that
 # a flood of reports never delays an admin write, and the other way round.
-ATTEMPT_REPORT_WORKERS = 2
+# One thread: a batch is mostly Python, and a second thread would only contend for the interpreter lock
+# with the event loop.
+ATTEMPT_REPORT_WORKERS = 1
 MAX_ATTEMPT_REPORTS_IN_FLIGHT = 32
 # Resolution answers from memory at once; only a call waiting for a revision (`min_revision`, or this
 # replica's own write) stays in flight, and this many of those are taken at most.

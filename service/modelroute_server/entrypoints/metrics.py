@@ -11,6 +11,7 @@ key sources, classes of work and pool names; never a user, a token name or a key
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from ..domain.errors import DomainError
 from ..domain.resolver import Resolution, SkipReason
-from ..service_layer.health import ReportsApplied
+from ..service_layer.health import AttemptReport, ReportsApplied
 from .authorization import current_caller_or_none, short_method
 from .executors import CallBound
 from .transport import split_address
@@ -172,9 +173,10 @@ class Metrics:
             if violation.type in skip_reasons:
                 self._skips.labels(violation.type).inc()
 
-    def attempts_reported(self, outcomes: Iterable[str], applied: ReportsApplied) -> None:
-        for outcome in outcomes:
-            self._attempt_reports.labels(outcome).inc()
+    def attempts_reported(self, reports: Iterable[AttemptReport], applied: ReportsApplied) -> None:
+        for outcome, count in collections.Counter(r.outcome for r in reports).items():
+            if outcome is not None:
+                self._attempt_reports.labels(outcome.value).inc(count)
         if applied.ignored:
             self._attempt_reports.labels("IGNORED").inc(applied.ignored)
         for moved in applied.transitions:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ..domain import rules
 from ..domain.audit import AuditEntry, Caller, FieldChange
@@ -71,37 +71,51 @@ def check_reports(reports: Sequence[AttemptReport], known_providers: Mapping[str
     if len(reports) > MAX_REPORTS_PER_BATCH:
         violations.add("attempts", f"holds {len(reports)} reports; at most {MAX_REPORTS_PER_BATCH} per call")
         violations.raise_if_any()
+    user_problems: dict[str, str | None] = {}  # a batch names few users, many times each
     for index, report in enumerate(reports):
-        at = f"attempts[{index}]"
-        if report.provider_config_id is None:
-            violations.add(f"{at}.provider_config", "must be a provider config name `providerConfigs/{id}`")
-        elif report.provider_config_id not in known_providers:
-            violations.add(f"{at}.provider_config", f"names no provider config ({report.provider_config_id})")
-        if not report.model.strip():
-            violations.add(f"{at}.model", "must name the upstream model the attempt sent")
-        elif len(report.model) > MAX_MODEL_CHARS:
-            violations.add(f"{at}.model", f"must be at most {MAX_MODEL_CHARS} characters")
-        if report.outcome is None:
-            violations.add(f"{at}.outcome", "must be set")
-        if report.user:
-            problem = rules.user_id_problem(report.user)
-            if problem:
-                violations.add(f"{at}.user", problem)
-        if report.key_source is KeySource.USER and not report.user:
-            violations.add(f"{at}.user", "is required for a report about a user's key (key_source USER)")
-        if report.outcome is AttemptOutcome.KEY_REJECTED:
-            if report.key_source is None:
-                violations.add(f"{at}.key_source", "is required for KEY_REJECTED: which key was rejected")
-            elif report.key_source is KeySource.AMBIENT:
-                violations.add(f"{at}.key_source", "AMBIENT holds no key to reject; KEY_REJECTED needs a key")
-        if report.retry_after is not None:
-            if report.retry_after < timedelta(0):
-                violations.add(f"{at}.retry_after", "must not be negative")
-            elif report.retry_after > MAX_RETRY_AFTER:
-                violations.add(f"{at}.retry_after", "must be at most 24 hours")
-        if report.config_revision < 0:
-            violations.add(f"{at}.config_revision", "must not be negative")
+        for field_name, description in _report_problems(report, known_providers, user_problems):
+            violations.add(f"attempts[{index}].{field_name}", description)
     violations.raise_if_any()
+
+
+def _report_problems(
+    report: AttemptReport, known_providers: Mapping[str, ProviderConfig], user_problems: dict[str, str | None]
+) -> list[tuple[str, str]]:
+    problems = []
+    if report.provider_config_id is None:
+        problems.append(("provider_config", "must be a provider config name `providerConfigs/{id}`"))
+    elif report.provider_config_id not in known_providers:
+        problems.append(("provider_config", f"names no provider config ({report.provider_config_id})"))
+    if not report.model.strip():
+        problems.append(("model", "must name the upstream model the attempt sent"))
+    elif len(report.model) > MAX_MODEL_CHARS:
+        problems.append(("model", f"must be at most {MAX_MODEL_CHARS} characters"))
+    if report.outcome is None:
+        problems.append(("outcome", "must be set"))
+    if report.user:
+        problem = user_problems.get(report.user, "")
+        if problem == "":
+            problem = user_problems[report.user] = rules.user_id_problem(report.user)
+        if problem:
+            problems.append(("user", problem))
+    elif report.key_source is KeySource.USER:
+        problems.append(("user", "is required for a report about a user's key (key_source USER)"))
+    if report.outcome is AttemptOutcome.KEY_REJECTED:
+        if report.key_source is None:
+            problems.append(("key_source", "is required for KEY_REJECTED: which key was rejected"))
+        elif report.key_source is KeySource.AMBIENT:
+            problems.append(("key_source", "AMBIENT holds no key to reject; KEY_REJECTED needs a key"))
+    if report.retry_after is not None:
+        if report.retry_after < _ZERO:
+            problems.append(("retry_after", "must not be negative"))
+        elif report.retry_after > MAX_RETRY_AFTER:
+            problems.append(("retry_after", "must be at most 24 hours"))
+    if report.config_revision < 0:
+        problems.append(("config_revision", "must not be negative"))
+    return problems
+
+
+_ZERO = timedelta(0)
 
 
 def policy_of(ctx: ServiceContext, provider: ProviderConfig) -> HealthPolicy:
@@ -127,10 +141,9 @@ def report_attempts(
                 (report.outcome, report.retry_after)
             )
     # The database's clock decides cooldowns (every replica compares them with its own); a batch of
-    # successes needs none, and writes nothing unless some row had failures: one statement in all.
-    needs_clock = bool(rejections) or any(o.is_failure for found in by_key.values() for o, _ in found)
+    # successes writes nothing unless some row had failures.
     with ctx.unit_of_work() as uow:
-        now = uow.now if needs_clock else datetime.now(UTC)
+        now = uow.now
         wrote = bool(rejections)
         if by_key:
             applied.transitions, changed = _apply_health(ctx, uow, by_key, known_providers, now)
@@ -161,12 +174,13 @@ def _apply_health(
     transitions: list[Transition] = []
     wrote = False
     pending = set(by_key)
+    policies = {pid: policy_of(ctx, providers[pid]) for pid in {key[0] for key in pending}}
     for _ in range(3):  # a row another writer inserted meanwhile is locked and decided again
         stored = uow.health.locked(pending)
         states: dict[HealthKey, AttachmentHealth] = {}
         for key in pending:
             before = stored.get(key, HEALTHY)
-            after = after_reports(before, by_key[key], policy_of(ctx, providers[key[0]]), now)
+            after = after_reports(before, by_key[key], policies[key[0]], now)
             if after != before:
                 states[key] = after
         lost = uow.health.save(states, stored.keys())
