@@ -82,7 +82,11 @@ def seed(s: Stubs) -> None:
     if not s.providers.ListProviderConfigs(provider_config_pb2.ListProviderConfigsRequest()).provider_configs:
         create_provider(s, "p-a", credential_policy=policy(True, True, True))
         create_provider(s, "p-b")
-        create_model(s, "m-a", providers=("p-a", "p-b"))
+        try:
+            create_model(s, "m-a", providers=("p-a", "p-b"))
+        except grpc.RpcError as error:
+            # Earlier examples force-deleted both configs, which soft-deleted the model: its id stays taken.
+            assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 def _with_optional(message: Any, **fields: Any) -> Any:
@@ -278,6 +282,24 @@ def test_other_requests(
                 ],
             ),
         ),
+        (
+            s.resolver.ReportAttempts,
+            resolver_pb2.ReportAttemptsRequest(
+                attempts=[
+                    resolver_pb2.AttemptReport(
+                        provider_config=p,
+                        model=key,
+                        user=user,
+                        key_source=min_revision % 6,
+                        config_revision=min_revision,
+                        outcome=page_size % 8,
+                        retry_after={"seconds": page_size, "nanos": 0},
+                    )
+                    for p, _ in overrides
+                ]
+            ),
+        ),
+        (s.providers.ResetProviderHealth, provider_config_pb2.ResetProviderHealthRequest(name=name)),
         (s.models.DeleteModelConfig, model_config_pb2.DeleteModelConfigRequest(name=name, etag=token)),
         (
             s.providers.DeleteProviderConfig,

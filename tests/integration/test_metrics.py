@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelroute.v1 import model_config_pb2, provider_config_pb2, resolver_pb2
+from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2
 from modelroute_server.entrypoints.metrics import serve_metrics
 from modelroute_server.entrypoints.server import Application
 
@@ -30,6 +30,11 @@ from ..helpers import (
     run_server_command,
     stubs,
 )
+
+
+def etag_revision(etag: str) -> int:
+    return int(etag.strip('"'))
+
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -193,3 +198,46 @@ def test_an_occupied_metrics_port_is_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     (line,) = done.stderr.decode().splitlines()
     assert f"cannot listen on 127.0.0.1:{port}" in line
+
+
+def test_attempt_reports_trips_rejected_keys_and_cooldowns_are_counted(
+    app: Application, channel: grpc.Channel, metrics_url: str
+) -> None:
+    s = stubs(channel)
+    create_provider(s, "a", api_key="sk-metrics-a")
+    create_provider(s, "b", api_key="sk-metrics-b")
+    model = create_model(s, "m", providers=("a", "b"), upstream="gpt-4o")
+    _, before = scrape(metrics_url)
+
+    def report(provider: str, outcome: int, times: int = 1, **fields: object) -> resolver_pb2.ReportAttemptsResponse:
+        attempt = resolver_pb2.AttemptReport(
+            provider_config=f"providerConfigs/{provider}", model="gpt-4o", outcome=outcome, **fields
+        )
+        answer: resolver_pb2.ReportAttemptsResponse = s.resolver.ReportAttempts(
+            resolver_pb2.ReportAttemptsRequest(attempts=[attempt] * times)
+        )
+        return answer
+
+    report("a", resolver_pb2.ATTEMPT_OUTCOME_SERVER_ERROR, times=3)
+    report("a", resolver_pb2.ATTEMPT_OUTCOME_SUCCESS)  # ends the cooldown: a recovery
+    report("a", resolver_pb2.ATTEMPT_OUTCOME_RATE_LIMITED, retry_after=duration_pb2.Duration(seconds=600))
+    revision = etag_revision(model.etag)
+    stored = common_pb2.KEY_SOURCE_STORED
+    rejected = resolver_pb2.ATTEMPT_OUTCOME_KEY_REJECTED
+    assert report("b", rejected, key_source=stored, config_revision=revision).ignored == 0
+    assert report("b", rejected, key_source=stored, config_revision=0).ignored == 1  # older than its key
+
+    _, after = scrape_when(
+        metrics_url, lambda a: grown(before, a, "modelroute_attempt_reports_total", outcome="IGNORED") >= 1
+    )
+    reports = "modelroute_attempt_reports_total"
+    assert grown(before, after, reports, outcome="SERVER_ERROR") == 3
+    assert grown(before, after, reports, outcome="SUCCESS") == 1
+    assert grown(before, after, reports, outcome="RATE_LIMITED") == 1
+    assert grown(before, after, reports, outcome="KEY_REJECTED") == 2
+    assert grown(before, after, reports, outcome="IGNORED") == 1
+    assert grown(before, after, "modelroute_health_transitions_total", transition="TRIP") == 2
+    assert grown(before, after, "modelroute_health_transitions_total", transition="RECOVERY") == 1
+    assert grown(before, after, "modelroute_rejected_keys_total", key_source="STORED") == 1
+    assert after[("modelroute_attachments_cooling_down", ())] == 1
+    assert ("modelroute_shed_calls_total", (("work_class", "attempt_reports"),)) in after

@@ -81,6 +81,7 @@ def test_reflection_serves_the_provider_config_descriptor(running_server: Runnin
                 "ListProviderConfigs",
                 "UpdateProviderConfig",
                 "DeleteProviderConfig",
+                "ResetProviderHealth",
             }
     assert "modelroute/v1/provider_config.proto" in names
 
