@@ -674,8 +674,7 @@ READ_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :statement_ms, tr
 # A write's own timeouts, also per transaction (set_config(..., true) is SET LOCAL with bound values).
 # With the transaction's own clock (now() is fixed for a transaction), so that asking for it costs nothing.
 WRITE_TIMEOUTS = sa.text(
-    "SELECT set_config('lock_timeout', :lock_ms, true), set_config('statement_timeout', :statement_ms, true), "
-    "now()"
+    "SELECT set_config('lock_timeout', :lock_ms, true), set_config('statement_timeout', :statement_ms, true), now()"
 )
 # SQLSTATEs of a transaction that waited too long or lost a race: lock_not_available (lock_timeout),
 # query_canceled (statement_timeout), deadlock_detected, serialization_failure. Trying again shortly

@@ -111,10 +111,12 @@ class CallBound:
 class BoundedWork:
     """One class of database work: its own worker threads, and at most `max_in_flight` calls at once."""
 
-    def __init__(self, work_class: str, workers: int, max_in_flight: int) -> None:
+    def __init__(self, work_class: str, workers: int, max_in_flight: int, *, lowered: bool = True) -> None:
         self.work_class, self.workers = work_class, workers
         self._pool = ThreadPoolExecutor(
-            workers, thread_name_prefix=f"modelroute-{work_class.replace(' ', '-')}", initializer=lower_this_thread
+            workers,
+            thread_name_prefix=f"modelroute-{work_class.replace(' ', '-')}",
+            initializer=lower_this_thread if lowered else None,
         )
         self.bound = CallBound(work_class, max_in_flight)
 
@@ -154,7 +156,9 @@ class AdminWork:
     ) -> None:
         self.reads = BoundedWork("admin reads", read_workers, max_reads)
         self.writes = BoundedWork("writes", write_workers, max_writes)
-        self.reports = BoundedWork("attempt reports", report_workers, max_reports)
+        # Not lowered: a report batch is short bursts of Python holding the interpreter lock, and a thread the
+        # kernel keeps waiting while it holds the lock keeps the event loop waiting too.
+        self.reports = BoundedWork("attempt reports", report_workers, max_reports, lowered=False)
 
     async def read(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.reads.run(work, *args, **kwargs)
