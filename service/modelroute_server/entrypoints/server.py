@@ -345,9 +345,9 @@ async def serve(settings: Settings) -> None:
     # Worker threads build and encode admin answers and apply attempt reports in Python, holding the
     # interpreter lock; the event loop takes it back only when the holder's switch interval ends. At the
     # default 5 ms, each step of a resolution or of a refusal could wait that long behind a busy admin read;
-    # at 0.2 ms a steady flow of report batches still raised ResolveModel's p99 by 1.6-1.8x, at 0.05 ms by
-    # about 1.4x (bench_health.py), and the admin flood of bench_overload.py stays within its bound. The
-    # interval costs nothing while one thread alone runs.
+    # at 0.05 ms a steady flow of attempt report batches raises ResolveModel's p99 less than at 0.2 ms
+    # (bench_health.py), and the admin flood of bench_overload.py stays within its bound. The interval costs
+    # nothing while one thread alone runs.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # The port was found free; it opens only once the snapshot is loaded.
     app = await asyncio.to_thread(build_application, settings, stop_loading)
