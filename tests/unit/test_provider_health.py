@@ -4,10 +4,17 @@ snapshot applying health changes, and the report use case over the in-memory uni
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
-from modelroute_server.adapters.crypto import Keyring, generate_keyring_spec
+from modelroute_server.adapters.crypto import (
+    Keyring,
+    generate_keyring_spec,
+    pack_sealed_keys,
+    seal_bound,
+    user_key_binding,
+)
 from modelroute_server.domain.audit import Caller
 from modelroute_server.domain.changes import ChangeBatch, FullState
 from modelroute_server.domain.errors import DomainError
@@ -245,6 +252,26 @@ def test_the_snapshot_applies_health_without_moving_the_revision() -> None:
     assert not rekeyed.verdicts["a"].central_rejected
     recovered = apply_changes(rekeyed, ChangeBatch(8, 7, health={"a": None}), {}, keyring)
     assert recovered.cooldowns == {} and recovered.health == {}
+
+
+def test_the_snapshot_decides_once_which_user_keys_are_rejected() -> None:
+    keyring = Keyring.parse(generate_keyring_spec())
+
+    def packed(key: str) -> bytes:
+        return pack_sealed_keys({"a": seal_bound(keyring, key, partial(user_key_binding, "alice", "a"))})
+
+    mark = {"a": KeyMark("USER", keyring.fingerprint("uk-alice-1"), T0)}
+    state = FullState(5, 5, [provider("a")], [model("a")], [("alice", packed("uk-alice-1"))], [], {}, {"alice": mark})
+    snapshot = build_snapshot(state, {}, keyring)
+    assert dict(snapshot.rejected_user_keys) == {"alice": frozenset({"a"})}
+    # A new key (the mark still there, as after a hand edit) is not the rejected one.
+    rekeyed = apply_changes(snapshot, ChangeBatch(6, 6, user_keys={"alice": packed("uk-alice-2")}), {}, keyring)
+    assert dict(rekeyed.rejected_user_keys) == {}
+    # The same key marked again: rejected again; the mark gone: not.
+    remarked = apply_changes(rekeyed, ChangeBatch(7, 6, user_keys={"alice": packed("uk-alice-1")}), {}, keyring)
+    assert dict(remarked.rejected_user_keys) == {"alice": frozenset({"a"})}
+    cleared = apply_changes(remarked, ChangeBatch(8, 6, user_marks={"alice": None}), {}, keyring)
+    assert dict(cleared.rejected_user_keys) == {} and dict(cleared.user_marks) == {}
 
 
 # -- the report use case, over the in-memory unit of work

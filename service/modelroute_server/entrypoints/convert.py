@@ -620,10 +620,10 @@ class _KeptAnswer:
     parts: tuple[bytes | _CallerKey, ...]
     # Counts the answer in the metrics each time it is given.
     tally: Callable[[], None]
-    # Provider health it was decided from: the cooldowns, the user's key marks, and when the first
+    # Provider health it was decided from: the cooldowns, the user's rejected keys, and when the first
     # cooldown it demoted ends (time.time(); infinity when it demoted none).
     cooldowns: object = None
-    user_marks: object = None
+    rejected_user_keys: object = None
     valid_until: float = math.inf
 
 
@@ -686,7 +686,7 @@ class ResolveResponses:
             or (user and snapshot.user_keys.get(user) is not entry.user_keys)
             or (not asked[0] and snapshot.default_model_id != model.id)
             or snapshot.cooldowns is not entry.cooldowns
-            or (user and snapshot.user_marks.get(user) is not entry.user_marks)
+            or (user and snapshot.rejected_user_keys.get(user) is not entry.rejected_user_keys)
             or (entry.valid_until != math.inf and time.time() >= entry.valid_until)
         ):
             return None
@@ -708,7 +708,7 @@ class ResolveResponses:
             if len(self._answers) >= self._kept_answers:
                 self._answers.popitem(last=False)
             user_keys = snapshot.user_keys.get(user) if user else None
-            user_marks = snapshot.user_marks.get(user) if user else None
+            rejected_user_keys = snapshot.rejected_user_keys.get(user) if user else None
             valid_until = (
                 min(o.cooldown_until.timestamp() for o in resolution.usable_outcomes if o.cooldown_until)
                 if resolution.cooling
@@ -721,7 +721,7 @@ class ResolveResponses:
                 parts,
                 tally,
                 snapshot.cooldowns,
-                user_marks,
+                rejected_user_keys,
                 valid_until,
             )
         # The caller's keys this resolution opened: a kept answer's first call does not open them again.

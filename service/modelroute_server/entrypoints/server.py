@@ -190,7 +190,7 @@ def wire_application(
         ctx.deployment_keys,
         tokens,
         log_retention=settings.change_log_retention,
-        fingerprints=ctx.keyring,
+        keyring=ctx.keyring,
     )
     ctx.health_policy = settings.health_policy
     ctx.on_commit.append(snapshots.committed)

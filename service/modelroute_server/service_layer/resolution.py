@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 
 from ..adapters.crypto import open_user_key
 from ..domain.errors import DomainError, PreconditionViolation, Reason
-from ..domain.health import mark_applies
 from ..domain.models import ModelConfig
 from ..domain.providers import StoredKey, provider_config_name
 from ..domain.resolver import AttachmentOutcome, Resolution, WhatIf, resolve_prepared
@@ -53,13 +52,10 @@ def _user_keys(
         for provider_id, key in snapshot.sealed_user_keys(user, model.attachments).items()
         if what_if is not None or verdicts[provider_id].user_key_matters
     }
-    marks = snapshot.user_marks.get(user)
-    if marks:
-        # A mark counts only while it is about the key the user has now (a new key clears it by itself).
-        for provider_id, mark in marks.items():
-            key = keys.get(provider_id)
-            if key is not None and mark_applies(mark, key.secret, ctx.keyring):
-                keys[provider_id] = replace(key, rejected=True)
+    # Keys the provider rejected, as the snapshot decided when the keys or marks last changed.
+    for provider_id in snapshot.rejected_user_keys.get(user, ()):
+        if provider_id in keys:
+            keys[provider_id] = replace(keys[provider_id], rejected=True)
     return keys
 
 

@@ -31,12 +31,12 @@ from typing import Protocol
 
 import immutables
 
-from ..adapters.crypto import SealedKey, unpack_sealed_keys
+from ..adapters.crypto import Keyring, SealedKey, open_user_key, unpack_sealed_keys
 from ..domain.access import AccessToken
 from ..domain.changes import ChangeBatch, FullState
 from ..domain.errors import DomainError, PreconditionViolation, Reason
 from ..domain.families import Family
-from ..domain.health import KeyFingerprints, KeyMark, ProviderHealthState, mark_applies
+from ..domain.health import KeyMark, ProviderHealthState, mark_applies
 from ..domain.models import ModelConfig
 from ..domain.providers import ProviderConfig, central_credential
 from ..domain.resolver import ProviderVerdict, prepare_provider
@@ -82,8 +82,10 @@ class Snapshot:
     # reads them (by provider config id, then upstream model); empty in the common case.
     health: Mapping[str, ProviderHealthState] = field(default_factory=dict, repr=False)
     cooldowns: Mapping[str, Mapping[str, datetime]] = field(default_factory=dict, repr=False)
-    # Users' key marks, by user then provider config id.
+    # Users' key marks, by user then provider config id; and, decided from them once per change, the
+    # provider configs whose rejected key is the very key the user holds now (what resolution reads).
     user_marks: immutables.Map[str, Mapping[str, KeyMark]] = field(default_factory=immutables.Map, repr=False)
+    rejected_user_keys: immutables.Map[str, frozenset[str]] = field(default_factory=immutables.Map, repr=False)
 
     def models_after(self, after: str | None) -> Iterator[ModelConfig]:
         """Live models in id order, starting after `after` (None: from the first)."""
@@ -125,7 +127,7 @@ def _prepared(
     provider: ProviderConfig,
     deployment_keys: Mapping[Family, str],
     health: ProviderHealthState | None,
-    fingerprints: KeyFingerprints | None,
+    keyring: Keyring | None,
 ) -> ProviderVerdict:
     """The provider's verdict, with its central key rejected when its mark is about the key it would use
     now (a new stored key, or a new deployment key, clears the mark by itself)."""
@@ -133,8 +135,8 @@ def _prepared(
     # Only a config with a mark has its central key looked at (the deployment key, or a decrypted one).
     rejected = (
         mark is not None
-        and fingerprints is not None
-        and mark_applies(mark, central_credential(provider, deployment_keys).secret, fingerprints)
+        and keyring is not None
+        and mark_applies(mark, central_credential(provider, deployment_keys).secret, keyring)
     )
     return prepare_provider(provider, deployment_keys, rejected)
 
@@ -143,23 +145,43 @@ def _cooldowns(health: Mapping[str, ProviderHealthState]) -> dict[str, Mapping[s
     return {pid: state.cooldowns for pid, state in health.items() if state.cooldowns}
 
 
-def build_snapshot(
-    state: FullState, deployment_keys: Mapping[Family, str], fingerprints: KeyFingerprints | None = None
-) -> Snapshot:
+def _rejected_keys(
+    user: str, packed: bytes | None, marks: Mapping[str, KeyMark] | None, keyring: Keyring | None
+) -> frozenset[str]:
+    """The provider configs whose mark is about the key `user` holds for them now: each such key is
+    opened here, once per change (and dropped at once), so that no resolution takes a fingerprint."""
+    if not marks or not packed or keyring is None:
+        return frozenset()
+    sealed = unpack_sealed_keys(packed, marks)
+    return frozenset(
+        pid
+        for pid, key in sealed.items()
+        if mark_applies(marks[pid], open_user_key(keyring, user, pid, key).secret, keyring)
+    )
+
+
+def build_snapshot(state: FullState, deployment_keys: Mapping[Family, str], keyring: Keyring | None = None) -> Snapshot:
     models = immutables.Map({m.id: m for m in state.models})
     default = next((m.id for m in state.models if m.is_default), None)
     health = dict(state.health)
+    user_keys = immutables.Map(state.user_keys)
+    rejected = {
+        user: found
+        for user, marks in state.user_marks.items()
+        if (found := _rejected_keys(user, user_keys.get(user), marks, keyring))
+    }
     return Snapshot(
         state.sequence,
         state.revision,
-        {p.id: _prepared(p, deployment_keys, health.get(p.id), fingerprints) for p in state.providers},
+        {p.id: _prepared(p, deployment_keys, health.get(p.id), keyring) for p in state.providers},
         models,
         default,
-        immutables.Map(state.user_keys),
+        user_keys,
         sorted(models.keys()),
         health,
         _cooldowns(health),
         immutables.Map(state.user_marks),
+        immutables.Map(rejected),
     )
 
 
@@ -167,7 +189,7 @@ def apply_changes(
     snapshot: Snapshot,
     batch: ChangeBatch,
     deployment_keys: Mapping[Family, str],
-    fingerprints: KeyFingerprints | None = None,
+    keyring: Keyring | None = None,
 ) -> Snapshot:
     """The next snapshot: `snapshot` with the batch's entities replaced; nothing else is touched."""
     verdicts: Mapping[str, ProviderVerdict] = snapshot.verdicts
@@ -192,11 +214,11 @@ def apply_changes(
             if provider is None:
                 changed.pop(provider_id, None)
             else:
-                changed[provider_id] = _prepared(provider, deployment_keys, health.get(provider_id), fingerprints)
+                changed[provider_id] = _prepared(provider, deployment_keys, health.get(provider_id), keyring)
         for provider_id in central_marks_changed - batch.providers.keys():
             if provider_id in changed:
                 provider = changed[provider_id].provider
-                changed[provider_id] = _prepared(provider, deployment_keys, health.get(provider_id), fingerprints)
+                changed[provider_id] = _prepared(provider, deployment_keys, health.get(provider_id), keyring)
         verdicts = changed
     models, default, model_ids = snapshot.models, snapshot.default_model_id, snapshot.model_ids
     if batch.models:
@@ -234,6 +256,17 @@ def apply_changes(
                 else:
                     marks.pop(user, None)
             user_marks = marks.finish()
+    rejected = snapshot.rejected_user_keys
+    if batch.user_marks or batch.user_keys:
+        # Only a user whose keys or marks changed is decided again.
+        with rejected.mutate() as decided:
+            for user in batch.user_marks.keys() | batch.user_keys.keys():
+                found = _rejected_keys(user, user_keys.get(user), user_marks.get(user), keyring)
+                if found:
+                    decided[user] = found
+                else:
+                    decided.pop(user, None)
+            rejected = decided.finish()
     return Snapshot(
         batch.sequence,
         batch.revision,
@@ -245,6 +278,7 @@ def apply_changes(
         health,
         cooldowns,
         user_marks,
+        rejected,
     )
 
 
@@ -352,11 +386,11 @@ class SnapshotStore:
         tokens: TokenSink | None = None,
         *,
         log_retention: timedelta = timedelta(hours=24),
-        fingerprints: KeyFingerprints | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._source = source
         self._deployment_keys = deployment_keys
-        self._fingerprints = fingerprints
+        self._keyring = keyring
         self._tokens = tokens
         self._log_retention = log_retention
         self._snapshot: Snapshot | None = None
@@ -544,7 +578,7 @@ class SnapshotStore:
             if batch is not None:
                 started = time.perf_counter()
                 try:
-                    snapshot = apply_changes(current, batch, self._deployment_keys, self._fingerprints)
+                    snapshot = apply_changes(current, batch, self._deployment_keys, self._keyring)
                 except Exception:
                     # A fault in applying (pure code, no database): never retry the same batch forever.
                     log.exception("applying a change failed; loading in full instead")
@@ -564,7 +598,7 @@ class SnapshotStore:
             except Exception:
                 self._full_load_needed = True
                 raise
-            snapshot = build_snapshot(state, self._deployment_keys, self._fingerprints)
+            snapshot = build_snapshot(state, self._deployment_keys, self._keyring)
         if self._tokens is not None:
             self._tokens.replace_all(state.tokens)
         self.statistics.full_loads += 1
