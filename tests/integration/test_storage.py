@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -467,3 +468,50 @@ def test_a_pg_dump_holds_no_plaintext_key(app: Application, channel: grpc.Channe
 def served(engine: sa.Engine) -> bool:
     with engine.connect() as connection:
         return database.schema_is_served(connection)
+
+
+# ---------------------------------------------------------------- pooled connections
+
+
+def _backend_pids(engine: sa.Engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+        )
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_without_an_error(postgres: Any, keyring: Keyring) -> None:
+    """The admin pools ping no connection before use; the unit of work replaces a dead one by itself."""
+    from ..conftest import build_app, migrated_database
+
+    url = migrated_database(postgres)
+    app = build_app(url, keyring)
+    observer = sa.create_engine(database.sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+    try:
+        provider_configs.create_provider_config(
+            app.ctx, TEST_CALLER, "before", ProviderConfigInput(family=Family.OPENAI, api_key="sk-before")
+        )
+        assert provider_configs.get_provider_config(app.ctx, "before").config.id == "before"
+        pooled = _backend_pids(observer)
+        assert pooled  # the write's and the read's connections wait in their pools
+        with observer.connect() as conn:
+            conn.execute(
+                sa.text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS int[])) AS pid"),
+                {"pids": list(pooled)},
+            )
+        deadline = time.monotonic() + 30
+        while _backend_pids(observer) & pooled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _backend_pids(observer) & pooled
+
+        provider_configs.create_provider_config(
+            app.ctx, TEST_CALLER, "after", ProviderConfigInput(family=Family.OPENAI, api_key="sk-after")
+        )
+        assert provider_configs.get_provider_config(app.ctx, "after").config.id == "after"
+    finally:
+        observer.dispose()
+        app.close()

@@ -34,6 +34,7 @@ from modelroute_server.domain.health import (
 from modelroute_server.domain.models import ModelConfig
 from modelroute_server.domain.providers import CredentialPolicy, KeySource, ProviderConfig, StoredKey
 from modelroute_server.domain.resolver import FixableBy, SkipReason, prepare_provider, resolve, resolve_prepared
+from modelroute_server.service_layer import health as health_checks
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.health import AttemptReport, report_attempts, reset_provider_health
 from modelroute_server.service_layer.snapshot import apply_changes, build_snapshot
@@ -115,6 +116,15 @@ def test_only_trips_and_recoveries_are_transitions() -> None:
     assert transition(tripped, HEALTHY, at(3)) is Transition.RECOVERY
     assert transition(tripped, after_report(tripped, E, POLICY, at(5)), at(5)) is None
     assert after_reports(HEALTHY, [(S, None), (S, None)], POLICY, at(0)) == HEALTHY
+
+
+@pytest.mark.parametrize("outcome", list(AttemptOutcome))
+@pytest.mark.parametrize("retry_after", [None, timedelta(seconds=30)])
+def test_only_a_failure_changes_a_healthy_attachment(outcome: AttemptOutcome, retry_after: timedelta | None) -> None:
+    # The report use case leans on this: reports without a failure about an attachment with no stored
+    # state are not looked at further.
+    after = after_report(HEALTHY, outcome, POLICY, at(0), retry_after)
+    assert (after != HEALTHY) is outcome.is_failure
 
 
 # -- the resolver with health
@@ -308,6 +318,20 @@ def test_successes_on_a_healthy_attachment_write_nothing() -> None:
     assert applied.recorded == 100 and committed == [] and store.state.sequence == 0
 
 
+def test_a_success_clears_a_failing_attachment_among_healthy_ones() -> None:
+    ctx, store, committed = context()
+    store.state.providers["b"] = provider("b")
+    report_attempts(ctx, REPORTER, [failure(), failure(model="gpt-4o-mini")], store.state.providers)
+    assert set(store.state.health) == {("a", "gpt-4o"), ("a", "gpt-4o-mini")}
+    successes = [failure(S), failure(S, provider_config_id="b"), failure(S, model="o3")]
+    applied = report_attempts(ctx, REPORTER, [*successes, failure(provider_config_id="b")], store.state.providers)
+    assert applied.recorded == 4 and applied.transitions == [] and committed == []
+    assert {k: v.consecutive_failures for k, v in store.state.health.items()} == {
+        ("a", "gpt-4o-mini"): 1,
+        ("b", "gpt-4o"): 1,
+    }
+
+
 def test_a_failure_below_the_threshold_is_written_but_not_announced() -> None:
     ctx, store, committed = context()
     report_attempts(ctx, REPORTER, [failure(), failure()], store.state.providers)
@@ -336,6 +360,49 @@ def test_a_rejected_central_key_is_marked_once_and_a_late_report_is_ignored() ->
     store.state.providers["a"] = ProviderConfig("a", Family.OPENAI, "a", api_key=StoredKey("sk-new"), revision=9)
     late = report_attempts(ctx, REPORTER, [failure(K, config_revision=8)], store.state.providers)
     assert (late.recorded, late.ignored) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"user": "alice"},
+        {"user": "alice", "key_source": KeySource.USER},
+        {"key_source": KeySource.USER},
+        {"key_source": None},
+        {"user": "al ice"},
+        {"user": "u" * 257},
+        {"provider_config_id": None},
+        {"provider_config_id": "gone"},
+        {"model": ""},
+        {"model": "   "},
+        {"model": "m" * 256},
+        {"model": "m" * 257},
+        {"outcome": None},
+        {"outcome": K},
+        {"outcome": K, "key_source": KeySource.AMBIENT},
+        {"outcome": S, "key_source": KeySource.AMBIENT},
+        {"outcome": R, "retry_after": timedelta(seconds=-1)},
+        {"outcome": R, "retry_after": timedelta(days=2)},
+        {"outcome": R, "retry_after": timedelta(seconds=5)},
+        {"config_revision": -1},
+        {"config_revision": 7},
+    ],
+)
+def test_the_quick_check_passes_only_what_the_full_check_passes(fields: dict[str, object]) -> None:
+    report = failure(**fields)
+    known = {"a": provider("a")}
+    for seen_users in ({}, {"alice": None}, {"al ice": "must not contain white space or control characters"}):
+        full = health_checks._report_problems(report, known, dict(seen_users))
+        if health_checks._plainly_valid(report, known, dict(seen_users)):
+            assert full == []
+
+
+def test_the_quick_check_passes_the_common_report() -> None:
+    known = {"a": provider("a")}
+    assert health_checks._plainly_valid(failure(), known, {})
+    assert health_checks._plainly_valid(failure(S, user="alice"), known, {"alice": None})
+    assert not health_checks._plainly_valid(failure(S, user="alice"), known, {})  # first sight: in full
 
 
 def test_a_bad_report_refuses_the_whole_batch() -> None:

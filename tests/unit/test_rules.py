@@ -223,6 +223,34 @@ def test_display_name_problem(name: str, problem: str | None) -> None:
     assert rules.display_name_problem(name) == problem
 
 
+SPACE_OR_CONTROL = "must not contain white space or control characters"
+
+
+@pytest.mark.parametrize(
+    ("user", "problem"),
+    [
+        ("alice", None),
+        ("alice@example.com", None),
+        ("!" + "~" * 255, None),
+        ("u" * 256, None),
+        ("Zoë", None),  # printable beyond ASCII takes the long way, with the same answer
+        ("用户-7", None),
+        ("", "is required"),
+        ("u" * 257, "must be at most 256 characters"),
+        ("ü" * 257, "must be at most 256 characters"),
+        ("al ice", SPACE_OR_CONTROL),
+        (" alice", SPACE_OR_CONTROL),
+        ("alice\n", SPACE_OR_CONTROL),
+        ("a\x7fb", SPACE_OR_CONTROL),
+        ("a\u00a0b", SPACE_OR_CONTROL),  # no-break space
+        ("a\u200bb", SPACE_OR_CONTROL),  # zero-width space is not printable
+        ("Zoë\tx", SPACE_OR_CONTROL),
+    ],
+)
+def test_user_id_problem(user: str, problem: str | None) -> None:
+    assert rules.user_id_problem(user) == problem
+
+
 # ---------------------------------------------------------------- families
 
 

@@ -8,6 +8,7 @@ ciphertext to a caller.
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import sys
 from collections.abc import Collection, Iterable, Mapping
@@ -715,40 +716,71 @@ def busy_error(exc: BaseException) -> DomainError:
 
 HealthKey = tuple[str, str]  # (provider config id, upstream model)
 
+# Keys and states travel as one JSON document each: one parameter however many rows, and a small fraction
+# of the client's CPU that a PostgreSQL array per column costs to encode (a batch of attempt reports names
+# up to a thousand keys, on the server's busiest write path).
 _LOCK_HEALTH = sa.text(
     """
     SELECT h.* FROM provider_health h
-    JOIN unnest(CAST(:provider_ids AS text[]), CAST(:models AS text[])) AS k (provider_config_id, model)
-      ON h.provider_config_id = k.provider_config_id AND h.model = k.model
+    JOIN json_array_elements(CAST(:keys AS json)) AS k
+      ON h.provider_config_id = k->>0 AND h.model = k->>1
     ORDER BY h.provider_config_id, h.model
     FOR UPDATE OF h
     """
 )
-_HEALTH_VALUES = (
-    "unnest(CAST(:provider_ids AS text[]), CAST(:models AS text[]), CAST(:failures AS integer[]), "
-    "CAST(:window_starts AS timestamptz[]), CAST(:window_failures AS integer[]), CAST(:trips AS integer[]), "
-    "CAST(:last_cooldowns AS double precision[]), CAST(:cooldowns_until AS timestamptz[])) "
-    "AS v (provider_config_id, model, consecutive_failures, window_start, window_failures, trips, "
-    "last_cooldown_seconds, cooldown_until)"
+# Every write of a batch in one statement: deletes (a state healthy again), updates and inserts, by `op`.
+# A row for a config that is gone is not inserted (the config's delete removed its health); an insert that
+# another writer made first is not returned.
+_SAVE_HEALTH = sa.text(
+    """
+    WITH v AS (
+        SELECT * FROM json_to_recordset(CAST(:states AS json)) AS v (
+            op text, provider_config_id text, model text, consecutive_failures integer,
+            window_start timestamptz, window_failures integer, trips integer,
+            last_cooldown_seconds double precision, cooldown_until timestamptz)
+    ), deleted AS (
+        DELETE FROM provider_health h USING v
+        WHERE v.op = 'delete' AND h.provider_config_id = v.provider_config_id AND h.model = v.model
+    ), updated AS (
+        UPDATE provider_health h SET consecutive_failures = v.consecutive_failures,
+            window_start = v.window_start, window_failures = v.window_failures, trips = v.trips,
+            last_cooldown_seconds = v.last_cooldown_seconds, cooldown_until = v.cooldown_until,
+            update_time = now()
+        FROM v WHERE v.op = 'update' AND h.provider_config_id = v.provider_config_id AND h.model = v.model
+    )
+    INSERT INTO provider_health (provider_config_id, model, consecutive_failures, window_start,
+        window_failures, trips, last_cooldown_seconds, cooldown_until)
+    SELECT v.provider_config_id, v.model, v.consecutive_failures, v.window_start, v.window_failures,
+        v.trips, v.last_cooldown_seconds, v.cooldown_until
+    FROM v JOIN provider_configs p ON p.id = v.provider_config_id
+    WHERE v.op = 'insert'
+    ORDER BY v.provider_config_id, v.model
+    ON CONFLICT DO NOTHING
+    RETURNING provider_config_id, model
+    """
 )
-# A row for a config that is gone is not written (the config's delete removed its health).
-_INSERT_HEALTH = sa.text(
-    "INSERT INTO provider_health (provider_config_id, model, consecutive_failures, window_start, window_failures, "
-    "trips, last_cooldown_seconds, cooldown_until) "
-    f"SELECT v.* FROM {_HEALTH_VALUES} JOIN provider_configs p ON p.id = v.provider_config_id "
-    "ON CONFLICT DO NOTHING RETURNING provider_config_id, model"
-)
-_UPDATE_HEALTH = sa.text(
-    "UPDATE provider_health h SET consecutive_failures = v.consecutive_failures, window_start = v.window_start, "
-    "window_failures = v.window_failures, trips = v.trips, last_cooldown_seconds = v.last_cooldown_seconds, "
-    f"cooldown_until = v.cooldown_until, update_time = now() FROM {_HEALTH_VALUES} "
-    "WHERE h.provider_config_id = v.provider_config_id AND h.model = v.model"
-)
-_DELETE_HEALTH = sa.text(
-    "DELETE FROM provider_health h "
-    "USING unnest(CAST(:provider_ids AS text[]), CAST(:models AS text[])) AS k (provider_config_id, model) "
-    "WHERE h.provider_config_id = k.provider_config_id AND h.model = k.model"
-)
+
+
+def _keys_document(keys: Iterable[HealthKey]) -> str:
+    return json.dumps(sorted(set(keys)))
+
+
+def _state_record(op: str, key: HealthKey, state: AttachmentHealth) -> dict[str, Any]:
+    return {
+        "op": op,
+        "provider_config_id": key[0],
+        "model": key[1],
+        "consecutive_failures": state.consecutive_failures,
+        "window_start": _iso(state.window_start),
+        "window_failures": state.window_failures,
+        "trips": state.trips,
+        "last_cooldown_seconds": state.last_cooldown.total_seconds(),
+        "cooldown_until": _iso(state.cooldown_until),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def _health_from_row(row: sa.Row[Any]) -> AttachmentHealth:
@@ -762,24 +794,6 @@ def _health_from_row(row: sa.Row[Any]) -> AttachmentHealth:
     )
 
 
-def _key_arrays(keys: Iterable[HealthKey]) -> dict[str, list[str]]:
-    keys = list(keys)
-    return {"provider_ids": [k[0] for k in keys], "models": [k[1] for k in keys]}
-
-
-def _state_arrays(states: Mapping[HealthKey, AttachmentHealth]) -> dict[str, list[Any]]:
-    values = list(states.values())
-    return {
-        **_key_arrays(states),
-        "failures": [v.consecutive_failures for v in values],
-        "window_starts": [v.window_start for v in values],
-        "window_failures": [v.window_failures for v in values],
-        "trips": [v.trips for v in values],
-        "last_cooldowns": [v.last_cooldown.total_seconds() for v in values],
-        "cooldowns_until": [v.cooldown_until for v in values],
-    }
-
-
 class ProviderHealthRepository:
     """Provider health rows and rejected-key marks (migration 0008). Every statement has a fixed size."""
 
@@ -789,24 +803,25 @@ class ProviderHealthRepository:
     def locked(self, keys: Iterable[HealthKey]) -> dict[HealthKey, AttachmentHealth]:
         """The stored state of those `keys` that have a row, locked until commit (in key order, so two
         writers never wait on each other in a cycle); a key with no row is healthy."""
-        rows = self._connection.execute(_LOCK_HEALTH, _key_arrays(sorted(set(keys))))
+        rows = self._connection.execute(_LOCK_HEALTH, {"keys": _keys_document(keys)})
         return {(r.provider_config_id, r.model): _health_from_row(r) for r in rows}
 
     def save(self, states: Mapping[HealthKey, AttachmentHealth], stored: Collection[HealthKey]) -> set[HealthKey]:
-        """Writes each state: a healthy one deletes its row; `stored` are the keys that have one. Returns
-        the keys whose new row could not be inserted because another writer inserted it first."""
-        healthy = [k for k, v in states.items() if v.healthy and k in stored]
-        updates = {k: v for k, v in states.items() if not v.healthy and k in stored}
-        inserts = {k: v for k, v in sorted(states.items()) if not v.healthy and k not in stored}
-        if healthy:
-            self._connection.execute(_DELETE_HEALTH, _key_arrays(healthy))
-        if updates:
-            self._connection.execute(_UPDATE_HEALTH, _state_arrays(updates))
-        lost: set[HealthKey] = set()
-        if inserts:
-            inserted = {tuple(r) for r in self._connection.execute(_INSERT_HEALTH, _state_arrays(inserts))}
-            lost = {k for k in inserts if k not in inserted}
-        return lost
+        """Writes each state, in one statement: a healthy one deletes its row; `stored` are the keys that
+        have one. Returns the keys whose new row could not be inserted because another writer inserted it
+        first."""
+        records = []
+        inserts = set()
+        for key, state in states.items():
+            if key in stored:
+                records.append(_state_record("delete" if state.healthy else "update", key, state))
+            elif not state.healthy:
+                records.append(_state_record("insert", key, state))
+                inserts.add(key)
+        if not records:
+            return set()
+        inserted = {tuple(r) for r in self._connection.execute(_SAVE_HEALTH, {"states": json.dumps(records)})}
+        return {k for k in inserts if k not in inserted}
 
     def of_providers(self, provider_config_ids: Iterable[str]) -> dict[str, list[tuple[str, AttachmentHealth]]]:
         """Every upstream model's state with any failure, trip or cooldown, by provider config id."""
@@ -897,9 +912,38 @@ class UnitOfWork:
         self._read_only = read_only
         self._write_timeouts = write_timeouts
         self._read_timeout = read_timeout
+        self._now: datetime | None = None
 
     def __enter__(self) -> UnitOfWork:
-        self._now: datetime | None = None
+        self._now = None
+        # A pooled connection is not pinged before use (that is a round trip on every call): one the server
+        # dropped fails its first statement, before anything was done, and a new one takes its place once.
+        try:
+            try:
+                self._begin()
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                self._connection.close()
+                if not lost_connection(exc):
+                    raise
+                self._begin()
+        except sa.exc.SQLAlchemyError as exc:
+            self._connection.close()
+            if lost_connection(exc):
+                raise database_unavailable(exc) from exc
+            if database_busy(exc):
+                raise busy_error(exc) from exc
+            raise
+        self.changes = ChangeSequence(self._connection)
+        self.providers = ProviderConfigRepository(self._connection, self._keyring)
+        self.models = ModelConfigRepository(self._connection)
+        self.user_keys = UserKeyRepository(self._connection, self._keyring)
+        self.access_tokens = AccessTokenRepository(self._connection)
+        self.audit = AuditRepository(self._connection)
+        self.health = ProviderHealthRepository(self._connection)
+        return self
+
+    def _begin(self) -> None:
+        """A transaction on a connection of the pool, with its timeouts set (and a write's clock read)."""
         self._connection = connect(self._engine)
         if self._read_only:
             # One consistent view across several queries.
@@ -913,19 +957,8 @@ class UnitOfWork:
             timeouts = self._write_timeouts
             self._now = self._connection.execute(
                 WRITE_TIMEOUTS,
-                {
-                    "lock_ms": milliseconds(timeouts.lock),
-                    "statement_ms": milliseconds(timeouts.statement),
-                },
+                {"lock_ms": milliseconds(timeouts.lock), "statement_ms": milliseconds(timeouts.statement)},
             ).one()[2]
-        self.changes = ChangeSequence(self._connection)
-        self.providers = ProviderConfigRepository(self._connection, self._keyring)
-        self.models = ModelConfigRepository(self._connection)
-        self.user_keys = UserKeyRepository(self._connection, self._keyring)
-        self.access_tokens = AccessTokenRepository(self._connection)
-        self.audit = AuditRepository(self._connection)
-        self.health = ProviderHealthRepository(self._connection)
-        return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         try:

@@ -264,8 +264,9 @@ def admin_context(
     over a connection pool of their own with a connection for every thread, so that neither class ever
     waits for the other's connections."""
     work = AdminWork()
-    reads = database.create_engine(url, pool_size=work.reads.workers, max_overflow=0)
-    writes = database.create_engine(url, pool_size=work.writes.workers, max_overflow=0)
+    # No ping before each use: the unit of work replaces a connection the server dropped by itself.
+    reads = database.create_engine(url, pool_size=work.reads.workers, max_overflow=0, pool_pre_ping=False)
+    writes = database.create_engine(url, pool_size=work.writes.workers, max_overflow=0, pool_pre_ping=False)
     timeouts = WriteTimeouts(settings.write_lock_timeout, settings.write_statement_timeout)
     ctx = sql_context(writes, keyring, settings.deployment_keys, read_engine=reads, write_timeouts=timeouts)
     return ctx, work, (reads, writes)

@@ -11,7 +11,7 @@ applies it before answering.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -40,9 +40,12 @@ MAX_REPORTS_PER_BATCH = 1000
 MAX_MODEL_CHARS = 256
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AttemptReport:
-    """One report, off the wire. `provider_config_id` is None when the name did not parse."""
+    """One report, off the wire. `provider_config_id` is None when the name did not parse.
+
+    Not frozen: a batch makes up to a thousand of these on the server's busiest write path, and a frozen
+    dataclass costs five times as much to make. Nothing changes one once made."""
 
     provider_config_id: str | None
     model: str
@@ -73,9 +76,29 @@ def check_reports(reports: Sequence[AttemptReport], known_providers: Mapping[str
         violations.raise_if_any()
     user_problems: dict[str, str | None] = {}  # a batch names few users, many times each
     for index, report in enumerate(reports):
+        if _plainly_valid(report, known_providers, user_problems):
+            continue
         for field_name, description in _report_problems(report, known_providers, user_problems):
             violations.add(f"attempts[{index}].{field_name}", description)
     violations.raise_if_any()
+
+
+def _plainly_valid(
+    report: AttemptReport, known_providers: Mapping[str, ProviderConfig], user_problems: dict[str, str | None]
+) -> bool:
+    """The common report (no KEY_REJECTED, no retry-after, a user already found valid or none) in a few
+    comparisons. True only where `_report_problems` finds nothing; anything else is looked at in full."""
+    outcome = report.outcome
+    return (
+        outcome is not None
+        and outcome is not AttemptOutcome.KEY_REJECTED
+        and report.retry_after is None
+        and report.config_revision >= 0
+        and report.provider_config_id in known_providers
+        and 0 < len(report.model) <= MAX_MODEL_CHARS
+        and not report.model.isspace()
+        and (user_problems.get(report.user, "") is None if report.user else report.key_source is not KeySource.USER)
+    )
 
 
 def _report_problems(
@@ -131,31 +154,35 @@ def report_attempts(
     check_reports(reports, known_providers)
     applied = ReportsApplied()
     by_key: dict[HealthKey, list[tuple[AttemptOutcome, timedelta | None]]] = {}
+    failed: set[HealthKey] = set()
     rejections = []
     for report in reports:
         assert report.provider_config_id is not None and report.outcome is not None
         if report.outcome is AttemptOutcome.KEY_REJECTED:
             rejections.append(report)
         else:
-            by_key.setdefault((report.provider_config_id, report.model), []).append(
-                (report.outcome, report.retry_after)
-            )
+            key = (report.provider_config_id, report.model)
+            by_key.setdefault(key, []).append((report.outcome, report.retry_after))
+            if report.outcome.is_failure:
+                failed.add(key)
     # The database's clock decides cooldowns (every replica compares them with its own); a batch of
     # successes writes nothing unless some row had failures.
     with ctx.unit_of_work() as uow:
         now = uow.now
-        wrote = bool(rejections)
+        # Whether the change log took this transaction's writes (a cooldown that moved, a mark set): only
+        # then is there a sequence for this replica to apply before answering.
+        logged = False
         if by_key:
-            applied.transitions, changed = _apply_health(ctx, uow, by_key, known_providers, now)
-            wrote = wrote or changed
+            applied.transitions, logged = _apply_health(ctx, uow, by_key, failed, known_providers, now)
         for report in rejections:
             marked = _mark_rejected_key(ctx, uow, caller, report, now)
             if marked is None:
                 applied.ignored += 1
             elif marked and report.key_source is not None:
                 applied.marked.append(report.key_source.value)
+                logged = True
         applied.recorded = len(reports) - applied.ignored
-        sequence = uow.changes.sequence_taken() if wrote else None
+        sequence = uow.changes.sequence_taken() if logged else None
         uow.commit()
     if sequence is not None:
         for callback in ctx.on_commit:
@@ -167,33 +194,43 @@ def _apply_health(
     ctx: ServiceContext,
     uow: UnitOfWork,
     by_key: Mapping[HealthKey, list[tuple[AttemptOutcome, timedelta | None]]],
+    failed: Collection[HealthKey],
     providers: Mapping[str, ProviderConfig],
     now: datetime,
 ) -> tuple[list[Transition], bool]:
-    """The transitions the reports caused, and whether any row was written."""
+    """The transitions the reports caused, and whether the change log took any write: the database logs a
+    row whose `cooldown_until` changed (migrations/health_triggers.py), which is what other replicas read."""
     transitions: list[Transition] = []
-    wrote = False
+    logged = False
     pending = set(by_key)
-    policies = {pid: policy_of(ctx, providers[pid]) for pid in {key[0] for key in pending}}
+    policies: dict[str, HealthPolicy] = {}
     for _ in range(3):  # a row another writer inserted meanwhile is locked and decided again
         stored = uow.health.locked(pending)
         states: dict[HealthKey, AttachmentHealth] = {}
         for key in pending:
-            before = stored.get(key, HEALTHY)
-            after = after_reports(before, by_key[key], policies[key[0]], now)
+            before = stored.get(key)
+            if before is None:
+                if key not in failed:
+                    continue  # no failure leaves a healthy attachment healthy: most of a batch ends here
+                before = HEALTHY
+            policy = policies.get(key[0])
+            if policy is None:
+                policy = policies[key[0]] = policy_of(ctx, providers[key[0]])
+            after = after_reports(before, by_key[key], policy, now)
             if after != before:
                 states[key] = after
         lost = uow.health.save(states, stored.keys())
-        wrote = wrote or bool(states)
         for key, after in states.items():
             if key not in lost:
-                moved = transition(stored.get(key, HEALTHY), after, now)
+                before = stored.get(key, HEALTHY)
+                logged = logged or after.cooldown_until != before.cooldown_until
+                moved = transition(before, after, now)
                 if moved is not None:
                     transitions.append(moved)
         if not lost:
             break
         pending = lost
-    return transitions, wrote
+    return transitions, logged
 
 
 def _mark_rejected_key(
