@@ -13,13 +13,19 @@ interpreter. Each figure is the median of `--runs` runs (3), each run's value pr
    50 trials the nearest-rank p99 is the slowest trial). Printed beside it: the same from sending the
    report (replica 1's commit and its own catch-up included).
 2. ReportAttempts under load. One replica; ResolveModel open-loop at 500 calls/s (grpc.aio, pre-encoded
-   requests, every one of them answered once before, as in steady state) for `--seconds` (10) after a 2 s
-   warm-up, once alone and once while another process sends ReportAttempts open-loop at 50 batches/s of
-   100 reports (5,000 reports/s; 99% SUCCESS, 1% SERVER_ERROR rotating over every (provider config,
-   upstream model) pair of the catalogue, so that successes clear each failure and nothing trips).
-   Targets: reports recorded per second >= 95% of the 5,000 offered; ResolveModel p99 with reports / p99
-   alone <= 1.5x. `--control` adds a third phase: the same reports sent to another replica on the same
-   machine, which costs the machine the same CPU but not the measured server's interpreter.
+   requests, every one of them answered once before, as in steady state) throughout, while another process
+   sends ReportAttempts open-loop at 50 batches/s of 100 reports (5,000 reports/s; 99% SUCCESS, 1%
+   SERVER_ERROR rotating over every (provider config, upstream model) pair of the catalogue, so that
+   successes clear each failure and nothing trips) in every other slot of 2 s. After a 2 s warm-up (reports
+   in its second half), quiet and reporting slots alternate until each kind has had `--seconds` (10); the
+   first 0.25 s of every slot is left out, so that a batch still in flight from the slot before counts for
+   neither. ResolveModel's p99 in the reporting slots is compared with its p99 in the quiet slots of the
+   same phase: alternating in short slots, both see the same moments of a machine that others share (run
+   one after the other, a quiet phase and a loaded one differ by the machine's mood as much as by the
+   reports). Targets: reports recorded per second of reporting slots >= 95% of the 5,000 offered;
+   ResolveModel p99 reporting / quiet <= 1.5x. `--control` adds a phase in which the reports go to another
+   replica on the same machine, which costs the machine the same CPU but not the measured server's
+   interpreter.
 
 The machine may be shared: every phase prints the CPU each process group used (the server, the generators,
 the benchmark's PostgreSQL, everything else). A load phase during which other processes used more than 0.1
@@ -31,7 +37,7 @@ second attachment carries an upstream name override), 500 users with a key each 
 configs that take users' keys; plus h0 and h1 and the model `probe` (h0 then h1) for the first figure.
 
 Run: .venv/bin/python bench/bench_health.py [--runs 3] [--trials 50] [--seconds 10] [--quick] [--control]
-(--quick: 1 run, 10 trials, 3 s phases; BENCH_KEEP_LOGS=1 keeps the scratch directory with the servers' logs.)
+(--quick: 1 run, 10 trials, 4 s of each kind of slot; BENCH_KEEP_LOGS=1 keeps the scratch directory with the servers' logs.)
 """
 
 from __future__ import annotations
@@ -111,6 +117,7 @@ OFFERED_REPORTS = BATCHES_PER_SECOND * BATCH_SIZE
 DISTINCT_BATCHES = 500  # cycled; the failures rotate over every pair
 REQUEST_SPREAD = 4096  # distinct ResolveModel requests, cycled
 LOAD_SECONDS, WARMUP_SECONDS = 10.0, 2.0
+SLOT_SECONDS, SLOT_GUARD_SECONDS = 2.0, 0.25  # quiet and reporting slots alternate; each one's start left out
 START_LEAD_SECONDS = 4.0  # the generators start together this long after they are launched
 RPC_TIMEOUT_SECONDS = 5.0
 ACHIEVED_SHARE_TARGET = 0.95
@@ -524,12 +531,10 @@ class Record:
 
 
 async def open_loop(
-    rate: float, seconds: float, start_at: float, send: Callable[[int], Awaitable[bytes]]
+    dues: Sequence[float], start_at: float, send: Callable[[int], Awaitable[bytes]]
 ) -> tuple[list[Record], float]:
-    """Calls `send(i)` at `rate` per second from `start_at` (time.monotonic, the same clock in every process)
-    for `seconds`, never waiting for an answer before the next call; the records, and how late the schedule
-    started."""
-    count = int(rate * seconds)
+    """Calls `send(i)` at `start_at + dues[i]` (time.monotonic, the same clock in every process), never waiting
+    for an answer before the next call; the records, and how late the schedule started."""
     records: list[Record] = []
     pending: set[asyncio.Task[None]] = set()
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
@@ -545,8 +550,8 @@ async def open_loop(
         ended = time.monotonic()
         records.append(Record(due - start_at, started - due, ended - started, ended - start_at, answer, error))
 
-    for index in range(count):
-        due = start_at + index / rate
+    for index, offset in enumerate(dues):
+        due = start_at + offset
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -556,6 +561,27 @@ async def open_loop(
     if pending:
         await asyncio.wait(pending, timeout=RPC_TIMEOUT_SECONDS + 5)
     return records, late_start
+
+
+def steady(rate: float, seconds: float) -> list[float]:
+    return [i / rate for i in range(int(rate * seconds))]
+
+
+def slot_of(offset: float) -> int | None:
+    """The slot a call due `offset` seconds after the schedule's start is measured in: None in the warm-up
+    and in the guard at each slot's start. Even slots are quiet; odd ones carry the reports."""
+    measured = offset - WARMUP_SECONDS
+    if measured < 0:
+        return None
+    slot = int(measured // SLOT_SECONDS)
+    return slot if measured - slot * SLOT_SECONDS >= SLOT_GUARD_SECONDS else None
+
+
+def reporting(offset: float) -> bool:
+    """Whether reports are sent at `offset`: in the warm-up's second half, and all through every odd slot."""
+    if offset < WARMUP_SECONDS:
+        return offset >= WARMUP_SECONDS / 2
+    return int((offset - WARMUP_SECONDS) // SLOT_SECONDS) % 2 == 1
 
 
 def resolve_requests() -> list[bytes]:
@@ -625,8 +651,7 @@ async def resolve_worker(target: str, token: str, seconds: float, start_at: floa
         for request in requests[:50]:  # the channel is up, and the kept answers warm
             await resolve(request, metadata=metadata, timeout=RPC_TIMEOUT_SECONDS)
         records, late_start = await open_loop(
-            RESOLVE_RATE,
-            seconds,
+            steady(RESOLVE_RATE, seconds),
             start_at,
             lambda i: resolve(requests[i % len(requests)], metadata=metadata, timeout=RPC_TIMEOUT_SECONDS),
         )
@@ -634,7 +659,8 @@ async def resolve_worker(target: str, token: str, seconds: float, start_at: floa
 
 
 async def report_worker(target: str, token: str, seconds: float, start_at: float) -> dict[str, Any]:
-    """ReportAttempts at BATCHES_PER_SECOND batches of BATCH_SIZE from `start_at` for `seconds`."""
+    """ReportAttempts at BATCHES_PER_SECOND batches of BATCH_SIZE in the reporting slots of the `seconds`
+    from `start_at`."""
     metadata = bearer(token)
     async with grpc.aio.insecure_channel(target) as channel:
         resolver = resolver_pb2_grpc.ResolverServiceStub(channel)
@@ -644,8 +670,7 @@ async def report_worker(target: str, token: str, seconds: float, start_at: float
         batches = report_batches(answer.config_revision)
         report = channel.unary_unary(REPORT_METHOD)
         records, late_start = await open_loop(
-            BATCHES_PER_SECOND,
-            seconds,
+            [due for due in steady(BATCHES_PER_SECOND, seconds) if reporting(due)],
             start_at,
             lambda i: report(batches[i % len(batches)], metadata=metadata, timeout=RPC_TIMEOUT_SECONDS),
         )
@@ -696,7 +721,6 @@ class Phase:
     resolve_calls: int
     resolve_errors: int
     resolve_lag_p99_ms: float  # how late the generator sent its calls (its own delay, not the server's)
-    cpu: CpuShares
     reports_per_second: float = 0.0
     report_batches: int = 0
     report_errors: dict[str, int] = field(default_factory=dict)
@@ -716,7 +740,7 @@ class Phase:
                 f"(failed: {self.report_errors or 'none'}), ReportAttempts p50 {self.report_p50_ms:.1f} ms, "
                 f"p99 {self.report_p99_ms:.1f} ms; health changes logged: {self.health_changes}"
             )
-        return f"{text}; {self.cpu.describe()}"
+        return text
 
 
 def health_changes(url: str) -> int:
@@ -726,8 +750,39 @@ def health_changes(url: str) -> int:
     return int(row[0])
 
 
-def in_window(record: Sequence[Any], seconds: float, key: int) -> bool:
-    return bool(WARMUP_SECONDS <= record[key] < WARMUP_SECONDS + seconds)
+def slot_records(records: Sequence[Any], reports: bool) -> list[Any]:
+    """The records due in a measured slot of that kind (record[0] is when each was due)."""
+    return [r for r in records if (slot := slot_of(r[0])) is not None and (slot % 2 == 1) == reports]
+
+
+@dataclass
+class LoadPhase:
+    """One phase of alternating slots: ResolveModel in the quiet ones and in the reporting ones."""
+
+    quiet: Phase
+    loaded: Phase
+    cpu: CpuShares
+
+    @property
+    def ratio(self) -> float:
+        return self.loaded.resolve_p99_ms / self.quiet.resolve_p99_ms
+
+    def describe(self) -> str:
+        return (
+            f"quiet slots: {self.quiet.describe()}\n    reporting slots: {self.loaded.describe()}\n"
+            f"    p99 reporting / quiet {self.ratio:.2f}x; {self.cpu.describe()}"
+        )
+
+
+def resolve_phase(records: Sequence[Any]) -> Phase:
+    latencies = [r[2] * 1000 for r in records if r[4] is None]
+    return Phase(
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99),
+        len(records),
+        sum(r[4] is not None for r in records),
+        percentile([r[1] * 1000 for r in records], 0.99),
+    )
 
 
 def load_phase(
@@ -736,21 +791,22 @@ def load_phase(
     url: str,
     postmaster: int,
     seconds: float,
-    reports_to: Server | None,
-) -> Phase:
-    """ResolveModel at RESOLVE_RATE against `server`; with reports sent to `reports_to` meanwhile (the same
-    server, or another one on the machine for the control), if given."""
+    reports_to: Server,
+) -> LoadPhase:
+    """ResolveModel at RESOLVE_RATE against `server` throughout, and reports sent to `reports_to` (the same
+    server, or another one on the machine for the control) in every other slot, until each kind of slot
+    has had `seconds`."""
     token = tokens[Role.RESOLVER]
     start_at = time.monotonic() + START_LEAD_SECONDS
-    total = WARMUP_SECONDS + seconds
+    slots = 2 * max(1, round(seconds / SLOT_SECONDS))
+    total = WARMUP_SECONDS + slots * SLOT_SECONDS
     workers: list[Worker] = []
     groups = {"server": {server.pid}}
-    if reports_to is not None and reports_to is not server:
+    if reports_to is not server:
         groups["other replica"] = {reports_to.pid}
     try:
         workers.append(Worker("resolve", server.address, token, total, start_at))
-        if reports_to is not None:  # a little longer, so that the batches sent last in the window are answered
-            workers.append(Worker("report", reports_to.address, token, total + 1.0, start_at))
+        workers.append(Worker("report", reports_to.address, token, total, start_at))
         groups["generators"] = {w.process.pid for w in workers}
         changes_before = health_changes(url)
         time.sleep(max(0.0, start_at + WARMUP_SECONDS - time.monotonic()))
@@ -765,35 +821,27 @@ def load_phase(
     for worker, result in zip(workers, results, strict=True):
         if result["late_start"] > 0.5:
             raise RunFailed(f"the {worker.name} generator started {result['late_start']:.1f} s late")
-    resolved = [r for r in results[0]["records"] if in_window(r, seconds, 0)]
-    latencies = [r[2] * 1000 for r in resolved if r[4] is None]
-    phase = Phase(
-        percentile(latencies, 0.50),
-        percentile(latencies, 0.99),
-        len(resolved),
-        sum(r[4] is not None for r in resolved),
-        percentile([r[1] * 1000 for r in resolved], 0.99),
-        cpu_shares(cpu_before, cpu_after, seconds, groups, postmaster),
-    )
-    if reports_to is not None:
-        reports = results[1]
-        # Reports recorded by batches answered within the measured window, per second of it.
-        answered = [
-            (record, recorded)
-            for record, recorded in zip(reports["records"], reports["recorded"], strict=True)
-            if in_window(record, seconds, 3)
-        ]
-        phase.reports_per_second = sum(recorded for _, recorded in answered) / seconds
-        sent = [r for r in reports["records"] if in_window(r, seconds, 0)]
-        phase.report_batches = len(sent)
-        for record in sent:
-            if record[4] is not None:
-                phase.report_errors[record[4]] = phase.report_errors.get(record[4], 0) + 1
-        report_latencies = [r[2] * 1000 for r in sent if r[4] is None]
-        phase.report_p50_ms = percentile(report_latencies, 0.50)
-        phase.report_p99_ms = percentile(report_latencies, 0.99)
-        phase.health_changes = changes
-    return phase
+    resolved = results[0]["records"]
+    measured_seconds = slots // 2 * (SLOT_SECONDS - SLOT_GUARD_SECONDS)
+    quiet = resolve_phase(slot_records(resolved, reports=False))
+    loaded = resolve_phase(slot_records(resolved, reports=True))
+    reports = results[1]
+    sent = [
+        (record, recorded)
+        for record, recorded in zip(reports["records"], reports["recorded"], strict=True)
+        if slot_of(record[0]) is not None
+    ]
+    # Reports recorded by the batches sent in the measured part of the reporting slots, per second of it.
+    loaded.reports_per_second = sum(recorded for _, recorded in sent) / measured_seconds
+    loaded.report_batches = len(sent)
+    for record, _ in sent:
+        if record[4] is not None:
+            loaded.report_errors[record[4]] = loaded.report_errors.get(record[4], 0) + 1
+    report_latencies = [r[2] * 1000 for r, _ in sent if r[4] is None]
+    loaded.report_p50_ms = percentile(report_latencies, 0.50)
+    loaded.report_p99_ms = percentile(report_latencies, 0.99)
+    loaded.health_changes = changes
+    return LoadPhase(quiet, loaded, cpu_shares(cpu_before, cpu_after, total - WARMUP_SECONDS, groups, postmaster))
 
 
 @dataclass
@@ -807,12 +855,12 @@ class Setting:
     number: int
     ours: set[int]
 
-    def phase(self, label: str, server: Server, reports_to: Server | None) -> Phase:
+    def phase(self, label: str, server: Server, reports_to: Server) -> LoadPhase:
         """A load phase, measured again (up to PHASE_ATTEMPTS times) while other processes were busy."""
         for attempt in range(1, PHASE_ATTEMPTS + 1):
             wait_quiet(self.ours, self.postmaster)
             measured = load_phase(server, self.tokens, self.url, self.postmaster, self.seconds, reports_to)
-            say(f"load run {self.number}, {label}: {measured.describe()}")
+            say(f"load run {self.number}, {label}:\n    {measured.describe()}")
             if measured.cpu.others <= BUSY_MACHINE_CORES:
                 break
             if attempt < PHASE_ATTEMPTS:
@@ -822,13 +870,8 @@ class Setting:
 
 @dataclass
 class LoadRun:
-    alone: Phase
-    loaded: Phase
-    control: Phase | None  # the reports sent to another replica on the same machine
-
-    @property
-    def ratio(self) -> float:
-        return self.loaded.resolve_p99_ms / self.alone.resolve_p99_ms
+    reports: LoadPhase
+    control: LoadPhase | None  # the reports sent to another replica on the same machine
 
 
 # -- main
@@ -865,8 +908,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs of each figure (default 3)")
     parser.add_argument("--trials", type=int, default=TRIALS, help=f"cooldown trials per run (default {TRIALS})")
-    parser.add_argument("--seconds", type=float, default=LOAD_SECONDS, help="measured seconds per load phase")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 run, 10 trials, 3 s load phases")
+    parser.add_argument("--seconds", type=float, default=LOAD_SECONDS, help="measured seconds of each kind of slot (quiet, reporting) per load phase")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 run, 10 trials, 4 s of each kind of slot")
     parser.add_argument(
         "--control",
         action="store_true",
@@ -891,7 +934,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     if options.quick:
-        options.runs, options.trials, options.seconds = 1, 10, 3.0
+        options.runs, options.trials, options.seconds = 1, 10, 4.0
     if options.runs < 1 or options.trials < 1 or options.seconds <= 0:
         parser.error("--runs and --trials must be at least 1, --seconds positive")
     # A SIGTERM unwinds like an error: the servers, the generators and the private PostgreSQL are stopped.
@@ -939,14 +982,13 @@ def main() -> None:
                     asyncio.run(warm_answers(server.address, tokens[Role.RESOLVER]))
 
                     run = Setting(tokens, url, postmaster, options.seconds, number, ours)
-                    alone = run.phase("alone", server, None)
-                    loaded = run.phase("with reports", server, server)
+                    reports = run.phase("reports to the measured replica", server, server)
                     control = (
                         run.phase("control, reports to another replica", server, started_servers[1])
                         if options.control
                         else None
                     )
-                load_runs.append(LoadRun(alone, loaded, control))
+                load_runs.append(LoadRun(reports, control))
         except (RunFailed, grpc.RpcError) as error:
             if isinstance(error, grpc.RpcError):
                 failure = f"an RPC failed: {error.code().name}: {error.details()}"  # type: ignore[attr-defined]
@@ -956,7 +998,9 @@ def main() -> None:
     say("")
     say(
         f"{len(trial_runs)} cooldown runs of {options.trials} trials, {len(load_runs)} load runs of "
-        f"{options.seconds:.0f} s (after {WARMUP_SECONDS:.0f} s warm-up): ResolveModel {RESOLVE_RATE}/s open-loop, "
+        f"{options.seconds:.0f} s of quiet and as many of reporting {SLOT_SECONDS:.0f} s slots, alternating (after "
+        f"{WARMUP_SECONDS:.0f} s warm-up; the first {SLOT_GUARD_SECONDS} s of each slot left out): ResolveModel "
+        f"{RESOLVE_RATE}/s open-loop, "
         f"reports {BATCHES_PER_SECOND} batches/s of {BATCH_SIZE} ({FAILURES_PER_BATCH} SERVER_ERROR each), "
         f"{os.cpu_count()} cores; total {time.perf_counter() - started:.0f} s"
     )
@@ -981,32 +1025,42 @@ def main() -> None:
     Row(
         f"ReportAttempts achieved reports/s (offered {OFFERED_REPORTS:,})",
         f">= {ACHIEVED_SHARE_TARGET * OFFERED_REPORTS:,.0f}/s",
-        [r.loaded.reports_per_second for r in load_runs],
+        [r.reports.loaded.reports_per_second for r in load_runs],
         "/s",
         lambda v: v >= ACHIEVED_SHARE_TARGET * OFFERED_REPORTS,
         0,
     ).print()
     Row(
-        "ResolveModel p99 with reports / without",
+        "ResolveModel p99 in reporting slots / in quiet slots",
         f"<= {P99_RATIO_TARGET}x",
-        [r.ratio for r in load_runs],
+        [r.reports.ratio for r in load_runs],
         "x",
         lambda v: v <= P99_RATIO_TARGET,
         2,
     ).print()
-    Row("ResolveModel p99 without reports", "", [r.alone.resolve_p99_ms for r in load_runs], " ms", None, 2).print()
-    Row("ResolveModel p99 with reports", "", [r.loaded.resolve_p99_ms for r in load_runs], " ms", None, 2).print()
-    controls = [r for r in load_runs if r.control is not None]
+    Row(
+        "ResolveModel p99, quiet slots", "", [r.reports.quiet.resolve_p99_ms for r in load_runs], " ms", None, 2
+    ).print()
+    Row(
+        "ResolveModel p99, reporting slots", "", [r.reports.loaded.resolve_p99_ms for r in load_runs], " ms", None, 2
+    ).print()
+    Row(
+        "ResolveModel p50, quiet slots", "", [r.reports.quiet.resolve_p50_ms for r in load_runs], " ms", None, 2
+    ).print()
+    Row(
+        "ResolveModel p50, reporting slots", "", [r.reports.loaded.resolve_p50_ms for r in load_runs], " ms", None, 2
+    ).print()
+    controls = [r.control for r in load_runs if r.control is not None]
     if controls:
         Row(
-            "control: ResolveModel p99 with the reports sent to another replica / without",
+            "control: the same ratio with the reports sent to another replica",
             "",
-            [r.control.resolve_p99_ms / r.alone.resolve_p99_ms for r in controls if r.control is not None],
+            [c.ratio for c in controls],
             "x",
             None,
             2,
         ).print()
-    phases = [p for r in load_runs for p in (r.alone, r.loaded, r.control) if p is not None]
+    phases = [p for r in load_runs for p in (r.reports, r.control) if p is not None]
     measured = [t.cpu for t in trial_runs] + [p.cpu for p in phases]
     others = max((cpu.others for cpu in measured if cpu is not None), default=0.0)
     if others > BUSY_MACHINE_CORES:
