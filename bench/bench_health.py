@@ -37,7 +37,8 @@ second attachment carries an upstream name override), 500 users with a key each 
 configs that take users' keys; plus h0 and h1 and the model `probe` (h0 then h1) for the first figure.
 
 Run: .venv/bin/python bench/bench_health.py [--runs 3] [--trials 50] [--seconds 10] [--quick] [--control]
-(--quick: 1 run, 10 trials, 4 s of each kind of slot; BENCH_KEEP_LOGS=1 keeps the scratch directory with the servers' logs.)
+(--quick: 1 run, 10 trials, 4 s of each kind of slot; BENCH_KEEP_LOGS=1 keeps the scratch directory with the
+servers' logs.)
 """
 
 from __future__ import annotations
@@ -908,7 +909,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs of each figure (default 3)")
     parser.add_argument("--trials", type=int, default=TRIALS, help=f"cooldown trials per run (default {TRIALS})")
-    parser.add_argument("--seconds", type=float, default=LOAD_SECONDS, help="measured seconds of each kind of slot (quiet, reporting) per load phase")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=LOAD_SECONDS,
+        help="measured seconds of each kind of slot (quiet, reporting) per load phase",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 run, 10 trials, 4 s of each kind of slot")
     parser.add_argument(
         "--control",
@@ -1038,18 +1044,11 @@ def main() -> None:
         lambda v: v <= P99_RATIO_TARGET,
         2,
     ).print()
-    Row(
-        "ResolveModel p99, quiet slots", "", [r.reports.quiet.resolve_p99_ms for r in load_runs], " ms", None, 2
-    ).print()
-    Row(
-        "ResolveModel p99, reporting slots", "", [r.reports.loaded.resolve_p99_ms for r in load_runs], " ms", None, 2
-    ).print()
-    Row(
-        "ResolveModel p50, quiet slots", "", [r.reports.quiet.resolve_p50_ms for r in load_runs], " ms", None, 2
-    ).print()
-    Row(
-        "ResolveModel p50, reporting slots", "", [r.reports.loaded.resolve_p50_ms for r in load_runs], " ms", None, 2
-    ).print()
+    for share, attribute in (("p99", "resolve_p99_ms"), ("p50", "resolve_p50_ms")):
+        for slots in ("quiet", "loaded"):
+            values = [getattr(getattr(r.reports, slots), attribute) for r in load_runs]
+            label = "quiet" if slots == "quiet" else "reporting"
+            Row(f"ResolveModel {share}, {label} slots", "", values, " ms", None, 2).print()
     controls = [r.control for r in load_runs if r.control is not None]
     if controls:
         Row(
