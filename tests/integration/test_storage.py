@@ -30,7 +30,7 @@ from modelroute_server.service_layer import model_configs, provider_configs
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.inputs import ModelConfigInput, ProviderConfigInput
 
-from ..conftest import TEST_DATABASE_URL_ENV
+from ..conftest import TEST_DATABASE_URL_ENV, build_app, migrated_database
 from ..helpers import TEST_CALLER, create_provider, policy, stubs
 from .test_model_configs import attachment_rows
 
@@ -486,8 +486,6 @@ def _backend_pids(engine: sa.Engine) -> set[int]:
 
 def test_a_pooled_connection_the_server_dropped_is_replaced_without_an_error(postgres: Any, keyring: Keyring) -> None:
     """The admin pools ping no connection before use; the unit of work replaces a dead one by itself."""
-    from ..conftest import build_app, migrated_database
-
     url = migrated_database(postgres)
     app = build_app(url, keyring)
     observer = sa.create_engine(database.sqlalchemy_url(url), poolclass=sa.pool.NullPool)

@@ -34,7 +34,6 @@ from modelroute_server.domain.health import (
 from modelroute_server.domain.models import ModelConfig
 from modelroute_server.domain.providers import CredentialPolicy, KeySource, ProviderConfig, StoredKey
 from modelroute_server.domain.resolver import FixableBy, SkipReason, prepare_provider, resolve, resolve_prepared
-from modelroute_server.service_layer import health as health_checks
 from modelroute_server.service_layer.context import ServiceContext
 from modelroute_server.service_layer.health import AttemptReport, report_attempts, reset_provider_health
 from modelroute_server.service_layer.snapshot import apply_changes, build_snapshot
@@ -362,47 +361,13 @@ def test_a_rejected_central_key_is_marked_once_and_a_late_report_is_ignored() ->
     assert (late.recorded, late.ignored) == (0, 1)
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {},
-        {"user": "alice"},
-        {"user": "alice", "key_source": KeySource.USER},
-        {"key_source": KeySource.USER},
-        {"key_source": None},
-        {"user": "al ice"},
-        {"user": "u" * 257},
-        {"provider_config_id": None},
-        {"provider_config_id": "gone"},
-        {"model": ""},
-        {"model": "   "},
-        {"model": "m" * 256},
-        {"model": "m" * 257},
-        {"outcome": None},
-        {"outcome": K},
-        {"outcome": K, "key_source": KeySource.AMBIENT},
-        {"outcome": S, "key_source": KeySource.AMBIENT},
-        {"outcome": R, "retry_after": timedelta(seconds=-1)},
-        {"outcome": R, "retry_after": timedelta(days=2)},
-        {"outcome": R, "retry_after": timedelta(seconds=5)},
-        {"config_revision": -1},
-        {"config_revision": 7},
-    ],
-)
-def test_the_quick_check_passes_only_what_the_full_check_passes(fields: dict[str, object]) -> None:
-    report = failure(**fields)
-    known = {"a": provider("a")}
-    for seen_users in ({}, {"alice": None}, {"al ice": "must not contain white space or control characters"}):
-        full = health_checks._report_problems(report, known, dict(seen_users))
-        if health_checks._plainly_valid(report, known, dict(seen_users)):
-            assert full == []
-
-
-def test_the_quick_check_passes_the_common_report() -> None:
-    known = {"a": provider("a")}
-    assert health_checks._plainly_valid(failure(), known, {})
-    assert health_checks._plainly_valid(failure(S, user="alice"), known, {"alice": None})
-    assert not health_checks._plainly_valid(failure(S, user="alice"), known, {})  # first sight: in full
+@pytest.mark.parametrize("model", ["gpt-4o\x00", "gpt\n4o", ""])
+def test_a_report_names_a_plain_upstream_model(model: str) -> None:
+    ctx, store, committed = context()
+    with pytest.raises(DomainError) as raised:
+        report_attempts(ctx, REPORTER, [failure(), failure(model=model)], store.state.providers)
+    assert [v.field for v in raised.value.field_violations] == ["attempts[1].model"]
+    assert store.state.health == {} and committed == []
 
 
 def test_a_bad_report_refuses_the_whole_batch() -> None:

@@ -76,29 +76,9 @@ def check_reports(reports: Sequence[AttemptReport], known_providers: Mapping[str
         violations.raise_if_any()
     user_problems: dict[str, str | None] = {}  # a batch names few users, many times each
     for index, report in enumerate(reports):
-        if _plainly_valid(report, known_providers, user_problems):
-            continue
         for field_name, description in _report_problems(report, known_providers, user_problems):
             violations.add(f"attempts[{index}].{field_name}", description)
     violations.raise_if_any()
-
-
-def _plainly_valid(
-    report: AttemptReport, known_providers: Mapping[str, ProviderConfig], user_problems: dict[str, str | None]
-) -> bool:
-    """The common report (no KEY_REJECTED, no retry-after, a user already found valid or none) in a few
-    comparisons. True only where `_report_problems` finds nothing; anything else is looked at in full."""
-    outcome = report.outcome
-    return (
-        outcome is not None
-        and outcome is not AttemptOutcome.KEY_REJECTED
-        and report.retry_after is None
-        and report.config_revision >= 0
-        and report.provider_config_id in known_providers
-        and 0 < len(report.model) <= MAX_MODEL_CHARS
-        and not report.model.isspace()
-        and (user_problems.get(report.user, "") is None if report.user else report.key_source is not KeySource.USER)
-    )
 
 
 def _report_problems(
@@ -113,6 +93,8 @@ def _report_problems(
         problems.append(("model", "must name the upstream model the attempt sent"))
     elif len(report.model) > MAX_MODEL_CHARS:
         problems.append(("model", f"must be at most {MAX_MODEL_CHARS} characters"))
+    elif problem := rules.control_character_problem(report.model):
+        problems.append(("model", problem))  # no upstream name holds one, and PostgreSQL text cannot hold NUL
     if report.outcome is None:
         problems.append(("outcome", "must be set"))
     if report.user:
