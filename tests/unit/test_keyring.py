@@ -1,11 +1,14 @@
-"""The keyring: AES-GCM sealing bound to a row and its incarnation, rotation, and the keyring's own format."""
+"""The keyring: AES-GCM sealing bound to a row and its incarnation, rotation, and the keyring's own format;
+and the memory seal a replica keeps callers' keys under."""
 
 from __future__ import annotations
 
 import base64
+import os
 import stat
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +16,7 @@ from modelroute_server.adapters.crypto import (
     INCARNATION_BYTES,
     Keyring,
     KeyringError,
+    MemorySeal,
     SealedKey,
     generate_keyring_spec,
     load_or_create_keyring_file,
@@ -123,3 +127,43 @@ def test_a_key_sealed_before_incarnations_keeps_opening_under_its_old_binding(ke
         open_bound(keyring, SealedKey(legacy.key_id, legacy.ciphertext, b"\0" * 16), partial(provider_key_binding, "p"))
         is None
     )
+
+
+def held_values(opened: Any) -> list[Any]:
+    """Every value a sealed secret's function holds, through the functions it holds."""
+    held, pending = [], [opened]
+    while pending:
+        function = pending.pop()
+        for cell in function.__closure__ or ():
+            value = cell.cell_contents
+            (pending if callable(value) and getattr(value, "__closure__", None) else held).append(value)
+    return held
+
+
+@pytest.mark.parametrize("length", [0, 1, 12, 63, 64, 65, 128, 129, 300, 4096])
+def test_the_memory_seal_gives_back_what_it_sealed_and_holds_it_only_masked(length: int) -> None:
+    seal = MemorySeal()
+    plaintext = os.urandom(length)
+    opened = seal.seal(plaintext)
+    assert opened() == opened() == plaintext
+    if length == 0:
+        return
+    as_int = int.from_bytes(plaintext, "little")
+    for value in held_values(opened):
+        assert value != as_int and value != plaintext
+        assert not (isinstance(value, bytes) and length >= 12 and plaintext in value)
+    assert repr(seal) == "MemorySeal()"
+
+
+def test_the_memory_seals_keystream_is_fresh_for_each_secret_and_each_block() -> None:
+    seal = MemorySeal()
+    zeros = bytes(128)  # masked zeros are the keystream itself
+
+    def masked(opened: Any) -> bytes:
+        (value,) = [v for v in held_values(opened) if isinstance(v, int) and v.bit_length() > 64]
+        return int(value).to_bytes(128, "little")
+
+    first, second = masked(seal.seal(zeros)), masked(seal.seal(zeros))
+    assert first != second  # a fresh nonce for each secret
+    assert first[:64] != first[64:]  # a counter for each block
+    assert masked(MemorySeal().seal(zeros)) != first  # a key of its own for each seal

@@ -80,7 +80,7 @@ def decoded(encoded: bytes | None) -> resolver_pb2.ResolveModelResponse:
 @pytest.mark.parametrize("user", ["", "alice", "bob", "carol"])
 def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> None:
     current = snapshot()
-    responses = ResolveResponses(KEYRING)
+    responses = ResolveResponses()
     resolved = resolution.resolve_model(CTX, current, model, user)
     expected = resolve_response(resolved, current.revision)
     assert decoded(answer(responses, current, model, user)) == expected  # built
@@ -94,13 +94,13 @@ def kept_bytes(responses: ResolveResponses) -> list[bytes]:
     """Every encoding the responses keep, kept answers' parts included."""
     kept = [*responses._fields.values(), *responses._responses.values()]
     for entry in responses._answers.values():
-        kept += [part if isinstance(part, bytes) else part.without_key for part in entry.parts]
+        kept += [part for part in entry.parts if isinstance(part, bytes)]
     return kept
 
 
 def test_a_callers_own_key_is_never_kept_decrypted() -> None:
     current = snapshot()
-    responses = ResolveResponses(KEYRING)
+    responses = ResolveResponses()
     for user in ("alice", "bob"):
         answer(responses, current, "m", user)
     assert kept_bytes(responses) and not any(b"uk-" in encoded for encoded in kept_bytes(responses))
@@ -113,7 +113,7 @@ def test_a_callers_own_key_is_never_kept_decrypted() -> None:
 
 def test_kept_answers_are_by_request_as_asked() -> None:
     current = snapshot()
-    responses = ResolveResponses(KEYRING)
+    responses = ResolveResponses()
     answer(responses, current, "m", "bob")
     assert responses.kept(current, ("m", "bob")) is not None
     assert responses.kept(current, ("modelConfigs/m", "bob")) is None  # kept as asked, not as resolved
@@ -123,7 +123,7 @@ def test_kept_answers_are_by_request_as_asked() -> None:
 
 def test_a_kept_answer_outlives_changes_it_does_not_depend_on() -> None:
     current = snapshot()
-    responses = ResolveResponses(KEYRING)
+    responses = ResolveResponses()
     for user in ("alice", "bob"):
         answer(responses, current, "m", user)
     other_model = apply_changes(current, ChangeBatch(8, 7, models={"n": replace(current.models["n"])}), {})
@@ -142,7 +142,7 @@ def test_a_kept_answer_outlives_changes_it_does_not_depend_on() -> None:
 
 def test_the_default_models_answer_follows_the_default() -> None:
     current = replace(snapshot(), default_model_id="m")
-    responses = ResolveResponses(KEYRING)
+    responses = ResolveResponses()
     assert decoded(answer(responses, current, "", "")).model_config == "modelConfigs/m"
     moved = replace(current, default_model_id="n")
     assert responses.kept(moved, ("", "")) is None
@@ -151,7 +151,7 @@ def test_the_default_models_answer_follows_the_default() -> None:
 
 def test_kept_answers_are_bounded_and_can_be_turned_off() -> None:
     current = snapshot()
-    bounded, off = ResolveResponses(KEYRING, kept_answers=2), ResolveResponses(KEYRING, kept_answers=0)
+    bounded, off = ResolveResponses(kept_answers=2), ResolveResponses(kept_answers=0)
     for user in ("alice", "bob", "carol"):
         for responses in (bounded, off):
             answer(responses, current, "m", user)
@@ -162,7 +162,7 @@ def test_kept_answers_are_bounded_and_can_be_turned_off() -> None:
 def test_a_new_snapshot_carries_its_own_revision() -> None:
     first = snapshot()
     second = replace(first, revision=9, sequence=10)
-    responses = ResolveResponses(KEYRING)
+    responses = ResolveResponses()
     assert decoded(answer(responses, first, "m", "")).config_revision == 6
     assert decoded(answer(responses, second, "m", "")).config_revision == 9
     assert decoded(answer(responses, first, "n", "")).config_revision == 6

@@ -9,7 +9,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from modelroute.v1 import common_pb2, model_config_pb2, provider_config_pb2, resolver_pb2, user_key_pb2
 
-from ..adapters.crypto import Keyring, user_key_opener
+from ..adapters.crypto import MemorySeal
 from ..domain.errors import DomainError, FieldViolation, Reason, ViolationCollector, invalid_field, quoted
 from ..domain.families import FAMILY_NAMES, Family
 from ..domain.health import AttemptOutcome, HealthPolicyOverride
@@ -597,15 +597,10 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
-class _CallerKey:
-    """The place of a caller's own key in a kept answer: the key stays sealed there, and is opened on
-    every call that is given the answer (a decrypted user key is never kept)."""
-
-    field_tag: bytes  # the response field (selected or fallbacks)
-    without_key: bytes  # the attachment encoded without its api_key, which is its last field
-    provider_config_id: str
-    open_key: Callable[[], str | None]  # decrypts the sealed key it holds (`crypto.user_key_opener`)
+# A kept answer without its config_revision field: its encoded runs, with a caller's own key between
+# them where one goes, held under the replica's `MemorySeal` (a function that opens it; a plaintext
+# key is never kept).
+_Parts = tuple[bytes | Callable[[], bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,8 +611,7 @@ class _KeptAnswer:
     model: ModelConfig
     verdicts: object
     user_keys: bytes | None
-    # The encoded answer without its config_revision field, in parts where a caller's key goes.
-    parts: tuple[bytes | _CallerKey, ...]
+    parts: _Parts
     # Counts the answer in the metrics each time it is given.
     tally: Callable[[], None]
     # Provider health it was decided from: the cooldowns, the user's rejected keys, and when the first
@@ -643,7 +637,8 @@ class ResolveResponses:
     oldest go first), and given again while the model, the provider configs and the user's keys it
     was decided from are unchanged, whatever else changed meanwhile: a repeated call is one lookup
     and three identity checks. A caller's own key is kept sealed in the answer and opened for each
-    call; the central keys it carries are the snapshot's own.
+    call (under the replica's `MemorySeal`, not by the keyring's AES-GCM: see `MemorySeal`); the
+    central keys it carries are the snapshot's own.
 
     Beneath them, within one snapshot, an answer that no caller key decided is the same for every
     caller: it is kept whole, by model. One that a caller's key decided is assembled from kept
@@ -656,11 +651,10 @@ class ResolveResponses:
 
     def __init__(
         self,
-        keyring: Keyring,
         kept_answers: int = 10_000,
         tally_of: Callable[[Resolution], Callable[[], None]] | None = None,
     ) -> None:
-        self._keyring = keyring
+        self._seal = MemorySeal()
         self._tally_of = tally_of or _uncounted
         self._answers: OrderedDict[tuple[str, str], _KeptAnswer] = OrderedDict()
         self._kept_answers = kept_answers
@@ -691,17 +685,15 @@ class ResolveResponses:
         ):
             return None
         self._use(snapshot)
-        answer = self._rendered(entry.parts)
-        if answer is not None:
-            entry.tally()
-        return answer
+        entry.tally()
+        return self._rendered(entry.parts)
 
     def response(self, resolution: Resolution, snapshot: Snapshot, asked: tuple[str, str]) -> bytes:
         """The encoded answer, decided over `snapshot`; kept for `asked` (the request's model and user
         as they were written)."""
         self._use(snapshot)
         user = asked[1]
-        parts = self._parts(resolution, snapshot, user)
+        parts = self._parts(resolution)
         tally = self._tally_of(resolution)
         tally()
         if self._kept_answers > 0:
@@ -724,35 +716,19 @@ class ResolveResponses:
                 rejected_user_keys,
                 valid_until,
             )
-        # The caller's keys this resolution opened: a kept answer's first call does not open them again.
-        opened = {o.provider_config_id: o.secret for o in resolution.outcomes if o.key_source is KeySource.USER}
-        answer = self._rendered(parts, opened)
-        assert answer is not None  # every key in `opened` is there
-        return answer
+        return self._rendered(parts)
 
-    def _rendered(self, parts: tuple[bytes | _CallerKey, ...], opened: Mapping[str, str | None] = {}) -> bytes | None:
-        """The answer from its parts, each caller key opened (or taken from `opened`); None when one no
-        longer opens."""
-        first = parts[0]
-        if len(parts) == 1 and isinstance(first, bytes):
-            return first + self._revision_field  # no caller key: the common case, one concatenation
-        pieces = []
-        for part in parts:
-            if isinstance(part, bytes):
-                pieces.append(part)
-                continue
-            # Otherwise the same ciphertext that opened when the answer was decided; the keyring does not change.
-            secret = opened[part.provider_config_id] if part.provider_config_id in opened else part.open_key()
-            if secret is None:
-                return None
-            payload = part.without_key + _api_key_field(secret)
-            pieces.append(part.field_tag + _varint(len(payload)) + payload)
+    def _rendered(self, parts: _Parts) -> bytes:
+        """The answer from its parts, each caller key opened."""
+        if len(parts) == 1 and isinstance(first := parts[0], bytes):
+            return first + self._revision_field  # no caller key: one run
+        pieces = [part if isinstance(part, bytes) else part() for part in parts]
         pieces.append(self._revision_field)
         return b"".join(pieces)
 
-    def _parts(self, resolution: Resolution, snapshot: Snapshot, user: str) -> tuple[bytes | _CallerKey, ...]:
-        """The answer without its config_revision field, in encodings kept per snapshot, with each caller
-        key left sealed in its place."""
+    def _parts(self, resolution: Resolution) -> _Parts:
+        """The answer without its config_revision field, from encodings kept per snapshot, with each
+        caller key sealed in its place."""
         model, decided = resolution.model, resolution.decided_by_caller
         if resolution.cooling:
             # Health ordered it, for as long as a cooldown runs: nothing of it is shared with other answers.
@@ -765,22 +741,25 @@ class ResolveResponses:
             return (encoded,)
         selected = resolution.selected
         assert selected is not None
-        sealed = snapshot.sealed_user_keys(user, model.attachments)
-        parts: list[bytes | _CallerKey] = [self._name(model)]
+        parts: list[bytes | Callable[[], bytes]] = []
+        run = [self._name(model)]  # encoded fields since the last caller key
         for role, outcomes in (("selected", (selected,)), ("fallbacks", resolution.fallbacks)):
             for o in outcomes:
+                upstream = resolution.upstream_model(o)
                 if o.position in decided and o.key_source is KeySource.USER:
-                    pid = o.provider_config_id
-                    without_key = resolved_attachment(
-                        replace(o, secret=None), resolution.upstream_model(o)
-                    ).SerializeToString()
-                    opener = user_key_opener(self._keyring, user, pid, sealed[pid])
-                    parts.append(_CallerKey(_FIELD_TAGS[role], without_key, pid, opener))
+                    assert o.secret is not None  # a user key that does not open is skipped, never selected
+                    without_key = resolved_attachment(replace(o, secret=None), upstream).SerializeToString()
+                    key = o.secret.encode()
+                    # api_key is an attachment's last field: the field up to the key's bytes, then the key.
+                    key_head = _API_KEY_TAG + _varint(len(key))
+                    size = len(without_key) + len(key_head) + len(key)
+                    run += (_FIELD_TAGS[role], _varint(size), without_key, key_head)
+                    parts += (b"".join(run), self._seal.seal(key))
+                    run = []
                 else:
-                    parts.append(self._field(model.id, role, o, resolution.upstream_model(o), decided))
-        parts += [
-            self._field(model.id, "skipped", o, resolution.upstream_model(o), decided) for o in resolution.skipped
-        ]
+                    run.append(self._field(model.id, role, o, upstream, decided))
+        run += (self._field(model.id, "skipped", o, resolution.upstream_model(o), decided) for o in resolution.skipped)
+        parts.append(b"".join(run))
         return tuple(parts)
 
     def _name(self, model: ModelConfig) -> bytes:
@@ -823,11 +802,6 @@ _FIELD_TAGS = {
     for role in ("selected", "fallbacks", "skipped")
 }
 _API_KEY_TAG = _varint_bytes(resolver_pb2.ResolvedAttachment.DESCRIPTOR.fields_by_name["api_key"].number << 3 | 2)
-
-
-def _api_key_field(secret: str) -> bytes:
-    encoded = secret.encode()
-    return _API_KEY_TAG + _varint(len(encoded)) + encoded
 
 
 def available_model(resolution: Resolution) -> resolver_pb2.AvailableModel:

@@ -360,7 +360,7 @@ class ResolverServicer(resolver_pb2_grpc.ResolverServiceServicer):
         self._work = work or AdminWork()
         self._max_snapshot_age = max_snapshot_age
         self._metrics = metrics or Metrics()
-        self._responses = convert.ResolveResponses(ctx.keyring, kept_answers, self._metrics.resolution_tally)
+        self._responses = convert.ResolveResponses(kept_answers, self._metrics.resolution_tally)
         self.waiting = CallBound("resolutions waiting for a revision", MAX_WAITING_RESOLUTIONS)
 
     def _refuse_if_stale(self) -> None:
