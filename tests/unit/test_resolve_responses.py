@@ -54,6 +54,10 @@ def snapshot() -> Snapshot:
     keys = {
         "alice": {"user-only": seal_bound(KEYRING, "uk-alice", partial(user_key_binding, "alice", "user-only"))},
         "bob": {"preferred": seal_bound(KEYRING, "uk-bob", partial(user_key_binding, "bob", "preferred"))},
+        "dave": {  # two caller keys in one answer
+            provider: seal_bound(KEYRING, f"uk-dave-{provider}", partial(user_key_binding, "dave", provider))
+            for provider in ("user-only", "preferred")
+        },
     }
     packed = [(user, pack_sealed_keys(k)) for user, k in keys.items()]
     return build_snapshot(FullState(7, 6, providers, models, packed, []), {})
@@ -77,7 +81,7 @@ def decoded(encoded: bytes | None) -> resolver_pb2.ResolveModelResponse:
 
 
 @pytest.mark.parametrize("model", ["m", "n"])
-@pytest.mark.parametrize("user", ["", "alice", "bob", "carol"])
+@pytest.mark.parametrize("user", ["", "alice", "bob", "carol", "dave"])
 def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> None:
     current = snapshot()
     responses = ResolveResponses()
@@ -87,21 +91,22 @@ def test_kept_encodings_decode_to_the_built_message(model: str, user: str) -> No
     responses._answers.clear()
     assert decoded(answer(responses, current, model, user)) == expected  # from the kept encodings of its fields
     assert decoded(answer(responses, current, model, user)) == expected  # the kept answer
-    assert bool(resolved.decided_by_caller) == (user in ("alice", "bob"))
+    assert bool(resolved.decided_by_caller) == (user in ("alice", "bob", "dave"))
 
 
 def kept_bytes(responses: ResolveResponses) -> list[bytes]:
     """Every encoding the responses keep, kept answers' parts included."""
     kept = [*responses._fields.values(), *responses._responses.values()]
     for entry in responses._answers.values():
-        kept += [part for part in entry.parts if isinstance(part, bytes)]
+        head, keys = entry.parts
+        kept += [head, *(run for _, run in keys)]
     return kept
 
 
 def test_a_callers_own_key_is_never_kept_decrypted() -> None:
     current = snapshot()
     responses = ResolveResponses()
-    for user in ("alice", "bob"):
+    for user in ("alice", "bob", "dave"):
         answer(responses, current, "m", user)
     assert kept_bytes(responses) and not any(b"uk-" in encoded for encoded in kept_bytes(responses))
     assert not any(b"uk-" in repr(entry).encode() for entry in responses._answers.values())
@@ -109,6 +114,8 @@ def test_a_callers_own_key_is_never_kept_decrypted() -> None:
     assert decoded(responses.kept(current, ("m", "alice"))).selected.api_key == "uk-alice"
     assert decoded(responses.kept(current, ("m", "bob"))).selected.api_key == "uk-bob"
     assert b"uk-alice" not in (responses.kept(current, ("m", "bob")) or b"")
+    daves = decoded(responses.kept(current, ("m", "dave")))
+    assert [daves.selected.api_key, daves.fallbacks[0].api_key] == ["uk-dave-user-only", "uk-dave-preferred"]
 
 
 def test_kept_answers_are_by_request_as_asked() -> None:
@@ -166,3 +173,16 @@ def test_a_new_snapshot_carries_its_own_revision() -> None:
     assert decoded(answer(responses, first, "m", "")).config_revision == 6
     assert decoded(answer(responses, second, "m", "")).config_revision == 9
     assert decoded(answer(responses, first, "n", "")).config_revision == 6
+
+
+def test_a_kept_answer_is_checked_again_whenever_the_snapshot_changes() -> None:
+    current = snapshot()
+    responses = ResolveResponses()
+    answer(responses, current, "m", "bob")
+    assert responses.kept(current, ("m", "bob")) is not None  # checked for `current`
+    bobs_keys = apply_changes(current, ChangeBatch(8, 7, user_keys={"bob": None}), {})
+    assert responses.kept(bobs_keys, ("m", "bob")) is None
+    assert responses.kept(current, ("m", "bob")) is not None  # back to the snapshot it was decided from
+    assert responses.kept(bobs_keys, ("m", "bob")) is None  # and away from it again
+    assert decoded(answer(responses, bobs_keys, "m", "bob")).selected.api_key == "sk-p"
+    assert responses.kept(current, ("m", "bob")) is None  # now kept as decided over `bobs_keys`

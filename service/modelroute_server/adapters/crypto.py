@@ -135,14 +135,16 @@ class MemorySeal:
     and a block counter, under a key drawn when the seal is made, which lives only in this process's
     memory, as the keyring does. Nothing sealed here is stored or accepted from outside, so it needs no
     tag. Opening one costs one BLAKE2b per 64 bytes and no call into OpenSSL: measured in a loaded
-    server, an AES-GCM decryption per ResolveModel cost about 10 µs of its CPU (docs/operations.md,
-    "Performance"), this about 1 µs.
+    server, an AES-GCM decryption per ResolveModel cost about 10 µs of its CPU, this about 1 µs
+    (docs/security.md, "Keys in a replica's memory").
     """
 
     BLOCK = 64  # BLAKE2b's largest digest
 
     def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
+        key = secrets.token_bytes(32)
+        # BLAKE2b with the key absorbed, one per digest size: each block's keystream starts from a copy.
+        self._keyed = {size: hashlib.blake2b(key=key, digest_size=size) for size in range(1, self.BLOCK + 1)}
 
     def __repr__(self) -> str:
         return "MemorySeal()"
@@ -154,22 +156,28 @@ class MemorySeal:
             return bytes
         nonce = secrets.token_bytes(16)
         blocks = [
-            (nonce + _U32.pack(number), min(self.BLOCK, length - start))
+            (self._keyed[min(self.BLOCK, length - start)], nonce + _U32.pack(number))
             for number, start in enumerate(range(0, length, self.BLOCK))
         ]
-        key, blake2b, from_bytes = self._key, hashlib.blake2b, int.from_bytes
+        from_bytes = int.from_bytes
 
         if len(blocks) == 1:
-            ((block, size),) = blocks
+            ((keyed, block),) = blocks
 
             def keystream() -> int:
-                return from_bytes(blake2b(block, key=key, digest_size=size).digest(), "little")
+                state = keyed.copy()
+                state.update(block)
+                return from_bytes(state.digest(), "little")
 
         else:
 
             def keystream() -> int:
-                stream = b"".join([blake2b(b, key=key, digest_size=size).digest() for b, size in blocks])
-                return from_bytes(stream, "little")
+                stream = []
+                for keyed, block in blocks:
+                    state = keyed.copy()
+                    state.update(block)
+                    stream.append(state.digest())
+                return from_bytes(b"".join(stream), "little")
 
         masked = from_bytes(plaintext, "little") ^ keystream()
 

@@ -597,13 +597,13 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
-# A kept answer without its config_revision field: its encoded runs, with a caller's own key between
-# them where one goes, held under the replica's `MemorySeal` (a function that opens it; a plaintext
-# key is never kept).
-_Parts = tuple[bytes | Callable[[], bytes], ...]
+# A kept answer without its config_revision field: its encoding up to the first caller's own key, then
+# each such key with the encoding that follows it. A key is held under the replica's `MemorySeal`, as
+# a function that opens it (a plaintext key is never kept).
+_Parts = tuple[bytes, tuple[tuple[Callable[[], bytes], bytes], ...]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _KeptAnswer:
     """An answer and everything it was decided from (all immutable snapshot objects, compared by
     identity): while each is still the current snapshot's own, the answer is still right."""
@@ -619,6 +619,9 @@ class _KeptAnswer:
     cooldowns: object = None
     rejected_user_keys: object = None
     valid_until: float = math.inf
+    # The generation of `ResolveResponses` (one per snapshot it has answered from) the answer was last
+    # found right for: until the snapshot changes, it is not checked again.
+    checked: int = -1
 
 
 def _nothing() -> None:
@@ -636,9 +639,9 @@ class ResolveResponses:
     Every answer is kept by the request's (model, user) as asked, at most `kept_answers` of them (the
     oldest go first), and given again while the model, the provider configs and the user's keys it
     was decided from are unchanged, whatever else changed meanwhile: a repeated call is one lookup
-    and three identity checks. A caller's own key is kept sealed in the answer and opened for each
-    call (under the replica's `MemorySeal`, not by the keyring's AES-GCM: see `MemorySeal`); the
-    central keys it carries are the snapshot's own.
+    (those identity checks are made once per answer after each change of snapshot). A caller's own
+    key is kept sealed in the answer and opened for each call, under the replica's `MemorySeal`
+    rather than the keyring's AES-GCM; the central keys it carries are the snapshot's own.
 
     Beneath them, within one snapshot, an answer that no caller key decided is the same for every
     caller: it is kept whole, by model. One that a caller's key decided is assembled from kept
@@ -659,6 +662,7 @@ class ResolveResponses:
         self._answers: OrderedDict[tuple[str, str], _KeptAnswer] = OrderedDict()
         self._kept_answers = kept_answers
         self._snapshot: Snapshot | None = None
+        self._generation = 0  # moves with `_snapshot`
         self._responses: dict[str, bytes] = {}
         self._fields: dict[tuple[object, ...], bytes] = {}
         self._revision_field = b""
@@ -666,6 +670,7 @@ class ResolveResponses:
     def _use(self, snapshot: Snapshot) -> None:
         if snapshot is not self._snapshot:
             self._snapshot, self._responses, self._fields = snapshot, {}, {}
+            self._generation += 1
             self._revision_field = _RESPONSE(config_revision=snapshot.revision).SerializeToString()
 
     def kept(self, snapshot: Snapshot, asked: tuple[str, str]) -> bytes | None:
@@ -673,18 +678,21 @@ class ResolveResponses:
         entry = self._answers.get(asked)
         if entry is None:
             return None
-        model, user = entry.model, asked[1]
-        if (
-            snapshot.verdicts is not entry.verdicts
-            or snapshot.models.get(model.id) is not model
-            or (user and snapshot.user_keys.get(user) is not entry.user_keys)
-            or (not asked[0] and snapshot.default_model_id != model.id)
-            or snapshot.cooldowns is not entry.cooldowns
-            or (user and snapshot.rejected_user_keys.get(user) is not entry.rejected_user_keys)
-            or (entry.valid_until != math.inf and time.time() >= entry.valid_until)
-        ):
-            return None
         self._use(snapshot)
+        if entry.checked != self._generation:
+            model, user = entry.model, asked[1]
+            if (
+                snapshot.verdicts is not entry.verdicts
+                or snapshot.models.get(model.id) is not model
+                or (user and snapshot.user_keys.get(user) is not entry.user_keys)
+                or (not asked[0] and snapshot.default_model_id != model.id)
+                or snapshot.cooldowns is not entry.cooldowns
+                or (user and snapshot.rejected_user_keys.get(user) is not entry.rejected_user_keys)
+            ):
+                return None
+            entry.checked = self._generation
+        if entry.valid_until != math.inf and time.time() >= entry.valid_until:
+            return None
         entry.tally()
         return self._rendered(entry.parts)
 
@@ -715,14 +723,21 @@ class ResolveResponses:
                 snapshot.cooldowns,
                 rejected_user_keys,
                 valid_until,
+                self._generation,
             )
         return self._rendered(parts)
 
     def _rendered(self, parts: _Parts) -> bytes:
         """The answer from its parts, each caller key opened."""
-        if len(parts) == 1 and isinstance(first := parts[0], bytes):
-            return first + self._revision_field  # no caller key: one run
-        pieces = [part if isinstance(part, bytes) else part() for part in parts]
+        head, keys = parts
+        if not keys:
+            return head + self._revision_field  # no caller key: the common case
+        if len(keys) == 1:
+            ((open_key, tail),) = keys
+            return b"".join((head, open_key(), tail, self._revision_field))
+        pieces = [head]
+        for open_key, run in keys:
+            pieces += (open_key(), run)
         pieces.append(self._revision_field)
         return b"".join(pieces)
 
@@ -738,11 +753,12 @@ class ResolveResponses:
             if encoded is None:
                 encoded = resolve_response(resolution, 0).SerializeToString()  # a zero revision: no field
                 self._keep(self._responses, model.id, encoded)
-            return (encoded,)
+            return encoded, ()
         selected = resolution.selected
         assert selected is not None
-        parts: list[bytes | Callable[[], bytes]] = []
-        run = [self._name(model)]  # encoded fields since the last caller key
+        # The encoded fields between caller keys: one run before the first key, and one after each.
+        runs: list[list[bytes]] = [[self._name(model)]]
+        sealed: list[Callable[[], bytes]] = []
         for role, outcomes in (("selected", (selected,)), ("fallbacks", resolution.fallbacks)):
             for o in outcomes:
                 upstream = resolution.upstream_model(o)
@@ -753,14 +769,16 @@ class ResolveResponses:
                     # api_key is an attachment's last field: the field up to the key's bytes, then the key.
                     key_head = _API_KEY_TAG + _varint(len(key))
                     size = len(without_key) + len(key_head) + len(key)
-                    run += (_FIELD_TAGS[role], _varint(size), without_key, key_head)
-                    parts += (b"".join(run), self._seal.seal(key))
-                    run = []
+                    runs[-1] += (_FIELD_TAGS[role], _varint(size), without_key, key_head)
+                    sealed.append(self._seal.seal(key))
+                    runs.append([])
                 else:
-                    run.append(self._field(model.id, role, o, upstream, decided))
-        run += (self._field(model.id, "skipped", o, resolution.upstream_model(o), decided) for o in resolution.skipped)
-        parts.append(b"".join(run))
-        return tuple(parts)
+                    runs[-1].append(self._field(model.id, role, o, upstream, decided))
+        runs[-1] += (
+            self._field(model.id, "skipped", o, resolution.upstream_model(o), decided) for o in resolution.skipped
+        )
+        head, *after = (b"".join(run) for run in runs)
+        return head, tuple(zip(sealed, after, strict=True))
 
     def _name(self, model: ModelConfig) -> bytes:
         name = self._fields.get((model.id, "name", 0))
