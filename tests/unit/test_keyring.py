@@ -150,8 +150,9 @@ def test_the_memory_seal_gives_back_what_it_sealed_and_holds_it_only_masked(leng
         return
     as_int = int.from_bytes(plaintext, "little")
     for value in held_values(opened):
-        assert value != as_int and value != plaintext
-        assert not (isinstance(value, bytes) and length >= 12 and plaintext in value)
+        assert value != plaintext
+        # (Shorter, a masked value equals the plaintext by chance too often: a zero keystream byte.)
+        assert length < 12 or (value != as_int and not (isinstance(value, bytes) and plaintext in value))
     assert repr(seal) == "MemorySeal()"
 
 

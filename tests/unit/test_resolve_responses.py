@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 
 import pytest
@@ -19,6 +21,7 @@ from modelroute_server.domain.changes import ChangeBatch, FullState
 from modelroute_server.domain.families import Family
 from modelroute_server.domain.models import ModelConfig
 from modelroute_server.domain.providers import CredentialPolicy, ProviderConfig, StoredKey
+from modelroute_server.entrypoints import convert
 from modelroute_server.entrypoints.convert import ResolveResponses, resolve_response
 from modelroute_server.service_layer import resolution
 from modelroute_server.service_layer.context import ServiceContext
@@ -30,6 +33,10 @@ PREFERRED, USER_ONLY, CENTRAL = (
     CredentialPolicy(False, True, False),
     CredentialPolicy(),
 )
+
+
+# One of them longer than 127 bytes (a two-byte length) and than 64 (several blocks of the memory seal).
+DAVES_KEYS = {"user-only": "uk-dave-u", "preferred": "uk-dave-p-" + "k" * 190}
 
 
 def snapshot() -> Snapshot:
@@ -55,7 +62,7 @@ def snapshot() -> Snapshot:
         "alice": {"user-only": seal_bound(KEYRING, "uk-alice", partial(user_key_binding, "alice", "user-only"))},
         "bob": {"preferred": seal_bound(KEYRING, "uk-bob", partial(user_key_binding, "bob", "preferred"))},
         "dave": {  # two caller keys in one answer
-            provider: seal_bound(KEYRING, f"uk-dave-{provider}", partial(user_key_binding, "dave", provider))
+            provider: seal_bound(KEYRING, DAVES_KEYS[provider], partial(user_key_binding, "dave", provider))
             for provider in ("user-only", "preferred")
         },
     }
@@ -115,7 +122,7 @@ def test_a_callers_own_key_is_never_kept_decrypted() -> None:
     assert decoded(responses.kept(current, ("m", "bob"))).selected.api_key == "uk-bob"
     assert b"uk-alice" not in (responses.kept(current, ("m", "bob")) or b"")
     daves = decoded(responses.kept(current, ("m", "dave")))
-    assert [daves.selected.api_key, daves.fallbacks[0].api_key] == ["uk-dave-user-only", "uk-dave-preferred"]
+    assert [daves.selected.api_key, daves.fallbacks[0].api_key] == [DAVES_KEYS["user-only"], DAVES_KEYS["preferred"]]
 
 
 def test_kept_answers_are_by_request_as_asked() -> None:
@@ -186,3 +193,15 @@ def test_a_kept_answer_is_checked_again_whenever_the_snapshot_changes() -> None:
     assert responses.kept(bobs_keys, ("m", "bob")) is None  # and away from it again
     assert decoded(answer(responses, bobs_keys, "m", "bob")).selected.api_key == "sk-p"
     assert responses.kept(current, ("m", "bob")) is None  # now kept as decided over `bobs_keys`
+
+
+def test_a_kept_answer_demoting_a_cooldown_ends_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.time()
+    ends = datetime.fromtimestamp(now + 60, UTC)
+    current = replace(snapshot(), cooldowns={"preferred": {"gpt-4o": ends}})
+    responses = ResolveResponses()
+    cooling = decoded(answer(responses, current, "m", "bob"))
+    assert cooling.selected.provider_config == "providerConfigs/central"  # bob's own key cools down
+    assert decoded(responses.kept(current, ("m", "bob"))) == cooling  # checked for `current`
+    monkeypatch.setattr(convert.time, "time", lambda: now + 61)
+    assert responses.kept(current, ("m", "bob")) is None  # same snapshot, but the cooldown is over

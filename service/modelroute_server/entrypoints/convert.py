@@ -605,8 +605,9 @@ _Parts = tuple[bytes, tuple[tuple[Callable[[], bytes], bytes], ...]]
 
 @dataclass(slots=True)
 class _KeptAnswer:
-    """An answer and everything it was decided from (all immutable snapshot objects, compared by
-    identity): while each is still the current snapshot's own, the answer is still right."""
+    """An answer and everything it was decided from (immutable snapshot objects, compared by
+    identity): while each is still the current snapshot's own, the answer is still right. Only
+    `checked` changes."""
 
     model: ModelConfig
     verdicts: object
@@ -766,7 +767,8 @@ class ResolveResponses:
                     assert o.secret is not None  # a user key that does not open is skipped, never selected
                     without_key = resolved_attachment(replace(o, secret=None), upstream).SerializeToString()
                     key = o.secret.encode()
-                    # api_key is an attachment's last field: the field up to the key's bytes, then the key.
+                    # The key goes last, after every other field of its attachment (protobuf takes fields in
+                    # any order): the field up to the key's bytes, then the key.
                     key_head = _API_KEY_TAG + _varint(len(key))
                     size = len(without_key) + len(key_head) + len(key)
                     runs[-1] += (_FIELD_TAGS[role], _varint(size), without_key, key_head)

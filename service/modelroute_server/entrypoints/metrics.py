@@ -101,8 +101,9 @@ class LoopCounter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
-        # One copy made in C, during which the loop cannot add a child; each count read is whole.
-        for labels, count in list(self.counts.items()):
+        # One copy made in C, during which the loop cannot add a child (no Python code runs); each count
+        # read is whole.
+        for labels, count in self.counts.copy().items():
             family.add_metric(list(labels), float(count))
         yield family
 
