@@ -132,19 +132,18 @@ class MemorySeal:
     """Secrets a replica keeps for repeated use (a caller's key in a kept answer), never as plaintext.
 
     Each is XORed with a keystream of keyed BLAKE2b (a pseudorandom function) over a fresh random nonce
-    and a block counter, under a key drawn when the seal is made, which lives only in this process's
-    memory, as the keyring does. Nothing sealed here is stored or accepted from outside, so it needs no
-    tag. Opening one costs one BLAKE2b per 64 bytes and no call into OpenSSL: measured in a loaded
-    server, an AES-GCM decryption per ResolveModel cost about 10 µs of its CPU, this about 1 µs
+    and a block counter, under a key drawn when this `MemorySeal` is made, which lives only in this
+    process's memory, as the keyring does. Nothing sealed here is stored or accepted from outside, so it
+    needs no tag. Opening one costs one BLAKE2b per 64 bytes and no call into OpenSSL: measured in a
+    loaded server, an AES-GCM decryption per ResolveModel cost about 10 µs of its CPU, this about 1 µs
     (docs/security.md, "Keys in a replica's memory").
     """
 
     BLOCK = 64  # BLAKE2b's largest digest
 
     def __init__(self) -> None:
-        key = secrets.token_bytes(32)
-        # BLAKE2b with the key absorbed, one per digest size: each block's keystream starts from a copy.
-        self._keyed = {size: hashlib.blake2b(key=key, digest_size=size) for size in range(1, self.BLOCK + 1)}
+        # BLAKE2b with the key absorbed: each block's keystream starts from a copy.
+        self._keyed = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=self.BLOCK)
 
     def __repr__(self) -> str:
         return "MemorySeal()"
@@ -152,32 +151,17 @@ class MemorySeal:
     def seal(self, plaintext: bytes) -> Callable[[], bytes]:
         """A function that returns `plaintext`, holding it only masked."""
         length = len(plaintext)
-        if length == 0:
-            return bytes
         nonce = secrets.token_bytes(16)
-        blocks = [
-            (self._keyed[min(self.BLOCK, length - start)], nonce + _U32.pack(number))
-            for number, start in enumerate(range(0, length, self.BLOCK))
-        ]
-        from_bytes = int.from_bytes
+        blocks = [nonce + _U32.pack(number) for number in range(-(-length // self.BLOCK))]
+        keyed, from_bytes = self._keyed, int.from_bytes
 
-        if len(blocks) == 1:
-            ((keyed, block),) = blocks
-
-            def keystream() -> int:
+        def keystream() -> int:
+            stream = []
+            for block in blocks:
                 state = keyed.copy()
                 state.update(block)
-                return from_bytes(state.digest(), "little")
-
-        else:
-
-            def keystream() -> int:
-                stream = []
-                for keyed, block in blocks:
-                    state = keyed.copy()
-                    state.update(block)
-                    stream.append(state.digest())
-                return from_bytes(b"".join(stream), "little")
+                stream.append(state.digest())
+            return from_bytes(b"".join(stream)[:length], "little")
 
         masked = from_bytes(plaintext, "little") ^ keystream()
 
